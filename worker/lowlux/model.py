@@ -1,0 +1,211 @@
+"""The restoration net of Lamba & Mitra, "Restoring Extremely Dark Images in Real Time" (CVPR 2021).
+
+The net maps an amplified Bayer mosaic (B x 1 x H x W, RGGB, H and W multiples of 32) to sRGB
+(B x 3 x H x W, in [0, 1]). Three encoders read the packed raw directly, so they are independent
+of one another and may run concurrently (paper Sec. 3.1.2):
+
+    LSE  1/2  one 5x5 conv on the packed raw           -> low-level detail
+    MSE  1/8  a residual block                          -> medium-frequency detail
+    HSE  1/32 grouped conv, three RDB* blocks, fusion   -> global context, upsampled to 1/8
+
+Fuse Block 1 merges MSE and HSE at 1/8, Fuse Block 2 merges the result with LSE at 1/2 and
+pixel-shuffles to full resolution (paper Fig. 3).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+LEAKY_SLOPE = 0.2
+"""LeakyReLU slope used throughout, as in SID and the paper (Sec. 3.1)."""
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, *, bias: bool = True, groups: int = 1) -> nn.Conv2d:
+    """A 'same'-padded convolution, the only kind of convolution the net uses."""
+    return nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias, groups=groups)
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """Interleave channel groups so a following grouped conv sees every source (ShuffleNet)."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class DenseLayer(nn.Module):
+    """One layer of RDB*: conv over the block's running concatenation.
+
+    The concatenation keeps the *un-rectified* outputs; the rectification is applied to the layer's
+    input instead. That is what lets the block's final 1x1 conv see both rectified and
+    un-rectified features (paper Sec. 3.1.1, Fig. 3c).
+    """
+
+    def __init__(self, in_ch: int, growth: int, slope: float | None) -> None:
+        super().__init__()
+        self.slope = slope
+        self.conv = conv(in_ch, growth, 3, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x if self.slope is None else F.leaky_relu(x, self.slope)
+        return self.conv(y)
+
+
+class RDBStar(nn.Module):
+    """RDB*, the paper's residual dense block with un-rectified dense connections.
+
+    The first dense layer reads the block input as is, the middle ones rectify their input, and the
+    last one again reads it as is (slope 1); a 1x1 conv fuses everything back to the block width.
+    """
+
+    def __init__(self, channels: int = 64, layers: int = 5, growth: int = 32) -> None:
+        super().__init__()
+        slopes = [None] + [LEAKY_SLOPE] * (layers - 2) + [None]
+        self.dense = nn.ModuleList(
+            DenseLayer(channels + i * growth, growth, slope) for i, slope in enumerate(slopes)
+        )
+        self.fuse = conv(channels + layers * growth, channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = x
+        for layer in self.dense:
+            features = torch.cat((features, layer(features)), dim=1)
+        return self.fuse(features) + x
+
+
+class HSE(nn.Module):
+    """High scale-space encoder at 1/32: most of the net's capacity, on the fewest pixels.
+
+    The 1024 channels of the 1/32 packing are reduced by a grouped conv whose groups each see all
+    four Bayer colours (the unshuffle of the 1/2 packing orders channels that way), then three
+    RDB* blocks run in sequence and are fused with a global residual. The result is
+    pixel-shuffled to 1/8 for Fuse Block 1.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduce = nn.Sequential(conv(1024, 128, 3, groups=128), conv(128, 64, 3))
+        self.rdb1 = RDBStar(64, layers=4)
+        self.rdb2 = RDBStar(64, layers=5)
+        self.rdb3 = RDBStar(64, layers=5)
+        self.fuse = conv(3 * 64, 64, 1, bias=False)
+        self.expand = conv(64 // 16, 64, 3)
+
+    def forward(self, packed: Tensor) -> Tensor:
+        h = self.reduce(F.pixel_unshuffle(packed, 16))
+        r1 = self.rdb1(h)
+        r2 = self.rdb2(r1)
+        r3 = self.rdb3(r2)
+        h = self.fuse(torch.cat((r1, r2, r3), dim=1)) + h
+        return self.expand(F.pixel_shuffle(h, 4))
+
+
+class MSE(nn.Module):
+    """Medium scale-space encoder at 1/8: one residual block on the 64-channel packing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv(64, 64, 3)
+        self.conv2 = conv(64, 64, 3)
+
+    def forward(self, packed: Tensor) -> Tensor:
+        x = F.pixel_unshuffle(packed, 4)
+        return self.conv2(F.leaky_relu(self.conv1(x), LEAKY_SLOPE)) + x
+
+
+class LSE(nn.Module):
+    """Low scale-space encoder at 1/2: a single 5x5 conv keeps the fine detail cheap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = conv(4, 12, 5)
+
+    def forward(self, packed: Tensor) -> Tensor:
+        return self.conv(packed)
+
+
+class FuseBlock1(nn.Module):
+    """Fuses MSE and HSE at 1/8 and upsamples to 1/2.
+
+    The channel shuffle interleaves MSE and HSE channels so each group of the grouped conv sees
+    both encoders (paper Sec. 3.1).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduce = conv(128, 32, 3, groups=4)
+        self.expand = conv(32, 192, 3)
+
+    def forward(self, mse: Tensor, hse: Tensor) -> Tensor:
+        x = channel_shuffle(torch.cat((mse, hse), dim=1), 2)
+        x = F.leaky_relu(self.expand(self.reduce(x)), LEAKY_SLOPE)
+        return F.pixel_shuffle(x, 4)
+
+
+class FuseBlock2(nn.Module):
+    """Fuses LSE with Fuse Block 1 at 1/2 and produces the full-resolution sRGB image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = conv(24, 12, 5)
+
+    def forward(self, lse: Tensor, fb1: Tensor) -> Tensor:
+        x = self.conv(torch.cat((lse, fb1), dim=1))
+        return F.pixel_shuffle(x, 2).clamp(0.0, 1.0)
+
+
+class LowLightNet(nn.Module):
+    """The whole net (paper Fig. 3): amplified Bayer mosaic in, sRGB out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lse = LSE()
+        self.mse = MSE()
+        self.hse = HSE()
+        self.fb1 = FuseBlock1()
+        self.fb2 = FuseBlock2()
+
+    @staticmethod
+    def pack(raw: Tensor) -> Tensor:
+        """B x 1 x H x W RGGB mosaic -> B x 4 x H/2 x W/2 (R, G1, G2, B)."""
+        return F.pixel_unshuffle(raw, 2)
+
+    def forward(self, raw: Tensor) -> Tensor:
+        packed = self.pack(raw)
+        lse = self.lse(packed)
+        mse = self.mse(packed)
+        hse = self.hse(packed)
+        return self.fb2(lse, self.fb1(mse, hse))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def apply_weight_norm(model: nn.Module) -> nn.Module:
+    """Condition every conv with weight normalisation (dim 0), as the paper trains (Sec. 4.1)."""
+    for m in _convs(model):
+        if not nn.utils.parametrize.is_parametrized(m, "weight"):
+            nn.utils.parametrizations.weight_norm(m, name="weight", dim=0)
+    return model
+
+
+def fold_weight_norm(model: nn.Module) -> nn.Module:
+    """Replace weight-norm parametrisations by plain weights for inference (exact)."""
+    for m in _convs(model):
+        if nn.utils.parametrize.is_parametrized(m, "weight"):
+            nn.utils.parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return model
+
+
+def msra_init(model: nn.Module) -> nn.Module:
+    """MSRA (He) initialisation of every conv, zero biases (paper Sec. 4.1)."""
+    for m in _convs(model):
+        nn.init.kaiming_normal_(m.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return model

@@ -1,0 +1,126 @@
+"""Reading camera raw files into a :class:`RawImage` (LibRaw, through rawpy).
+
+Only what the net needs is kept: the visible Bayer mosaic, its per-channel black levels and white
+level *from the file* (never a camera's hard-coded values), the CFA pattern at the visible origin,
+the orientation, and a little metadata for logs and training. Everything that cannot be read as a
+2x2 RGB Bayer mosaic is refused with a reason that names the file and the sensor layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, UnsupportedSensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """A Bayer raw as read from the file, before any processing."""
+
+    path: Path
+    cfa: np.ndarray
+    """Visible mosaic, H x W, the sensor's integer values (uint16)."""
+    black: np.ndarray
+    """Black level per 2x2 position (2 x 2, float32), aligned with ``cfa``'s origin."""
+    white: float
+    pattern: str
+    """Colours of the 2x2 tile at the visible origin, row-major, e.g. 'RGGB' or 'GBRG'."""
+    flip: int = 0
+    """LibRaw orientation code: bit 4 transpose, then bit 2 flip rows, bit 1 flip columns."""
+    wb: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """As-shot white balance multipliers for R, G, B (G = 1)."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.cfa.shape  # type: ignore[return-value]
+
+    def normalised(self) -> np.ndarray:
+        """Black-subtracted, white-scaled mosaic in [0, 1] (float32)."""
+        h, w = self.cfa.shape
+        black = np.tile(self.black, ((h + 1) // 2, (w + 1) // 2))[:h, :w]
+        scale = np.float32(1.0) / (np.float32(self.white) - black)
+        out = (self.cfa.astype(np.float32) - black) * scale
+        return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a raw file")
+    if not path.is_file():
+        raise InputError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty")
+
+
+def _sensor_layout(raw, path: Path) -> str:
+    """The 2x2 tile at the visible origin, or UnsupportedSensor with the layout named."""
+    import rawpy
+
+    desc = raw.color_desc.decode("ascii", "replace")
+    if raw.raw_type != rawpy.RawType.Flat:
+        raise UnsupportedSensor(
+            path, f"sensor layout '{raw.raw_type.name}' (linear/demosaiced or Foveon data, no Bayer mosaic)"
+        )
+    pattern = raw.raw_pattern
+    if pattern is None or raw.num_colors < 3:
+        raise UnsupportedSensor(path, "monochrome sensor (no colour filter array)")
+    if pattern.shape != (2, 2):
+        h, w = pattern.shape
+        raise UnsupportedSensor(path, f"{h}x{w} colour filter array (X-Trans-like), only 2x2 Bayer is supported")
+    tile = "".join(desc[c] for c in raw.raw_colors_visible[:2, :2].ravel())
+    if sorted(tile) != ["B", "G", "G", "R"]:
+        raise UnsupportedSensor(path, f"colour filter array '{tile}' ({desc}), only RGB Bayer is supported")
+    return tile
+
+
+def _white_balance(raw) -> tuple[float, float, float]:
+    wb = np.asarray(raw.camera_whitebalance[:3], dtype=np.float64)
+    if not np.all(wb > 0):
+        return (1.0, 1.0, 1.0)
+    return tuple(float(v) for v in wb / wb[1])  # type: ignore[return-value]
+
+
+def read_raw(path: str | Path) -> RawImage:
+    """Read a raw file; raises InputError / UnsupportedSensor naming the file and the reason."""
+    import rawpy
+
+    path = Path(path)
+    _check_path(path)
+    try:
+        with rawpy.imread(str(path)) as raw:
+            pattern = _sensor_layout(raw, path)
+            cfa = np.array(raw.raw_image_visible, dtype=np.uint16, copy=True)
+            colors = raw.raw_colors_visible[:2, :2]
+            per_channel = np.asarray(raw.black_level_per_channel, dtype=np.float32)
+            black = per_channel[colors]
+            white = float(raw.white_level)
+            flip = int(raw.sizes.flip)
+            wb = _white_balance(raw)
+    except (InputError, UnsupportedSensor):
+        raise
+    except rawpy.LibRawFileUnsupportedError as exc:
+        raise InputError(path, f"not a raw file LibRaw can read ({exc})") from exc
+    except (rawpy.LibRawError, OSError, ValueError) as exc:
+        raise InputError(path, f"corrupt or truncated raw file ({exc.__class__.__name__}: {exc})") from exc
+    if cfa.shape[0] < 2 or cfa.shape[1] < 2:
+        raise InputError(path, f"image is too small ({cfa.shape[1]}x{cfa.shape[0]})")
+    if not white > float(black.max()):
+        raise InputError(path, f"white level {white:g} is not above the black level {float(black.max()):g}")
+    return RawImage(
+        path=path,
+        cfa=cfa,
+        black=black,
+        white=white,
+        pattern=pattern,
+        flip=flip,
+        wb=wb,
+    )
+
