@@ -65,12 +65,14 @@ def _sensor_layout(raw, path: Path) -> str:
     import rawpy
 
     desc = raw.color_desc.decode("ascii", "replace")
+    if raw.num_colors == 1:
+        raise UnsupportedSensor(path, "monochrome sensor (no colour filter array)")
     if raw.raw_type != rawpy.RawType.Flat:
         raise UnsupportedSensor(
             path, f"sensor layout '{raw.raw_type.name}' (linear/demosaiced or Foveon data, no Bayer mosaic)"
         )
     pattern = raw.raw_pattern
-    if pattern is None or raw.num_colors < 3:
+    if raw.num_colors < 3 or pattern is None:
         raise UnsupportedSensor(path, "monochrome sensor (no colour filter array)")
     if pattern.shape != (2, 2):
         h, w = pattern.shape
@@ -79,6 +81,12 @@ def _sensor_layout(raw, path: Path) -> str:
     if sorted(tile) != ["B", "G", "G", "R"]:
         raise UnsupportedSensor(path, f"colour filter array '{tile}' ({desc}), only RGB Bayer is supported")
     return tile
+
+
+def _message(exc: Exception) -> str:
+    """LibRaw's message without the bytes repr rawpy gives it."""
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
 def _white_balance(raw) -> tuple[float, float, float]:
@@ -107,9 +115,9 @@ def read_raw(path: str | Path) -> RawImage:
     except (InputError, UnsupportedSensor):
         raise
     except rawpy.LibRawFileUnsupportedError as exc:
-        raise InputError(path, f"not a raw file LibRaw can read ({exc})") from exc
+        raise InputError(path, f"not a raw file LibRaw can read ({_message(exc)})") from exc
     except (rawpy.LibRawError, OSError, ValueError) as exc:
-        raise InputError(path, f"corrupt or truncated raw file ({exc.__class__.__name__}: {exc})") from exc
+        raise InputError(path, f"corrupt or truncated raw file ({_message(exc)})") from exc
     if cfa.shape[0] < 2 or cfa.shape[1] < 2:
         raise InputError(path, f"image is too small ({cfa.shape[1]}x{cfa.shape[0]})")
     if not white > float(black.max()):

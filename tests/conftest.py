@@ -1,0 +1,82 @@
+"""Shared fixtures: the read-only ../shared folder, tiny weights, synthetic DNGs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+AUTHORS_WEIGHTS = SHARED / "reference" / "authors-sid-sony.pt"
+VECTORS = SHARED / "reference" / "vectors"
+REAL_RAWS = SHARED / "data" / "raw"
+
+
+def need(path: Path, what: str) -> Path:
+    """Skip (with the reason) when a ../shared resource is absent, as in a user's fresh clone."""
+    if not path.exists():
+        pytest.skip(f"{what} not available: {path} is absent (../shared exists only in the project's CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def authors_weights() -> Path:
+    return need(AUTHORS_WEIGHTS, "the authors' reference checkpoint")
+
+
+@pytest.fixture(scope="session")
+def vectors() -> Path:
+    return need(VECTORS, "the authors' reference vectors")
+
+
+@pytest.fixture(scope="session")
+def real_raws() -> list[Path]:
+    return sorted(need(REAL_RAWS, "real camera raws").glob("*.dng"))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Randomly initialised weights: right architecture, no quality, for plumbing tests."""
+    import torch
+
+    from lowlux.model import LowLightNet, msra_init
+    from lowlux.weights import save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    return save_weights(msra_init(LowLightNet()), path, {"note": "random test weights"})
+
+
+def dark_scene(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth dark scene with a bright corner, as normalised [0, 1] values."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    scene = 0.004 + 0.003 * np.sin(xx / 7.0) * np.cos(yy / 5.0) + rng.normal(0, 0.0005, (height, width))
+    scene[: height // 4, : width // 4] = 0.05
+    return np.clip(scene, 0, 1)
+
+
+@pytest.fixture
+def make_dng(tmp_path):
+    """Write a synthetic DNG: make_dng('a.dng', pattern='GRBG', height=.., width=.., ...) -> Path."""
+    from lowlux.dng import write_dng
+
+    def make(name: str = "scene.dng", *, height: int = 96, width: int = 128, pattern: str = "RGGB",
+             black: float | list[float] = 512, white: int = 16383, seed: int = 0, **kwargs) -> Path:
+        levels = np.asarray(black, dtype=np.float64)
+        scene = dark_scene(height, width, seed)
+        if levels.size == 4:
+            offsets = np.tile(levels.reshape(2, 2), (height // 2 + 1, width // 2 + 1))[:height, :width]
+        else:
+            offsets = float(levels)
+        cfa = np.round(offsets + scene * (white - offsets)).astype(np.uint16)
+        return write_dng(tmp_path / name, cfa, pattern=pattern, black=black, white=white, **kwargs)
+
+    return make
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,28 @@
+"""`lowlux bench` runs and reports every row against the eager reference (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from lowlux.bench import count_macs
+from lowlux.cli import main
+
+
+def test_bench_writes_a_row_per_configuration_with_the_reference_first(tmp_path, tiny_weights, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "64x96", "--runs", "2", "--json", str(out), "--weights", str(tiny_weights)]) == 0
+    rows = json.loads(out.read_text())
+    assert rows[0]["reference"] is True and rows[0]["dtype"] == "float32"
+    for row in rows:
+        assert row["size"] == "64x96"
+        assert row["min_s"] <= row["median_s"] <= row["max_s"]
+        assert row["peak_rss_mb"] > 0
+    net_rows = [r for r in rows[1:] if r["backend"] != "e2e"]
+    assert all(r["max_abs_diff"] is not None and r["speedup"] > 0 for r in net_rows)
+    assert any(r["backend"] == "e2e" for r in rows)
+    assert "eager fp32 (reference)" in capsys.readouterr().out
+
+
+def test_mac_count_matches_the_papers_60_gmacs_at_4k():
+    # Paper Table 1: 59.8 GMACs for a Sony alpha 7S II frame (4256 x 2848).
+    assert abs(count_macs(2848, 4256) / 1e9 - 59.8) < 0.5

@@ -1,0 +1,82 @@
+"""The net: architecture, the authors' checkpoint, weight norm, concurrency."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lowlux.engine import Engine, EngineConfig
+from lowlux.errors import WeightsError
+from lowlux.model import LowLightNet, apply_weight_norm, count_parameters, fold_weight_norm, msra_init
+from lowlux.weights import load_model, load_state, save_weights
+
+
+def test_parameter_count_matches_the_paper():
+    net = LowLightNet()
+    assert count_parameters(net) == 783_432  # folded, as used for inference
+    assert count_parameters(apply_weight_norm(net)) == 784_768  # with weight norm, as trained
+
+
+def test_output_is_full_resolution_srgb_in_unit_range():
+    torch.manual_seed(0)
+    net = msra_init(LowLightNet()).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 64, 96))
+    assert out.shape == (2, 3, 64, 96)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("name", ["rand", "grad"])
+def test_reference_outputs_of_the_authors_code_are_reproduced(authors_weights, vectors, name):
+    net = load_model(authors_weights)
+    x = torch.from_numpy(np.load(vectors / f"input_{name}.npy"))
+    expected = np.load(vectors / f"output_{name}.npy")
+    with torch.no_grad():
+        out = net(x).numpy()
+    assert out.shape == expected.shape
+    assert np.abs(out - expected).max() <= 1e-5
+
+
+def test_weight_norm_folding_is_exact(tmp_path):
+    torch.manual_seed(1)
+    net = apply_weight_norm(msra_init(LowLightNet())).eval()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        before = net(x)
+        path = save_weights(net, tmp_path / "w.safetensors")
+        after = load_model(path)(x)
+    assert torch.equal(before, after)
+    assert not any("parametrizations" in k for k in load_state(path))
+
+
+def test_authors_checkpoint_loads_into_our_layer_names(authors_weights):
+    state = load_state(authors_weights)
+    assert set(state) == set(LowLightNet().state_dict())
+
+
+def test_weights_that_do_not_fit_are_refused_with_the_file_named(tmp_path):
+    bad = tmp_path / "other.pt"
+    torch.save({"model": {"conv.weight": torch.zeros(3, 3)}}, bad)
+    with pytest.raises(WeightsError, match="other.pt"):
+        load_model(bad)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(WeightsError, match="junk.safetensors"):
+        load_model(junk)
+    with pytest.raises(WeightsError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_concurrent_encoders_give_the_same_output(tiny_weights):
+    x = torch.rand(1, 1, 128, 160) * 0.5
+    plain = Engine(EngineConfig(weights=tiny_weights)).forward(x)
+    concurrent = Engine(EngineConfig(weights=tiny_weights, concurrent=True)).forward(x)
+    assert (plain - concurrent).abs().max() <= 1e-6
+
+
+def test_channels_last_matches_within_float_rounding(authors_weights, vectors):
+    x = torch.from_numpy(np.load(vectors / "input_grad.npy"))
+    plain = Engine(EngineConfig(weights=authors_weights)).forward(x)
+    cl = Engine(EngineConfig(weights=authors_weights, channels_last=True)).forward(x)
+    assert (plain - cl).abs().max() <= 1e-5

@@ -1,0 +1,90 @@
+"""TIFF output: 16-bit sRGB with ICC profile and the raw's metadata, written atomically."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyexiv2
+import pytest
+import tifffile
+from PIL import ImageCms
+
+from lowlux.errors import OutputError
+from lowlux.tiff import srgb_icc_profile, to_uint16, write_tiff
+
+
+def gradient(h: int = 40, w: int = 60) -> np.ndarray:
+    return to_uint16(np.random.default_rng(0).random((h, w, 3), dtype=np.float32))
+
+
+def test_sixteen_bit_rgb_with_srgb_profile(tmp_path):
+    path = write_tiff(tmp_path / "a.tif", gradient())
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.dtype == np.uint16 and page.shape == (40, 60, 3)
+        assert page.photometric == tifffile.PHOTOMETRIC.RGB
+        assert page.tags["InterColorProfile"].value == srgb_icc_profile()
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(srgb_icc_profile()))
+    assert "sRGB" in ImageCms.getProfileDescription(profile)
+    assert np.array_equal(tifffile.imread(path), gradient())
+
+
+def test_deflate_is_lossless(tmp_path):
+    path = write_tiff(tmp_path / "c.tif", gradient(), compression="deflate")
+    assert np.array_equal(tifffile.imread(path), gradient())
+
+
+def test_camera_metadata_is_copied_and_orientation_reset(tmp_path, make_dng):
+    source = make_dng("src.dng", orientation=6, make="Sony", model="ILCE-7SM2", exif={
+        "Exif.Photo.ExposureTime": "1/10", "Exif.Photo.FNumber": "28/10", "Exif.Photo.ISOSpeedRatings": "6400",
+        "Exif.Photo.DateTimeOriginal": "2021:06:19 21:03:00", "Exif.Photo.LensModel": "FE 24mm F1.4 GM",
+        "Exif.GPSInfo.GPSLatitudeRef": "N", "Exif.GPSInfo.GPSLatitude": "48/1 51/1 0/1"})
+    out = write_tiff(tmp_path / "m.tif", gradient(), source=source)
+    with pyexiv2.Image(str(out)) as img:
+        exif = img.read_exif()
+    assert exif["Exif.Image.Make"] == "Sony" and exif["Exif.Image.Model"] == "ILCE-7SM2"
+    assert exif["Exif.Photo.ExposureTime"] == "1/10" and exif["Exif.Photo.ISOSpeedRatings"] == "6400"
+    assert exif["Exif.Photo.LensModel"] == "FE 24mm F1.4 GM"
+    assert exif["Exif.Photo.DateTimeOriginal"] == "2021:06:19 21:03:00"
+    assert exif["Exif.GPSInfo.GPSLatitude"] == "48/1 51/1 0/1"
+    assert exif["Exif.Image.Orientation"] == "1"  # pixels are already turned
+    assert "Exif.Image.CFAPattern" not in exif and "Exif.Image.BlackLevel" not in exif
+    assert exif["Exif.Image.BitsPerSample"] == "16 16 16"
+
+
+def test_existing_output_is_never_overwritten_unless_asked(tmp_path):
+    path = tmp_path / "x.tif"
+    path.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="already exists"):
+        write_tiff(path, gradient())
+    assert path.read_bytes() == b"precious"
+    write_tiff(path, gradient(), overwrite=True)
+    assert tifffile.imread(path).shape == (40, 60, 3)
+
+
+def test_no_temporary_file_is_left_behind(tmp_path):
+    write_tiff(tmp_path / "t.tif", gradient())
+    assert [p.name for p in tmp_path.iterdir()] == ["t.tif"]
+
+
+def test_a_failed_write_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", broken)
+    with pytest.raises(OutputError, match="No space left"):
+        write_tiff(tmp_path / "full.tif", gradient())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_folder_that_is_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="blocker"):
+        write_tiff(blocker / "x.tif", gradient())
+
+
+def test_wrong_image_type_is_a_programming_error(tmp_path):
+    with pytest.raises(ValueError):
+        write_tiff(tmp_path / "f.tif", np.zeros((4, 4, 3), np.float32))

@@ -1,0 +1,220 @@
+"""The ``lowlux`` command.
+
+Heavy modules (torch, rawpy) are imported inside the commands that need them, so light commands
+such as ``lowlux client`` start fast: the darktable script runs one on every poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger("lowlux")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _brightness_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("empty bracket")
+    return values
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--weights", type=Path, help="weights file (.safetensors, or the authors' .pt); default: shipped weights")
+    g.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--concurrent", action="store_true", help="run the three encoders concurrently")
+    g.add_argument("--threads", type=int, help="CPU threads for the net (default: one per core)")
+
+
+def add_enhance_options(p: argparse.ArgumentParser) -> None:
+    from .amplifier import DEFAULT_BRIGHTNESS, DEFAULT_VARIANT, VARIANTS
+
+    g = p.add_argument_group("exposure and output")
+    g.add_argument("--brightness", "-m", type=float, default=DEFAULT_BRIGHTNESS,
+                   help=f"amplifier brightness m in 0.1-0.9 (default {DEFAULT_BRIGHTNESS})")
+    g.add_argument("--bracket", type=_brightness_list, metavar="M1,M2,...",
+                   help="several brightness values from one decode, one TIFF each (e.g. 0.3,0.5,0.7)")
+    g.add_argument("--amplification", "-a", type=float,
+                   help="fixed amplification factor instead of the amplifier's estimate")
+    g.add_argument("--variant", choices=VARIANTS, default=DEFAULT_VARIANT,
+                   help=f"amplifier constants (default {DEFAULT_VARIANT}; see README)")
+    g.add_argument("--out-dir", "-o", type=Path, help="folder for the TIFFs (default: next to each raw)")
+    g.add_argument("--overwrite", action="store_true", help="replace existing TIFFs")
+    g.add_argument("--compress", action="store_true", help="deflate-compress the TIFFs (smaller, slower)")
+
+
+def enhance_options_from_args(args: argparse.Namespace):
+    from .pipeline import EnhanceOptions
+
+    return EnhanceOptions(
+        brightness=tuple(args.bracket) if args.bracket else (args.brightness,),
+        amplification=args.amplification,
+        variant=args.variant,
+        out_dir=args.out_dir,
+        overwrite=args.overwrite,
+        compression="deflate" if args.compress else "none",
+    )
+
+
+def engine_config_from_args(args: argparse.Namespace):
+    from .engine import EngineConfig
+
+    return EngineConfig(weights=args.weights, device=args.device, dtype=args.dtype,
+                        concurrent=args.concurrent, threads=args.threads)
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    from .errors import LowluxError
+
+    try:
+        options = enhance_options_from_args(args)
+    except ValueError as exc:
+        print(f"lowlux enhance: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "via_worker", False):
+        from .client import enhance_via_worker
+
+        return enhance_via_worker(args, options)
+    from .engine import Engine
+
+    try:
+        engine = Engine(engine_config_from_args(args))
+    except (LowluxError, RuntimeError, ValueError) as exc:
+        print(f"lowlux enhance: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_batch(engine, args.files, options, quiet=args.quiet)
+
+
+def run_batch(engine, files: Sequence[Path], options, *, quiet: bool = False) -> int:
+    """Restore files one by one; a bad file is reported and the batch goes on."""
+    from tqdm import tqdm
+
+    from .errors import LowluxError
+    from .pipeline import enhance_file
+
+    written: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    with tqdm(files, unit="file", disable=quiet or len(files) < 2, file=sys.stderr) as bar:
+        for path in bar:
+            bar.set_postfix_str(Path(path).name)
+            try:
+                outs = enhance_file(engine, path, options)
+            except LowluxError as exc:
+                failed.append((path, str(exc)))
+                tqdm.write(f"error: {exc}", file=sys.stderr)
+                continue
+            except Exception as exc:  # one file must never stop the batch
+                log.exception("unexpected failure on %s", path)
+                failed.append((path, f"{path}: internal error ({exc.__class__.__name__}: {exc})"))
+                tqdm.write(f"error: {path}: internal error ({exc})", file=sys.stderr)
+                continue
+            written += outs
+            for out in outs:
+                if not quiet:
+                    tqdm.write(str(out))
+    if not quiet or failed:
+        print(f"{len(files) - len(failed)} of {len(files)} file(s) restored, {len(written)} TIFF(s) written"
+              + (f", {len(failed)} failed" if failed else ""), file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def _add_enhance(sub) -> None:
+    p = sub.add_parser("enhance", help="restore dark raw files to 16-bit sRGB TIFFs",
+                       description="Restore dark raw files; writes <stem>_lowlux.tif next to each (or in --out-dir).")
+    p.add_argument("files", nargs="+", type=Path, metavar="RAW")
+    add_enhance_options(p)
+    add_engine_arguments(p)
+    p.add_argument("--via-worker", action="store_true", help="send the files to a running (or started) worker")
+    p.add_argument("--endpoint", help="worker endpoint for --via-worker")
+    p.set_defaults(func=cmd_enhance)
+
+
+def _add_bench(sub) -> None:
+    from .bench import add_bench_arguments
+
+    p = sub.add_parser("bench", help="time and memory of the net and the whole file->TIFF path")
+    add_bench_arguments(p)
+    add_engine_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def _optional(register: str) -> Callable:
+    """Subcommands living in other modules; a missing optional dependency must not break the rest."""
+    module, _, name = register.rpartition(":")
+
+    def add(sub) -> None:
+        import importlib
+
+        try:
+            getattr(importlib.import_module(module, __package__), name)(sub)
+        except ImportError as exc:
+            log.debug("subcommand from %s unavailable: %s", module, exc)
+
+    return add
+
+
+REGISTRARS: dict[str, Callable] = {
+    "enhance": _add_enhance,
+    "bench": _add_bench,
+    "demo": _optional(".demo:add_demo_parser"),
+    "train": _optional(".train.cli:add_train_parser"),
+    "eval": _optional(".train.cli:add_eval_parser"),
+    "serve": _optional(".server:add_serve_parser"),
+    "client": _optional(".client:add_client_parser"),
+    "keys": _optional(".keys:add_keys_parser"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or just one subcommand's so a light command imports nothing heavy."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="lowlux", description="Restore extremely dark raw photos.")
+    parser.add_argument("--version", action="version", version=f"lowlux {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, register in REGISTRARS.items():
+        if only is None or name == only:
+            register(sub)
+    for command in sub.choices.values():  # -v/-q also after the command; SUPPRESS keeps the top-level value
+        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def _argv_command(argv: Sequence[str]) -> str | None:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command if command in REGISTRARS else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_argv_command(argv)).parse_args(argv)
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

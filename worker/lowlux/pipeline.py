@@ -1,0 +1,115 @@
+"""One raw file to its TIFF(s): decode -> amplify -> net -> encode.
+
+The stages are separate functions so a batch runner (the worker) can overlap them: decode the
+next file while the net runs on this one, encode on a thread pool. :func:`enhance_file` chains
+them for the simple case.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .amplifier import DEFAULT_BRIGHTNESS, DEFAULT_VARIANT, check_brightness, estimate_amplification
+from .errors import InputError
+from .mosaic import Crop, apply_orientation, pad_for_net
+from .raw import read_raw
+from .tiff import check_output, to_uint16, write_tiff
+
+log = logging.getLogger(__name__)
+
+SUFFIX = "_lowlux"
+
+
+@dataclass(frozen=True)
+class EnhanceOptions:
+    """What the user asked for; shared by the CLI, the worker protocol and the darktable script."""
+
+    brightness: Sequence[float] = (DEFAULT_BRIGHTNESS,)
+    """One value, or several for a bracket (one TIFF each)."""
+    amplification: float | None = None
+    """Fixed factor instead of the amplifier's estimate (Eq. 3's GT-exposure mode)."""
+    variant: str = DEFAULT_VARIANT
+    out_dir: Path | None = None
+    """Folder for the TIFFs; None writes next to the raw."""
+    overwrite: bool = False
+    compression: str = "none"
+
+    def __post_init__(self) -> None:
+        if not self.brightness:
+            raise ValueError("at least one brightness value is needed")
+        for m in self.brightness:
+            check_brightness(m)
+        if self.amplification is not None and not (1.0 <= self.amplification <= 1000.0):
+            raise ValueError(f"amplification {self.amplification} is outside 1-1000")
+
+    @property
+    def bracketed(self) -> bool:
+        return len(self.brightness) > 1
+
+
+def output_paths(source: Path, options: EnhanceOptions) -> list[Path]:
+    """``<stem>_lowlux.tif``, or ``<stem>_lowlux_m0.5.tif`` per bracket value."""
+    folder = options.out_dir if options.out_dir is not None else source.parent
+    if not options.bracketed:
+        return [folder / f"{source.stem}{SUFFIX}.tif"]
+    return [folder / f"{source.stem}{SUFFIX}_m{m:g}.tif" for m in options.brightness]
+
+
+@dataclass
+class Decoded:
+    """A raw ready for the net: padded mosaic, where to crop, how to turn, how much to amplify."""
+
+    source: Path
+    mosaic: np.ndarray
+    crop: Crop
+    flip: int
+    amplifications: list[float]
+    outputs: list[Path]
+    brightness: list[float] = field(default_factory=list)
+
+
+def decode(source: str | Path, options: EnhanceOptions) -> Decoded:
+    """Read and prepare one raw; checks the outputs first so no work is wasted on a doomed file."""
+    source = Path(source)
+    outputs = output_paths(source, options)
+    for out in outputs:
+        if out.resolve() == source.resolve():
+            raise InputError(source, "output would replace the source file")
+        check_output(out, options.overwrite)
+    raw = read_raw(source)
+    normalised = raw.normalised()
+    if options.amplification is not None:
+        amps = [float(options.amplification)] * len(options.brightness)
+    else:
+        # Once, on the whole frame: a tiled restoration must not get per-tile exposures.
+        amps = [estimate_amplification(normalised, m, options.variant) for m in options.brightness]
+    mosaic, crop = pad_for_net(normalised, raw.pattern)
+    log.debug("%s: %s, %dx%d, amplification %s", source.name, raw.pattern, *raw.shape[::-1], amps)
+    return Decoded(source, mosaic, crop, raw.flip, amps, outputs, list(options.brightness))
+
+
+def infer(engine, decoded: Decoded) -> list[np.ndarray]:
+    """sRGB images (uint16, oriented, exactly the visible frame), one per amplification."""
+    images = []
+    for amp in decoded.amplifications:
+        rgb = decoded.crop.apply(engine.restore(decoded.mosaic, amp))
+        images.append(apply_orientation(to_uint16(rgb), decoded.flip))
+    return images
+
+
+def encode(decoded: Decoded, images: list[np.ndarray], options: EnhanceOptions) -> list[Path]:
+    return [
+        write_tiff(out, img, source=decoded.source, overwrite=options.overwrite, compression=options.compression)
+        for out, img in zip(decoded.outputs, images)
+    ]
+
+
+def enhance_file(engine, source: str | Path, options: EnhanceOptions = EnhanceOptions()) -> list[Path]:
+    """Restore one raw file and write its TIFF(s); returns the paths written."""
+    decoded = decode(source, options)
+    return encode(decoded, infer(engine, decoded), options)

@@ -1,0 +1,186 @@
+"""16-bit sRGB TIFF output: embedded ICC profile, the raw's Exif/XMP/IPTC, atomic writes.
+
+Metadata is copied with exiv2 (through pyexiv2): it is a maintained C++ library that reads the
+metadata of every raw format LibRaw reads, runs in-process (no per-file subprocess as exiftool
+would need, which matters in a batch), and ships as a wheel with no system dependency.
+
+Files are written to a temporary name in the target folder and moved into place only when
+complete, so a crash or a cancel never leaves a partial TIFF under the final name. Without
+``overwrite`` the final move is a hard link, which fails if the name appeared meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import OutputError
+
+log = logging.getLogger(__name__)
+
+COMPRESSIONS = ("none", "deflate")
+
+# Tags that describe the raw's pixel layout or point into its structure: never copied.
+_SKIP_EXIF_PREFIXES = (
+    "Exif.Image.",  # IFD0 of a raw describes the raw data; the useful entries are re-added below
+    "Exif.Thumbnail.",
+    "Exif.SubImage",
+    "Exif.Photo.MakerNote",
+    "Exif.MakerNote.",
+    "Exif.Photo.PixelXDimension",
+    "Exif.Photo.PixelYDimension",
+    "Exif.Photo.ComponentsConfiguration",
+    "Exif.Iop.",
+)
+_KEEP_IMAGE_TAGS = (
+    "Exif.Image.Make",
+    "Exif.Image.Model",
+    "Exif.Image.DateTime",
+    "Exif.Image.DateTimeOriginal",
+    "Exif.Image.Artist",
+    "Exif.Image.Copyright",
+    "Exif.Image.ImageDescription",
+    "Exif.Image.LensInfo",
+    "Exif.Image.ExposureTime",
+    "Exif.Image.FNumber",
+    "Exif.Image.ISOSpeedRatings",
+    "Exif.Image.FocalLength",
+)
+_SKIP_XMP_PREFIXES = ("Xmp.tiff.", "Xmp.exif.PixelXDimension", "Xmp.exif.PixelYDimension", "Xmp.crs.", "Xmp.darktable.")
+_MAKER_NOTE_GROUPS = ("Exif.Canon", "Exif.Nikon", "Exif.Sony", "Exif.Olympus", "Exif.Panasonic", "Exif.Pentax",
+                      "Exif.Fujifilm", "Exif.Samsung", "Exif.Minolta", "Exif.Sigma", "Exif.Casio", "Exif.Apple")
+
+
+@lru_cache(maxsize=1)
+def srgb_icc_profile() -> bytes:
+    """The sRGB ICC profile (lcms2's built-in sRGB, through Pillow)."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def to_uint16(rgb: np.ndarray) -> np.ndarray:
+    """[0, 1] float image -> uint16, rounding to nearest."""
+    out = np.clip(rgb, 0.0, 1.0) * np.float32(65535.0)
+    out += np.float32(0.5)
+    return out.astype(np.uint16)
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Fail early, before any work, if the TIFF cannot be written."""
+    folder = path.parent
+    if path.exists() and not overwrite:
+        raise OutputError(path, "already exists (use --overwrite to replace it)")
+    if path.is_dir():
+        raise OutputError(path, "is a directory")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(folder, "output folder is a file")
+    if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(folder, "output folder is not writable")
+
+
+def _copyable_exif(exif: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in exif.items():
+        if key in _KEEP_IMAGE_TAGS or not (key.startswith(_SKIP_EXIF_PREFIXES) or key.startswith(_MAKER_NOTE_GROUPS)):
+            out[key] = value
+    return out
+
+
+def _modify(setter, items: dict) -> None:
+    """Apply metadata in one call, falling back to one key at a time so one odd tag costs one tag."""
+    try:
+        setter(items)
+    except Exception:
+        for key, value in items.items():
+            try:
+                setter({key: value})
+            except Exception as exc:  # exiv2 refuses some vendor values; skip them
+                log.debug("metadata %s not copied: %s", key, exc)
+
+
+def copy_metadata(source: Path, target: Path) -> None:
+    """Copy the raw's Exif, XMP and IPTC into the TIFF; pixels are already oriented, so Orientation = 1."""
+    import pyexiv2
+
+    try:
+        with pyexiv2.Image(str(source)) as src:
+            exif, xmp, iptc = src.read_exif(), src.read_xmp(), src.read_iptc()
+    except Exception as exc:
+        log.warning("%s: metadata not readable, TIFF written without it (%s)", source, exc)
+        return
+    exif = _copyable_exif(exif)
+    exif.update({"Exif.Image.Orientation": "1", "Exif.Image.Software": f"lowlux {__version__}"})
+    xmp = {k: v for k, v in xmp.items() if not k.startswith(_SKIP_XMP_PREFIXES)}
+    with pyexiv2.Image(str(target)) as dst:
+        _modify(dst.modify_exif, exif)
+        if xmp:
+            _modify(dst.modify_xmp, xmp)
+        if iptc:
+            _modify(dst.modify_iptc, iptc)
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.{os.getpid()}.{id(path):x}.tmp.tif")
+
+
+def write_tiff(
+    path: str | Path,
+    rgb: np.ndarray,
+    *,
+    source: str | Path | None = None,
+    overwrite: bool = False,
+    compression: str = "none",
+) -> Path:
+    """Write an H x W x 3 uint16 sRGB image as TIFF, atomically, with metadata from ``source``."""
+    import tifffile
+
+    path = Path(path)
+    if rgb.dtype != np.uint16 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 uint16 image, got {rgb.dtype} {rgb.shape}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
+    check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    kwargs = {}
+    if compression != "none":
+        kwargs = {"compression": compression, "predictor": True}
+    try:
+        tifffile.imwrite(
+            tmp,
+            rgb,
+            photometric="rgb",
+            iccprofile=srgb_icc_profile(),
+            software=f"lowlux {__version__}",
+            metadata=None,
+            **kwargs,
+        )
+        if source is not None:
+            copy_metadata(Path(source), tmp)
+        _move_into_place(tmp, path, overwrite)
+    except OSError as exc:
+        raise OutputError(path, f"cannot write ({exc.strerror or exc})") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic and refuses to clobber
+    except FileExistsError as exc:
+        raise OutputError(path, "already exists (use --overwrite to replace it)") from exc
+    except OSError:
+        # Filesystems without hard links: re-check, then rename.
+        if path.exists():
+            raise OutputError(path, "already exists (use --overwrite to replace it)") from None
+        os.replace(tmp, path)
