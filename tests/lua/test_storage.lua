@@ -1,0 +1,138 @@
+-- The export storage "lowlux: enhance dark (16-bit TIFF)".
+local T = require "harness"
+
+local function setup(conf, opts)
+  local dir = T.sandbox()
+  local worker = T.fake_worker(dir, {})
+  local c = {["lua/lowlux/executable"] = worker.exe}
+  for k, v in pairs(conf or {}) do c[k] = v end
+  local sd, dt, api = T.load{conf = c, has_gui = not (opts and opts.headless)}
+  local storage = dt._rec.storages[1]
+  return {dir = dir, worker = worker, dt = dt, api = api, storage = storage}
+end
+
+-- Play darktable's export: initialize, render each image to a temporary file and call store,
+-- then finalize with the image -> temporary file table. `names` are darktable's export names.
+local function export(ctx, images, names)
+  local extra = {}
+  local format = {extension = "tif", plugin_name = "tiff"}
+  local s = ctx.storage
+  s.initialize(s, format, images, true, extra)
+  local table_ = {}
+  local tmp = ctx.dir .. "/tmp"
+  T.mkdir(tmp)
+  for i, img in ipairs(images) do
+    local file = T.write(tmp .. "/" .. names[i], "rendered by darktable")
+    table_[img] = file
+    s.store(s, img, format, file, i, #images, true, extra)
+  end
+  local summary = s.finalize(s, table_, extra)
+  return summary, tmp, table_
+end
+
+local function ls(dir)
+  local p = io.popen("ls -A " .. T.q(dir) .. " 2>/dev/null")
+  local out = {}
+  for line in p:lines() do out[#out + 1] = line end
+  p:close()
+  table.sort(out)
+  return out
+end
+
+T.test("the storage offers itself for TIFF only", function()
+  local ctx = setup()
+  T.eq(ctx.storage.supported(ctx.storage, {extension = "tif"}), true)
+  T.eq(ctx.storage.supported(ctx.storage, {extension = "jpg"}), false)
+end)
+
+T.test("export sends the source raws to the worker and names results after darktable's export names", function()
+  local ctx = setup()
+  local w = ctx.api.widgets
+  w.export_pattern.text = "$(FILE_FOLDER)/exported $(ROLL_NAME)/$(FILE_NAME)"
+  w.export_brightness.value = 0.7
+  w.export_import.value = true
+  local a, b = ctx.dir .. "/a one.dng", ctx.dir .. "/b.dng"
+  local imgs = T.images(ctx.dt, {a, a, b})
+  local out_dir = ctx.dir .. "/exported it's a \"dark\" folder"
+  T.mkdir(out_dir)
+  -- what the worker would write into --out-dir
+  T.write(out_dir .. "/a one_lowlux.tif", "A")
+  T.write(out_dir .. "/b_lowlux.tif", "B")
+  ctx.worker:set{statuses = {T.status("J1", "done", 2, 2, {
+    {"done", a, {out_dir .. "/a one_lowlux.tif"}}, {"done", b, {out_dir .. "/b_lowlux.tif"}}})}}
+
+  local summary, tmp = export(ctx, imgs, {"a one.tif", "a one_01.tif", "b.tif"})
+
+  local submit, i = ctx.worker:call("--out-dir")
+  T.eq(submit[i + 1], out_dir)
+  T.eq({submit[#submit - 1], submit[#submit]}, {a, b}, "each raw once, even when exported twice")
+  local _, j = ctx.worker:call("--brightness")
+  T.eq(submit[j + 1], "0.7")
+  T.eq(ls(out_dir), {"a one_01_lowlux.tif", "a one_lowlux.tif", "b_lowlux.tif"},
+    "the duplicate (version 1) gets its own file, named as darktable names its export")
+  T.eq(T.read(out_dir .. "/a one_01_lowlux.tif"), "A")
+  T.eq(ls(tmp), {}, "darktable's rendered temporary files are removed")
+  local names = {}
+  for _, img in ipairs(ctx.dt._rec.imported) do
+    names[#names + 1] = img.filename
+    T.contains(ctx.dt._tag_names(img), "lowlux|enhanced")
+  end
+  T.eq(names, {"a one_lowlux.tif", "a one_01_lowlux.tif", "b_lowlux.tif"}, "imported when asked to")
+  T.ok(ctx.dt._rec.imported[2].group_leader == imgs[2].group_leader, "grouped with the exported image")
+  T.eq({summary.done, summary.failed}, {2, 0})
+  T.eq(ctx.dt._conf["lua/lowlux/export_pattern"], "$(FILE_FOLDER)/exported $(ROLL_NAME)/$(FILE_NAME)",
+    "the export options are remembered")
+end)
+
+T.test("a target name other than the raw's renames the worker's result", function()
+  local ctx = setup()
+  ctx.api.widgets.export_pattern.text = "$(FILE_FOLDER)/out/night-$(FILE_NAME)"
+  ctx.api.widgets.export_bracket.text = "0.3,0.6"
+  local a = ctx.dir .. "/a.dng"
+  local out_dir = ctx.dir .. "/out"
+  T.mkdir(out_dir)
+  local produced = {out_dir .. "/a_lowlux_m0.3.tif", out_dir .. "/a_lowlux_m0.6.tif"}
+  for _, p in ipairs(produced) do T.write(p, p) end
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, produced}})}}
+  export(ctx, T.images(ctx.dt, {a}), {"a.tif"})
+  local _, i = ctx.worker:call("--bracket")
+  T.eq(ctx.worker:call("--bracket")[i + 1], "0.3,0.6")
+  T.eq(ls(out_dir), {"night-a_lowlux_m0.3.tif", "night-a_lowlux_m0.6.tif"})
+  T.eq(#ctx.dt._rec.imported, 0, "not imported unless asked to")
+end)
+
+T.test("an existing target is not replaced unless replacing is switched on", function()
+  local ctx = setup()
+  ctx.api.widgets.export_pattern.text = "$(FILE_FOLDER)/out/x-$(FILE_NAME)"
+  local a = ctx.dir .. "/a.dng"
+  local out_dir = ctx.dir .. "/out"
+  T.mkdir(out_dir)
+  T.write(out_dir .. "/a_lowlux.tif", "new")
+  T.write(out_dir .. "/x-a_lowlux.tif", "old")
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {out_dir .. "/a_lowlux.tif"}}})}}
+  local summary = export(ctx, T.images(ctx.dt, {a}), {"a.tif"})
+  T.eq(T.read(out_dir .. "/x-a_lowlux.tif"), "old")
+  T.contains(table.concat(ctx.dt._rec.prints, "\n"), "a.dng: " .. out_dir .. "/x-a_lowlux.tif exists")
+  T.eq(summary.failed, 1)
+end)
+
+T.test("headless (darktable-cli) export uses the saved export options", function()
+  local ctx = setup({["lua/lowlux/export_pattern"] = "/nonexistent-never-used/$(FILE_NAME)"}, {headless = true})
+  local a = ctx.dir .. "/a.dng"
+  ctx.dt._conf["lua/lowlux/export_pattern"] = ctx.dir .. "/cli out/$(FILE_NAME)"
+  local out_dir = ctx.dir .. "/cli out"
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {out_dir .. "/a_lowlux.tif"}}})}}
+  export(ctx, T.images(ctx.dt, {a}), {"a.tif"})
+  local submit, i = ctx.worker:call("--out-dir")
+  T.eq(submit[i + 1], out_dir)
+  T.ok(os.execute("test -d " .. T.q(out_dir)), "the target folder is created")
+end)
+
+T.test("an export in which darktable rendered nothing calls no worker", function()
+  local ctx = setup()
+  local s = ctx.storage
+  local extra = {}
+  s.initialize(s, {extension = "tif"}, {}, true, extra)
+  T.eq(s.finalize(s, {}, extra), nil)
+  T.eq(ctx.worker:commands(), {})
+end)
