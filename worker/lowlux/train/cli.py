@@ -1,0 +1,158 @@
+"""The ``train`` and ``eval`` subcommands; the main CLI adds them with :func:`add_train_parser` and
+:func:`add_eval_parser`, and ``python -m lowlux.train`` runs them standalone."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[3]
+SHARED_DATA = REPO.parent / "shared" / "data"
+"""The project's shared data folder (a checkout's sibling); users pass their own folders instead."""
+
+
+def _default_sources() -> list[str]:
+    return [f"{kind}={SHARED_DATA / kind}" for kind in ("raw", "clean") if (SHARED_DATA / kind).is_dir()]
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_dir() else None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from .cache import DEFAULT_CACHE_DIR
+
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                   help="where decoded sources are kept (default: %(default)s)")
+    p.add_argument("--eval-raw", type=Path, default=_existing(SHARED_DATA / "raw"),
+                   help="raw folder for the evaluation set (default: the shared data, if present)")
+    p.add_argument("--eval-clean", type=Path, default=_existing(SHARED_DATA / "clean"),
+                   help="photograph folder for the evaluation set (default: the shared data, if present)")
+    p.add_argument("--eval-limit", type=int, default=None, help="use only the first N evaluation items")
+    p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads (default: %(default)s)")
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train the net on synthetic dark raws (and SID, if you have it)",
+                              description="Train lowlux weights. Resumable with --resume.")
+    p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, logs and weights of this run")
+    p.add_argument("--source", action="append", metavar="KIND=PATH[@WEIGHT]",
+                   help="data source, repeatable: raw=FOLDER (real raws made dark), clean=FOLDER "
+                        "(photographs, unprocessed), sid=LIST_FILE (SID pairs, e.g. SID/Sony_train_list.txt); "
+                        "default: the shared raw and clean folders, weight 1 each")
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=256, help="crop side in px, even (MS-SSIM uses 5 scales above 160)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-after", type=float, default=1e-5)
+    p.add_argument("--lr-drop-at", type=int, default=None, help="step of the lr drop (default: half of --steps)")
+    p.add_argument("--l1-weight", type=float, default=0.8)
+    p.add_argument("--msssim-weight", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="data-loader processes (0: synthesise in the loop)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=1000, help="steps between evaluations (0: never)")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    _common(p)
+    p.set_defaults(func=run_train)
+    return p
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="score weights against the authors' and a classical baseline",
+                              description="Evaluate on the fixed evaluation set; writes eval.json, eval.md "
+                                          "and contact_sheet.png.")
+    p.add_argument("--weights", type=Path, default=None, help="lowlux weights (default: the shipped default)")
+    p.add_argument("--authors", type=Path, default=None,
+                   help="the authors' checkpoint (non-commercial licence: evaluation only)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the classical LibRaw + NLM baseline")
+    p.add_argument("--no-gc", action="store_true", help="skip the GT-GC scores (21 references per image)")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default: %(default)s)")
+    _common(p)
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def _eval_items(args):
+    from .evaluate import build_eval_set
+
+    if args.eval_raw is None and args.eval_clean is None:
+        return None
+    items = build_eval_set(args.eval_raw, args.eval_clean, args.cache_dir)
+    return items[: args.eval_limit] if args.eval_limit else items
+
+
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so the loop's ``finally`` writes a last checkpoint."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_train(args) -> int:
+    from .data import SourceSpec, open_sources
+    from .evaluate import quick_scores
+    from .loop import TrainConfig, train
+
+    specs = [SourceSpec.parse(s) for s in (args.source or _default_sources())]
+    if not specs:
+        log.error("no data: pass --source KIND=PATH (the shared data folder is not here)")
+        return 2
+    sources, weights = open_sources(specs, args.cache_dir)
+    items = _eval_items(args) if args.eval_every else None
+    eval_fn = (lambda model: quick_scores(model, items)) if items else None
+    config = TrainConfig(
+        run_dir=args.run_dir, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
+        lr_after=args.lr_after, lr_drop_at=args.lr_drop_at, l1_weight=args.l1_weight,
+        msssim_weight=args.msssim_weight, seed=args.seed, workers=args.workers, threads=args.threads,
+        log_every=args.log_every, eval_every=args.eval_every if items else 0,
+        checkpoint_minutes=args.checkpoint_minutes, source_names=[f"{s.kind}={s.path}@{s.weight:g}" for s in specs],
+    )
+    _stop_on_sigterm()
+    try:
+        summary = train(config, sources, weights, resume=args.resume, eval_fn=eval_fn)
+    except KeyboardInterrupt:
+        log.warning("interrupted; the last checkpoint is in %s (continue with --resume)", args.run_dir)
+        return 130
+    log.info("done: step %d, loss %.4f, best eval PSNR %.3f dB", summary["step"], summary["loss"],
+             summary["best_psnr"])
+    return 0
+
+
+def run_eval(args) -> int:
+    import torch
+
+    from ..weights import default_weights_path
+    from .evaluate import markdown_table, run_eval as evaluate_all
+
+    torch.set_num_threads(args.threads)
+    weights = args.weights or default_weights_path()
+    if weights is None:
+        log.warning("no --weights and no shipped default weights: scoring without 'ours'")
+    items = _eval_items(args)
+    if not items:
+        log.error("no evaluation data: pass --eval-raw and/or --eval-clean")
+        return 2
+    results = evaluate_all(items, weights, args.authors, args.out, baseline=not args.no_baseline,
+                           threads=args.threads, with_gc=not args.no_gc)
+    sys.stdout.write(markdown_table(results))
+    sys.stdout.write(f"wrote {args.out / 'eval.json'}, eval.md and contact_sheet.png\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lowlux.train")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)

@@ -1,0 +1,299 @@
+"""``lowlux eval``: our weights vs the authors' vs a classical pipeline, on a fixed evaluation set.
+
+The evaluation set (see :mod:`.split` for what training never sees):
+
+* the Canon 550D colour-chart raw, whole (1152 x 1728 after RGGB/32 alignment);
+* two 512 x 512 crops from the held-out bottom band of every other raw;
+* held-out photographs (every 6th of each folder), centre 480 x 480, unprocessed with the Sony
+  α7S II colour matrix.
+
+Each item is made dark once with a fixed seed: exposure ratio cycling through 100, 200, 300 and the
+noise model of :mod:`.noise`. Targets are rendered the SID way (LibRaw for raws, its equivalent
+:func:`~.unprocess.process` for photographs).
+
+Every method is scored with two amplifications: the GT exposure ratio (paper Eq. 3) and our
+amplifier (Eq. 5, m = 0.5). Scores: PSNR, SSIM and the paper's GT-GC (:mod:`.metrics`).
+
+Methods: ``ours`` (any lowlux weights), ``authors`` (their released checkpoint, evaluation only)
+and ``baseline``: the amplified raw written as a DNG, rendered by LibRaw exactly like the targets,
+then denoised with OpenCV's non-local means (fastNlMeansDenoisingColored), its strength set from
+the noise level estimated on the rendered image (scikit-image ``estimate_sigma``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..amplifier import estimate_amplification
+from . import noise
+from .cache import DEFAULT_CACHE_DIR, LIBRAW_SID_RENDER, cache_photo, cache_raw
+from .metrics import gt_gc, psnr, ssim
+from .split import HOLDOUT_ROWS, list_raws, raw_is_eval_only, split_photos
+from .unprocess import CameraColour, process, sony_colour, unprocess_rgb, mosaic as to_mosaic
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED = 20210619
+EVAL_RATIOS = (100.0, 200.0, 300.0)
+RAW_CROP = 512
+PHOTO_CROP = 480
+MODES = ("gt", "amp")
+"""Amplification by the GT exposure ratio, or by our amplifier (m = 0.5, authors' constants)."""
+NLM_STRENGTH = 1.0
+"""fastNlMeans h = NLM_STRENGTH x estimated noise sigma (8-bit units); see :func:`classical_restore`."""
+
+
+@dataclass
+class EvalItem:
+    name: str
+    dark: np.ndarray
+    """Normalised dark mosaic (H x W float32, RGGB, sides multiples of 32)."""
+    ratio: float
+    target: np.ndarray
+    """H x W x 3 float32 sRGB in [0, 1]."""
+    colour: CameraColour
+
+    def amplification(self, mode: str) -> float:
+        if mode == "gt":
+            return self.ratio
+        return estimate_amplification(self.dark, 0.5, "authors")
+
+
+def _centre(length: int, size: int) -> int:
+    return (length - size) // 4 * 2
+
+
+def _darken(clean: np.ndarray, index: int, ratio: float) -> np.ndarray:
+    rng = np.random.default_rng([EVAL_SEED, index])
+    return noise.make_dark(clean, noise.sample_params(rng, ratio=ratio), rng)
+
+
+def raw_items(folder: Path, cache_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray, CameraColour]]:
+    """(name, clean mosaic, target, colour) per eval region of each raw in ``folder``."""
+    out = []
+    for path in list_raws(folder):
+        cached = cache_raw(path, cache_dir)
+        mos, tgt = cached.mosaic(), cached.target()
+        h, w = mos.shape
+        if raw_is_eval_only(path):
+            eh, ew = h // 32 * 32, w // 32 * 32
+            top, left = _centre(h, eh), _centre(w, ew)
+            regions = [("", top, left, eh, ew)]
+        else:
+            top = h - HOLDOUT_ROWS + _centre(HOLDOUT_ROWS, RAW_CROP)
+            lefts = [(w // 4 - RAW_CROP // 2) // 2 * 2, (3 * w // 4 - RAW_CROP // 2) // 2 * 2]
+            regions = [(f"#{i}", top, left, RAW_CROP, RAW_CROP) for i, left in enumerate(lefts)]
+        for suffix, top, left, eh, ew in regions:
+            clean = np.array(mos[top : top + eh, left : left + ew], dtype=np.float32)
+            target = np.array(tgt[top : top + eh, left : left + ew], dtype=np.float32) / 65535
+            out.append((f"{path.stem}{suffix}", clean, target, cached.colour))
+    return out
+
+
+def photo_items(folder: Path, cache_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray, CameraColour]]:
+    out = []
+    for i, path in enumerate(split_photos(folder)[1]):
+        photo = np.load(cache_photo(path, cache_dir)).astype(np.float32) / 65535
+        h, w = photo.shape[:2]
+        size = min(PHOTO_CROP, h // 32 * 32, w // 32 * 32)
+        top, left = _centre(h, size), _centre(w, size)
+        colour = sony_colour(np.random.default_rng([EVAL_SEED, 1000 + i]))
+        cam = unprocess_rgb(photo[top : top + size, left : left + size], colour)
+        out.append((f"{path.parent.name}/{path.stem}", to_mosaic(cam), process(cam, colour), colour))
+    return out
+
+
+def build_eval_set(raw_dir: Path | None, clean_dir: Path | None,
+                   cache_dir: Path = DEFAULT_CACHE_DIR) -> list[EvalItem]:
+    """The fixed evaluation items (deterministic: fixed seeds and ratios)."""
+    clean = []
+    if raw_dir is not None:
+        clean += raw_items(Path(raw_dir), Path(cache_dir))
+    if clean_dir is not None:
+        clean += photo_items(Path(clean_dir), Path(cache_dir))
+    items = []
+    for i, (name, mos, target, colour) in enumerate(clean):
+        ratio = EVAL_RATIOS[i % len(EVAL_RATIOS)]
+        items.append(EvalItem(name, _darken(mos, i, ratio), ratio, target, colour))
+    if not items:
+        raise ValueError("empty evaluation set: give a raw and/or a photograph folder")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods
+
+
+Restorer = Callable[[EvalItem, float], np.ndarray]
+
+
+def net_restorer(weights: Path, threads: int | None = None) -> Restorer:
+    """A restorer running lowlux's own inference engine with the given weights (CPU)."""
+    from ..engine import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(weights=weights, device="cpu", threads=threads))
+    return lambda item, amp: engine.restore(item.dark, amp)
+
+
+def model_restorer(model) -> Restorer:
+    """A restorer for an in-memory model (training's periodic evaluation)."""
+    import torch
+
+    def restore(item: EvalItem, amp: float) -> np.ndarray:
+        x = torch.from_numpy(item.dark)[None, None].mul(float(amp)).clamp_(0, 1)
+        with torch.no_grad():
+            return model(x)[0].permute(1, 2, 0).numpy()
+
+    return restore
+
+
+def libraw_render(item: EvalItem, amp: float) -> np.ndarray:
+    """The amplified dark raw rendered by LibRaw the way the targets were (float32 sRGB)."""
+    import rawpy
+
+    from ..dng import write_dng
+
+    amplified = np.clip(item.dark * np.float32(amp), 0, 1)
+    cfa = np.round(noise.SONY_BLACK + amplified * (noise.SONY_WHITE - noise.SONY_BLACK)).astype(np.uint16)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_dng(Path(tmp) / "amplified.dng", cfa, pattern="RGGB", black=noise.SONY_BLACK,
+                         white=int(noise.SONY_WHITE), color_matrix=item.colour.xyz_to_cam,
+                         as_shot_neutral=item.colour.as_shot_neutral)
+        with rawpy.imread(str(path)) as raw:
+            return raw.postprocess(**LIBRAW_SID_RENDER).astype(np.float32) / 65535
+
+
+def classical_restore(item: EvalItem, amp: float, strength: float = NLM_STRENGTH) -> np.ndarray:
+    """LibRaw rendering + OpenCV non-local means with h from the estimated noise level."""
+    import cv2
+    from skimage.restoration import estimate_sigma
+
+    rendered = libraw_render(item, amp)
+    img8 = np.round(rendered * 255).astype(np.uint8)
+    sigma = float(estimate_sigma(rendered, channel_axis=-1, average_sigmas=True)) * 255
+    h = max(1.0, strength * sigma)
+    out = cv2.fastNlMeansDenoisingColored(img8, None, h, h, 7, 21)
+    return out.astype(np.float32) / 255
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score(out: np.ndarray, target: np.ndarray, with_gc: bool = True) -> dict[str, float]:
+    s = {"psnr": psnr(out, target), "ssim": ssim(out, target)}
+    if with_gc:
+        s["gtgc_psnr"], s["gtgc_ssim"] = gt_gc(out, target)
+    return s
+
+
+def quick_scores(model, items: Sequence[EvalItem]) -> dict[str, float]:
+    """Mean PSNR/SSIM of an in-memory model, GT ratio only (the training curve)."""
+    restore = model_restorer(model)
+    scores = [score(restore(it, it.ratio), it.target, with_gc=False) for it in items]
+    return {k: float(np.mean([s[k] for s in scores])) for k in ("psnr", "ssim")}
+
+
+def evaluate(items: Sequence[EvalItem], methods: dict[str, Restorer], modes: Sequence[str] = MODES,
+             with_gc: bool = True) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """Scores of every method x mode x item, their means, and the GT-ratio outputs (for the sheet)."""
+    results: dict = {"items": [{"name": it.name, "ratio": it.ratio, "shape": list(it.target.shape[:2])}
+                               for it in items], "methods": {}}
+    outputs: dict[str, dict[str, np.ndarray]] = {m: {} for m in methods}
+    for name, restore in methods.items():
+        results["methods"][name] = {}
+        for mode in modes:
+            t = time.time()
+            per_item = {}
+            for it in items:
+                amp = it.amplification(mode)
+                out = restore(it, amp)
+                per_item[it.name] = {"amplification": amp, **score(out, it.target, with_gc)}
+                if mode == "gt":
+                    outputs[name][it.name] = out
+            keys = [k for k in next(iter(per_item.values())) if k != "amplification"]
+            mean = {k: float(np.mean([v[k] for v in per_item.values()])) for k in keys}
+            results["methods"][name][mode] = {"mean": mean, "per_item": per_item, "seconds": time.time() - t}
+            log.info("%s / %s: PSNR %.2f dB, SSIM %.4f", name, mode, mean["psnr"], mean["ssim"])
+    return results, outputs
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| method | amplification | PSNR (dB) | SSIM | GT-GC PSNR (dB) | GT-GC SSIM |",
+             "|---|---|---|---|---|---|"]
+    for name, by_mode in results["methods"].items():
+        for mode, r in by_mode.items():
+            m = r["mean"]
+            label = "GT exposure ratio" if mode == "gt" else "amplifier (m = 0.5)"
+            gc = (f"{m['gtgc_psnr']:.2f} | {m['gtgc_ssim']:.4f}") if "gtgc_psnr" in m else "- | -"
+            lines.append(f"| {name} | {label} | {m['psnr']:.2f} | {m['ssim']:.4f} | {gc} |")
+    return "\n".join(lines) + "\n"
+
+
+def _display_input(item: EvalItem, gain: float = 20.0) -> np.ndarray:
+    """The dark mosaic x gain as a quick RGB (half resolution, nearest upsampled): no restoration."""
+    d = np.clip(item.dark * gain, 0, 1)
+    rgb = np.stack([d[0::2, 0::2], (d[0::2, 1::2] + d[1::2, 0::2]) / 2, d[1::2, 1::2]], axis=-1)
+    return rgb.repeat(2, axis=0).repeat(2, axis=1)
+
+
+def contact_sheet(path: Path, items: Sequence[EvalItem], outputs: dict[str, dict[str, np.ndarray]],
+                  tile_height: int = 192) -> Path:
+    """One row per item: input x20, each method's output (GT ratio), target."""
+    from PIL import Image, ImageDraw
+
+    columns = ["input x20"] + list(outputs) + ["target"]
+    rows = []
+    for it in items:
+        images = [_display_input(it)] + [outputs[m][it.name] for m in outputs] + [it.target]
+        scale = tile_height / it.target.shape[0]
+        size = (max(1, round(it.target.shape[1] * scale)), tile_height)
+        tiles = [Image.fromarray(np.round(np.clip(im, 0, 1) * 255).astype(np.uint8)).resize(size, Image.BILINEAR)
+                 for im in images]
+        rows.append(tiles)
+    width = max(sum(t.width for t in r) for r in rows) + 4 * len(columns)
+    header = 20
+    sheet = Image.new("RGB", (width, header + sum(r[0].height + 4 for r in rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    y = header
+    for it, tiles in zip(items, rows):
+        x = 0
+        for col, tile in zip(columns, tiles):
+            sheet.paste(tile, (x, y))
+            if y == header:
+                draw.text((x + 4, 4), col, fill="black")
+            x += tile.width + 4
+        draw.text((4, y + 4), f"{it.name} x{it.ratio:g}", fill="yellow")
+        y += tiles[0].height + 4
+    sheet.save(path)
+    return path
+
+
+def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | None, out_dir: Path,
+             baseline: bool = True, threads: int | None = None, with_gc: bool = True) -> dict:
+    """Evaluate the methods available, write eval.json, eval.md and contact_sheet.png in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    methods: dict[str, Restorer] = {}
+    if baseline:
+        methods["baseline"] = classical_restore
+    if weights is not None:
+        methods["ours"] = net_restorer(weights, threads)
+    if authors is not None:
+        methods["authors"] = net_restorer(authors, threads)
+    if not methods:
+        raise ValueError("nothing to evaluate: no weights, no authors' checkpoint and no baseline")
+    results, outputs = evaluate(items, methods, with_gc=with_gc)
+    results["weights"] = {"ours": str(weights) if weights else None, "authors": str(authors) if authors else None}
+    results["baseline"] = f"LibRaw render + OpenCV fastNlMeansDenoisingColored, h = {NLM_STRENGTH} x estimated sigma"
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "eval.md").write_text(markdown_table(results))
+    contact_sheet(out_dir / "contact_sheet.png", items, outputs)
+    return results

@@ -1,0 +1,61 @@
+"""The training loss of the paper (Sec. 3.1): 0.8 * L1 + 0.2 * (1 - MS-SSIM).
+
+MS-SSIM comes from pytorch-msssim with its defaults (11-tap Gaussian window, sigma 1.5, the five
+scale weights of Wang et al.). Five scales need the smaller crop side to exceed
+(11 - 1) * 2^4 = 160 px; the default 256 px crop fits. Smaller crops (tests, quick runs) use as
+many of the finest scales as fit, with their weights renormalised; the count is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+WINDOW = 11
+
+
+def msssim_levels(side: int, window: int = WINDOW) -> int:
+    """How many MS-SSIM scales fit a crop of ``side`` px (at least 1)."""
+    levels = len(MSSSIM_WEIGHTS)
+    while levels > 1 and side <= (window - 1) * 2 ** (levels - 1):
+        levels -= 1
+    return levels
+
+
+@dataclass
+class RestorationLoss:
+    l1_weight: float = 0.8
+    msssim_weight: float = 0.2
+
+    def __post_init__(self) -> None:
+        self._levels_logged: int | None = None
+
+    def msssim(self, out: Tensor, target: Tensor) -> Tensor:
+        from pytorch_msssim import ms_ssim, ssim
+
+        levels = msssim_levels(min(out.shape[-2:]))
+        if levels != self._levels_logged:
+            log.info("MS-SSIM on %d scale(s) for %dx%d crops", levels, *out.shape[-2:])
+            self._levels_logged = levels
+        if min(out.shape[-2:]) < WINDOW:
+            raise ValueError(f"crops of {tuple(out.shape[-2:])} are smaller than the SSIM window {WINDOW}")
+        if levels == 1:
+            return ssim(out, target, data_range=1.0, size_average=True)
+        weights = torch.tensor(MSSSIM_WEIGHTS[:levels])
+        return ms_ssim(out, target, data_range=1.0, size_average=True, weights=(weights / weights.sum()).tolist())
+
+    def __call__(self, out: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
+        l1 = (out - target).abs().mean()
+        total = self.l1_weight * l1
+        parts = {"l1": float(l1.detach())}
+        if self.msssim_weight:
+            ms = self.msssim(out, target)
+            total = total + self.msssim_weight * (1 - ms)
+            parts["msssim"] = float(ms.detach())
+        return total, parts

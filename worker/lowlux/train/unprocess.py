@@ -1,0 +1,167 @@
+"""Unprocessing photographs into raw mosaics (Brooks et al., CVPR 2019, "Unprocessing Images for
+Learned Raw Denoising"), and the matching forward rendering.
+
+The forward rendering :func:`process` is the one LibRaw applies when SID's ground truth is made
+(``postprocess(use_camera_wb=True, no_auto_bright=True, output_bps=16)``): white-balance gains
+normalised to the smallest one, clip, camera RGB -> linear sRGB, clip, LibRaw's default BT.709-style
+gamma curve (power 1/2.222, toe slope 4.5). Brooks' smoothstep tone curve is optional; LibRaw has
+none, so training targets are rendered without it.
+
+:func:`unprocess` inverts all of that in reverse order (tone curve, gamma, colour matrix, white
+balance), then :func:`mosaic` keeps one colour per pixel in RGGB order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+# sRGB (D65) -> XYZ, as in Brooks et al. and LibRaw's xyz_rgb.
+RGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
+
+# XYZ -> camera matrices used by Brooks et al. for random colour matrices.
+BROOKS_XYZ_TO_CAMS = np.array([
+    [[1.0234, -0.2969, -0.2266], [-0.5625, 1.6328, -0.0469], [-0.0703, 0.2188, 0.6406]],
+    [[0.4913, -0.0541, -0.0202], [-0.613, 1.3513, 0.2906], [-0.1564, 0.2151, 0.7183]],
+    [[0.838, -0.263, -0.0639], [-0.2887, 1.0725, 0.2496], [-0.0627, 0.1427, 0.5438]],
+    [[0.6596, -0.2079, -0.0562], [-0.4782, 1.3016, 0.1933], [-0.097, 0.1581, 0.5181]],
+])
+
+# Sony ILCE-7S / α7S II (the SID camera), LibRaw's adobe_coeff table (x 1/10000).
+SONY_A7S2_XYZ_TO_CAM = np.array([[5838, -1430, -246], [-3497, 11477, 2297], [-748, 1885, 5778]]) / 10000.0
+
+RED_GAIN_RANGE = (1.9, 2.4)
+BLUE_GAIN_RANGE = (1.5, 1.9)
+"""White-balance gain ranges of Brooks et al. (green gain 1)."""
+
+LIBRAW_GAMMA = (1 / 2.222, 4.5)
+"""rawpy's default ``gamma=(2.222, 4.5)``: LibRaw's power and toe slope."""
+
+
+@dataclass(frozen=True)
+class CameraColour:
+    """How a (possibly virtual) camera's raw RGB relates to sRGB, and the shot's white balance."""
+
+    xyz_to_cam: np.ndarray
+    """3 x 3 XYZ -> camera (a DNG ColorMatrix1; rows need not be normalised)."""
+    wb: tuple[float, float, float]
+    """White-balance multipliers R, G, B (what LibRaw's camera WB applies; G = 1)."""
+
+    @property
+    def rgb_to_cam(self) -> np.ndarray:
+        """sRGB -> camera with rows summing to 1, as LibRaw normalises it (white stays white)."""
+        m = self.xyz_to_cam @ RGB_TO_XYZ
+        return m / m.sum(axis=1, keepdims=True)
+
+    @property
+    def cam_to_rgb(self) -> np.ndarray:
+        return np.linalg.inv(self.rgb_to_cam)
+
+    @property
+    def as_shot_neutral(self) -> tuple[float, float, float]:
+        """The DNG AsShotNeutral that makes LibRaw apply ``wb``."""
+        return tuple(float(1.0 / g) for g in self.wb)  # type: ignore[return-value]
+
+
+def random_colour(rng: np.random.Generator) -> CameraColour:
+    """Brooks et al.: a random convex combination of camera matrices and random R/B gains."""
+    weights = rng.uniform(1e-8, 1.0, len(BROOKS_XYZ_TO_CAMS))
+    xyz_to_cam = np.tensordot(weights / weights.sum(), BROOKS_XYZ_TO_CAMS, axes=1)
+    wb = (float(rng.uniform(*RED_GAIN_RANGE)), 1.0, float(rng.uniform(*BLUE_GAIN_RANGE)))
+    return CameraColour(xyz_to_cam, wb)
+
+
+def sony_colour(rng: np.random.Generator | None = None) -> CameraColour:
+    """The SID camera's matrix with Brooks-range gains (mid-range when no rng is given)."""
+    if rng is None:
+        wb = (float(np.mean(RED_GAIN_RANGE)), 1.0, float(np.mean(BLUE_GAIN_RANGE)))
+    else:
+        wb = (float(rng.uniform(*RED_GAIN_RANGE)), 1.0, float(rng.uniform(*BLUE_GAIN_RANGE)))
+    return CameraColour(SONY_A7S2_XYZ_TO_CAM, wb)
+
+
+@lru_cache(maxsize=None)
+def _gamma_constants(power: float, toe: float) -> tuple[float, float]:
+    """LibRaw's ``gamma_curve``: the linear/power junction g3 and offset g4, found by bisection."""
+    lo, hi = (0.0, 1.0)
+    bnd = [lo, hi]
+    g2 = 0.0
+    for _ in range(48):
+        g2 = (bnd[0] + bnd[1]) / 2
+        bnd[int(((g2 / toe) ** -power - 1) / power - 1 / g2 > -1)] = g2
+    return g2 / toe, g2 * (1 / power - 1)
+
+
+def gamma_encode(linear: np.ndarray, power: float = LIBRAW_GAMMA[0], toe: float = LIBRAW_GAMMA[1]) -> np.ndarray:
+    """Linear [0, 1] -> LibRaw's gamma-encoded output (toe slope ``toe`` below the junction)."""
+    g3, g4 = _gamma_constants(power, toe)
+    x = np.clip(linear, 0.0, 1.0)
+    return np.where(x < g3, x * toe, (1 + g4) * np.power(np.maximum(x, g3), power) - g4).astype(np.float32)
+
+
+def gamma_decode(encoded: np.ndarray, power: float = LIBRAW_GAMMA[0], toe: float = LIBRAW_GAMMA[1]) -> np.ndarray:
+    """Inverse of :func:`gamma_encode`."""
+    g3, g4 = _gamma_constants(power, toe)
+    y = np.clip(encoded, 0.0, 1.0)
+    return np.where(y < g3 * toe, y / toe, np.power((np.maximum(y, g3 * toe) + g4) / (1 + g4), 1 / power)).astype(
+        np.float32
+    )
+
+
+def tone_curve(x: np.ndarray) -> np.ndarray:
+    """Brooks et al.'s global tone curve (smoothstep)."""
+    x = np.clip(x, 0.0, 1.0)
+    return (3 * x**2 - 2 * x**3).astype(np.float32)
+
+
+def inverse_tone_curve(y: np.ndarray) -> np.ndarray:
+    """Inverse smoothstep: 0.5 - sin(asin(1 - 2y) / 3)."""
+    y = np.clip(y, 0.0, 1.0)
+    return (0.5 - np.sin(np.arcsin(1.0 - 2.0 * y) / 3.0)).astype(np.float32)
+
+
+def _apply_matrix(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    return np.einsum("...c,rc->...r", image, matrix.astype(np.float32), optimize=True).astype(np.float32)
+
+
+def _wb_multipliers(colour: CameraColour) -> np.ndarray:
+    """LibRaw divides the multipliers by the smallest, so no channel is ever darkened."""
+    wb = np.asarray(colour.wb, dtype=np.float32)
+    return wb / wb.min()
+
+
+def unprocess_rgb(srgb: np.ndarray, colour: CameraColour, invert_tone: bool = True) -> np.ndarray:
+    """sRGB image (H x W x 3 in [0, 1]) -> linear camera RGB before white balance (H x W x 3)."""
+    x = np.asarray(srgb, dtype=np.float32)
+    if invert_tone:
+        x = inverse_tone_curve(x)
+    linear = gamma_decode(x)
+    cam = _apply_matrix(linear, colour.rgb_to_cam)
+    return np.clip(cam / _wb_multipliers(colour), 0.0, 1.0)
+
+
+def mosaic(cam: np.ndarray) -> np.ndarray:
+    """H x W x 3 -> H x W RGGB mosaic (H, W even)."""
+    out = np.empty(cam.shape[:2], dtype=np.float32)
+    out[0::2, 0::2] = cam[0::2, 0::2, 0]
+    out[0::2, 1::2] = cam[0::2, 1::2, 1]
+    out[1::2, 0::2] = cam[1::2, 0::2, 1]
+    out[1::2, 1::2] = cam[1::2, 1::2, 2]
+    return out
+
+
+def unprocess(srgb: np.ndarray, colour: CameraColour, invert_tone: bool = True) -> np.ndarray:
+    """sRGB photograph -> the clean normalised RGGB raw a camera with ``colour`` would record."""
+    return mosaic(unprocess_rgb(srgb, colour, invert_tone))
+
+
+def process(cam: np.ndarray, colour: CameraColour, apply_tone: bool = False) -> np.ndarray:
+    """Linear camera RGB (H x W x 3, before WB) -> rendered sRGB in [0, 1], LibRaw's way."""
+    x = np.clip(np.asarray(cam, dtype=np.float32) * _wb_multipliers(colour), 0.0, 1.0)
+    rgb = np.clip(_apply_matrix(x, colour.cam_to_rgb), 0.0, 1.0)
+    out = gamma_encode(rgb)
+    return tone_curve(out) if apply_tone else out
