@@ -1,0 +1,214 @@
+"""The wire format, the status TSV the darktable script parses, endpoint configuration and the fair queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from lowlux import config as cfg
+from lowlux import protocol as proto
+from lowlux.jobs import Job, QueueFull, Scheduler
+from lowlux.protocol import ProtocolError
+from workerkit import runtime  # noqa: F401  (fixture)
+
+
+def frame(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+# ---- requests --------------------------------------------------------------------------------------------------
+
+
+def test_a_well_formed_request_is_accepted():
+    msg = proto.parse_request(proto.dumps(proto.make_request("status", job="abc")))
+    assert msg["op"] == "status" and msg["job"] == "abc" and msg["v"] == proto.PROTOCOL_VERSION
+
+
+@pytest.mark.parametrize("data, code, words", [
+    (b"\xff\xfe not utf-8", proto.BAD_JSON, "not UTF-8 JSON"),
+    (b"{not json", proto.BAD_JSON, "not UTF-8 JSON"),
+    (frame([1, 2, 3]), proto.BAD_REQUEST, "JSON object"),
+    (frame({"op": "ping"}), proto.BAD_VERSION, "no protocol version"),
+    (frame({"v": 99, "op": "ping"}), proto.BAD_VERSION, "99 is not supported"),
+    (frame({"v": True, "op": "ping"}), proto.BAD_VERSION, "not supported"),
+    (frame({"v": 1}), proto.BAD_REQUEST, "no 'op'"),
+    (frame({"v": 1, "op": "launch"}), proto.UNKNOWN_OP, "unknown op 'launch'"),
+    (frame({"v": 1, "op": "ping", "id": 7}), proto.BAD_REQUEST, "'id' must be a string"),
+    (b" " * (proto.MAX_HEADER_BYTES + 1), proto.TOO_LARGE, "exceeds the limit"),
+])
+def test_malformed_requests_are_refused_with_the_reason(data, code, words):
+    with pytest.raises(ProtocolError) as err:
+        proto.parse_request(data)
+    assert err.value.code == code and words in err.value.message
+
+
+def test_field_checks_name_the_field():
+    msg = {"op": "submit", "files": "a.dng", "flag": True}
+    with pytest.raises(ProtocolError, match="'files' must be a list, not str"):
+        proto.string_list(msg, "files", limit=10)
+    with pytest.raises(ProtocolError, match=r"'files\[1\]' must be a non-empty string"):
+        proto.string_list({"files": ["/a.dng", 3]}, "files", limit=10)
+    with pytest.raises(ProtocolError, match="has 3 entries; the limit is 2"):
+        proto.string_list({"files": ["/a", "/b", "/c"]}, "files", limit=2)
+    with pytest.raises(ProtocolError, match="needs the field 'job'"):
+        proto.job_field({"op": "status"})
+    with pytest.raises(ProtocolError, match="not a boolean"):
+        proto.field({"index": True}, "index", int)
+
+
+def test_options_are_type_checked_and_unknown_ones_refused():
+    assert proto.check_options({"brightness": 0.4, "overwrite": True}) == {"brightness": [0.4], "overwrite": True}
+    assert proto.check_options(None) == {}
+    for bad, words in [({"brightnes": 0.5}, "unknown option"), ({"brightness": "0.5"}, "number"),
+                       ({"brightness": [True]}, "number"), ({"brightness": [0.5] * 17}, "at most 16"),
+                       ({"amplification": "x"}, "number"), ({"overwrite": "yes"}, "boolean"),
+                       ({"out_dir": 5}, "string"), ([1], "object")]:
+        with pytest.raises(ProtocolError, match=words):
+            proto.check_options(bad)
+
+
+def test_options_to_wire_carries_every_enhance_option(tmp_path):
+    from lowlux.pipeline import EnhanceOptions
+
+    options = EnhanceOptions(brightness=(0.3, 0.7), amplification=50.0, out_dir=tmp_path, overwrite=True,
+                             compression="deflate")
+    wire = proto.options_to_wire(options)
+    assert proto.check_options(wire) == wire
+    assert wire == {"brightness": [0.3, 0.7], "amplification": 50.0, "variant": options.variant, "overwrite": True,
+                    "compression": "deflate", "out_dir": str(tmp_path)}
+
+
+# ---- TSV ---------------------------------------------------------------------------------------------------------
+
+
+def test_tsv_fields_escape_tabs_newlines_and_backslashes():
+    nasty = "a\tb\nc\\d"
+    assert proto.tsv_escape(nasty) == "a\\tb\\nc\\\\d"
+    assert proto.tsv_unescape(proto.tsv_escape(nasty)) == nasty
+    assert proto.tsv_escape(None) == ""
+
+
+def test_status_tsv_is_one_header_line_then_one_line_per_file():
+    status = {"job": "j1", "state": "running", "finished": 1, "total": 2, "files": [
+        {"state": "done", "source": "/x/a\tb.dng", "outputs": ["/x/a_m0.3.tif", "/x/a_m0.7.tif"], "error": None},
+        {"state": "failed", "source": "/x/c.dng", "outputs": [], "error": "/x/c.dng: not a raw\nfile"}]}
+    lines = proto.status_tsv(status).split("\n")
+    assert lines == ["job\tj1\trunning\t1\t2",
+                     "file\tdone\t/x/a\\tb.dng\t/x/a_m0.3.tif|/x/a_m0.7.tif\t",
+                     "file\tfailed\t/x/c.dng\t\t/x/c.dng: not a raw\\nfile"]
+    assert all(len(line.split("\t")) == 5 for line in lines)
+
+
+# ---- endpoint configuration -------------------------------------------------------------------------------------
+
+
+def test_endpoint_comes_from_flag_then_env_then_config_file_then_default(runtime, monkeypatch, tmp_path):
+    default = cfg.resolve_endpoint()
+    assert default == f"ipc://{runtime / 'lowlux' / 'worker.sock'}"
+    assert stat.S_IMODE(os.stat(runtime / "lowlux").st_mode) == 0o700
+    conf = tmp_path / "config.toml"
+    conf.write_text('[worker]\nendpoint = "tcp://127.0.0.1:7001"\n')
+    monkeypatch.setenv("LOWLUX_CONFIG", str(conf))
+    assert cfg.resolve_endpoint() == "tcp://127.0.0.1:7001"
+    monkeypatch.setenv("LOWLUX_ENDPOINT", "tcp://127.0.0.1:7002")
+    assert cfg.resolve_endpoint() == "tcp://127.0.0.1:7002"
+    assert cfg.resolve_endpoint("ipc:///tmp/x.sock") == "ipc:///tmp/x.sock"
+
+
+def test_the_default_socket_folder_falls_back_to_a_private_tmp_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(cfg.tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = cfg.runtime_dir()
+    assert folder == tmp_path / f"lowlux-{os.getuid()}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_a_broken_config_file_is_an_error_naming_it(monkeypatch, tmp_path):
+    conf = tmp_path / "config.toml"
+    conf.write_text("[worker\nendpoint=")
+    monkeypatch.setenv("LOWLUX_CONFIG", str(conf))
+    monkeypatch.delenv("LOWLUX_ENDPOINT", raising=False)
+    with pytest.raises(cfg.ConfigError, match="config.toml: cannot read"):
+        cfg.resolve_endpoint()
+
+
+@pytest.mark.parametrize("endpoint, words", [("http://x", "unsupported endpoint"), ("tcp://host", "host and a port"),
+                                             ("ipc://", "needs a path"), ("ipc:///" + "x" * 120, "too long")])
+def test_bad_endpoints_are_refused(endpoint, words):
+    with pytest.raises(cfg.ConfigError, match=words):
+        cfg.check_endpoint(endpoint)
+
+
+def test_only_ipc_and_loopback_count_as_local():
+    assert cfg.is_local("ipc:///tmp/a.sock") and cfg.is_local("tcp://127.0.0.1:5") and cfg.is_local("tcp://[::1]:5")
+    assert not cfg.is_local("tcp://0.0.0.0:5") and not cfg.is_local("tcp://192.168.1.2:5")
+
+
+# ---- jobs and the fair queue ------------------------------------------------------------------------------------
+
+
+def job(client: str, n: int) -> Job:
+    j = Job(client=client, options=None)
+    j.add_files([f"/{client}/{i}.dng" for i in range(n)])
+    return j
+
+
+def test_clients_take_turns_whatever_the_size_of_their_jobs():
+    sched = Scheduler()
+    big, small1, small2 = job("a", 5), job("b", 2), job("b", 1)
+    for j in (big, small1, small2):
+        sched.add(j)
+    order = [sched.next_task(timeout=0).source for _ in range(8)]
+    assert order == ["/a/0.dng", "/b/0.dng", "/a/1.dng", "/b/1.dng", "/a/2.dng", "/b/0.dng", "/a/3.dng", "/a/4.dng"]
+    assert sched.next_task(timeout=0) is None
+
+
+def test_job_states_follow_their_files():
+    sched = Scheduler()
+    j = job("a", 2)
+    sched.add(j)
+    assert j.state == "queued"
+    t0 = sched.next_task(timeout=0)
+    assert j.state == "running" and t0.stage == "decoding"
+    sched.finish(t0, "failed", error="bad")
+    t1 = sched.next_task(timeout=0)
+    sched.finish(t1, "done", outputs=["/a/1_lowlux.tif"])
+    assert j.state == "done" and j.summary()["finished"] == 2  # done even though a file failed
+    assert j.summary()["counts"] == {"queued": 0, "running": 0, "done": 1, "failed": 1, "cancelled": 0}
+
+
+def test_cancel_stops_queued_files_and_the_running_one_at_its_next_stage():
+    sched = Scheduler()
+    j = job("a", 3)
+    sched.add(j)
+    running = sched.next_task(timeout=0)
+    sched.cancel(j.id)
+    assert [t.state for t in j.tasks] == ["running", "cancelled", "cancelled"]
+    assert j.state == "running"  # not over until the running file has stopped
+    assert sched.start_stage(running, "inferring") is False
+    assert j.state == "cancelled" and running.state == "cancelled"
+    assert sched.next_task(timeout=0) is None
+
+
+def test_the_queue_is_bounded_and_old_jobs_are_forgotten():
+    sched = Scheduler(max_pending_files=4)
+    sched.add(job("a", 3))
+    with pytest.raises(QueueFull, match="limit is 4"):
+        sched.add(job("b", 2))
+    for _ in range(3):
+        sched.finish(sched.next_task(timeout=0), "done")
+    assert len(sched.purge(ttl=3600, keep=0)) == 1 and sched.counts()["jobs"] == 0
+
+
+def test_stop_cancels_everything_queued_and_wakes_the_pipeline():
+    sched = Scheduler()
+    j = job("a", 2)
+    sched.add(j)
+    sched.stop()
+    assert sched.next_task() is None
+    assert {t.state for t in j.tasks} == {"cancelled"} and "shutting down" in j.tasks[0].error
+    with pytest.raises(QueueFull, match="shutting down"):
+        sched.add(job("b", 1))

@@ -1,0 +1,314 @@
+"""The worker in-process: requests, bad requests, bad files, cancel, fairness, shutdown, uploads over CURVE."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zmq
+
+from conftest import sha256
+from lowlux import protocol as proto
+from lowlux.client import Client, WorkerError, WorkerUnavailable
+from lowlux.config import ConfigError
+from lowlux.keys import authorize, generate, load_client_keys
+from lowlux.server import Server, ServerConfig
+from workerkit import GatedEngine, endpoint, engine, free_port, raw_request, runtime, serving, wait_for  # noqa: F401
+
+
+def request(ep: str, op: str, **fields) -> dict:
+    reply = raw_request(ep, [proto.dumps(proto.make_request(op, **fields))])
+    assert reply is not None, f"no reply to {op}"
+    return json.loads(reply[0])
+
+
+def finished(ep: str, job: str) -> dict:
+    return wait_for(lambda: (s := request(ep, "status", job=job)) and s["state"] in proto.TERMINAL_STATES and s,
+                    what=f"job {job} finished")
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary or partial files a write could leave behind."""
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
+
+
+def test_ping_and_health_describe_the_worker(engine, endpoint):
+    with serving(engine, endpoint):
+        ping = request(endpoint, "ping")
+        assert ping["ok"] and ping["ready"] and ping["protocol"] == proto.PROTOCOL_VERSION and ping["pid"] == os.getpid()
+        health = request(endpoint, "health")
+        assert health["device"] == "cpu" and health["weights"].endswith("tiny.safetensors")
+        assert health["queued_files"] == 0 and health["rss"] > 0 and health["limits"]["max_files_per_job"] > 0
+    path = Path(endpoint[len("ipc://"):])
+    assert not path.exists()  # the socket goes with the worker
+
+
+def test_the_socket_is_private(engine, endpoint):
+    with serving(engine, endpoint):
+        assert stat.S_IMODE(os.stat(endpoint[len("ipc://"):]).st_mode) == 0o600
+
+
+def test_files_are_restored_and_reported_one_by_one(engine, endpoint, make_dng, tmp_path):
+    raws = [make_dng(f"r{i}.dng", seed=i) for i in range(3)]
+    before = [sha256(r) for r in raws]
+    out = tmp_path / "out"
+    with serving(engine, endpoint):
+        reply = request(endpoint, "submit", files=[str(r) for r in raws],
+                        options={"out_dir": str(out), "brightness": [0.3, 0.6]})
+        assert reply["ok"] and reply["total"] == 3
+        status = finished(endpoint, reply["job"])
+    assert status["state"] == "done" and status["finished"] == status["total"] == 3 and status["percent"] == 100
+    for raw, entry in zip(raws, status["files"]):
+        assert entry["state"] == "done" and entry["source"] == str(raw) and entry["error"] is None
+        assert entry["outputs"] == [str(out / f"{raw.stem}_lowlux_m{m}.tif") for m in ("0.3", "0.6")]
+        image = tifffile.imread(entry["outputs"][0])
+        assert image.dtype == np.uint16 and image.shape == (96, 128, 3)
+    assert [sha256(r) for r in raws] == before  # sources are only read
+    assert leftovers(out) == []
+
+
+def malformed_frames() -> list[tuple[list[bytes], str, str]]:
+    good = proto.make_request("ping")
+    return [
+        ([b"this is not json"], proto.BAD_JSON, "not UTF-8 JSON"),
+        ([b'["a", "list"]'], proto.BAD_REQUEST, "JSON object"),
+        ([proto.dumps({**good, "v": 2})], proto.BAD_VERSION, "version 2 is not supported"),
+        ([proto.dumps({"op": "ping"})], proto.BAD_VERSION, "no protocol version"),
+        ([proto.dumps({**good, "op": "explode"})], proto.UNKNOWN_OP, "unknown op"),
+        ([proto.dumps(proto.make_request("status"))], proto.BAD_REQUEST, "needs the field 'job'"),
+        ([proto.dumps(proto.make_request("status", job=42))], proto.BAD_REQUEST, "'job' must be a string"),
+        ([proto.dumps(proto.make_request("submit", files="/a.dng"))], proto.BAD_REQUEST, "must be a list"),
+        ([proto.dumps(proto.make_request("submit", files=[]))], proto.BAD_REQUEST, "'files' is empty"),
+        ([proto.dumps(proto.make_request("submit", files=["a.dng"]))], proto.BAD_REQUEST, "not an absolute path"),
+        ([proto.dumps(proto.make_request("submit", files=["/a.dng"], options={"brightness": [5]}))],
+         proto.BAD_OPTION, "brightness"),
+        ([proto.dumps(proto.make_request("submit", files=["/a.dng"], options={"variant": "x"}))],
+         proto.BAD_OPTION, "variant 'x'"),
+        ([proto.dumps(proto.make_request("submit", files=["/a.dng"], options={"out_dir": "rel"}))],
+         proto.BAD_REQUEST, "not an absolute path"),
+        ([proto.dumps(proto.make_request("status", job="0" * 32))], proto.UNKNOWN_JOB, "no job 000"),
+        ([proto.dumps(proto.make_request("fetch", job="0" * 32, index=0))], proto.UNKNOWN_JOB, "no job"),
+        ([b"x" * (100 << 20)], proto.TOO_LARGE, "exceeds the limit"),
+    ]
+
+
+def test_every_malformed_request_gets_an_error_reply_and_the_worker_goes_on(engine, endpoint):
+    with serving(engine, endpoint):
+        for frames, code, words in malformed_frames():
+            reply = raw_request(endpoint, frames)
+            assert reply is not None, f"no reply to {frames[0][:60]!r}"
+            body = json.loads(reply[0])
+            assert body["ok"] is False and body["error"]["code"] == code, body
+            assert words in body["error"]["message"], body
+        # a DEALER peer (no empty delimiter frame) gets a reply too, and an empty frame is refused
+        dealer = raw_request(endpoint, [b"not json"], dealer=True)
+        assert json.loads(dealer[-1])["error"]["code"] == proto.BAD_JSON
+        assert json.loads(raw_request(endpoint, [b""], dealer=True)[-1])["error"]["message"] == "empty request"
+        assert request(endpoint, "ping")["ok"]
+
+
+def test_bad_files_fail_with_a_reason_and_the_batch_goes_on(engine, endpoint, make_dng, tmp_path):
+    good = make_dng("good.dng")
+    text = tmp_path / "text.ARW"
+    text.write_text("not a raw\n" * 40)
+    truncated = tmp_path / "truncated.dng"
+    truncated.write_bytes(make_dng("whole.dng", height=256, width=256).read_bytes()[:5000])
+    folder = tmp_path / "folder.dng"
+    folder.mkdir()
+    files = [text, tmp_path / "missing.dng", folder, truncated, good]
+    before = {p: sha256(p) for p in files if p.is_file()}
+    with serving(engine, endpoint):
+        job = request(endpoint, "submit", files=[str(f) for f in files])["job"]
+        status = finished(endpoint, job)
+        blocker = tmp_path / "a_file"
+        blocker.write_text("x")
+        job2 = request(endpoint, "submit", files=[str(good)], options={"out_dir": str(blocker)})["job"]
+        status2 = finished(endpoint, job2)
+        assert request(endpoint, "ping")["ok"]
+    states = {Path(e["source"]).name: (e["state"], e["error"]) for e in status["files"]}
+    assert states["good.dng"] == ("done", None)
+    for name in ("text.ARW", "missing.dng", "folder.dng", "truncated.dng"):
+        state, error = states[name]
+        assert state == "failed" and name in error, (name, error)
+    assert status["state"] == "done"  # all files finished, some failed
+    assert status2["files"][0]["state"] == "failed" and "a_file" in status2["files"][0]["error"]
+    assert {p: sha256(p) for p in before} == before
+
+
+def test_a_retried_submit_queues_the_job_once(engine, endpoint, make_dng):
+    raw = make_dng("once.dng")
+    msg = proto.dumps(proto.make_request("submit", request_id="retry-me", files=[str(raw)]))
+    with serving(engine, endpoint) as server:
+        first = json.loads(raw_request(endpoint, [msg])[0])
+        second = json.loads(raw_request(endpoint, [msg])[0])
+        assert first["job"] == second["job"]
+        assert len(server.scheduler.jobs()) == 1
+
+
+def test_a_client_that_disappears_mid_job_does_not_stop_the_job(engine, endpoint, make_dng):
+    raws = [make_dng(f"gone{i}.dng", seed=i) for i in range(2)]
+    ctx = zmq.Context.instance()
+    with serving(engine, endpoint) as server:
+        sock = ctx.socket(zmq.REQ)
+        sock.connect(endpoint)
+        sock.send(proto.dumps(proto.make_request("submit", files=[str(r) for r in raws])))
+        sock.close(0)  # gone before (or right after) the reply
+        jobs = wait_for(lambda: server.scheduler.jobs(), what="the job queued")
+        status = finished(endpoint, jobs[0]["job"])
+    assert [e["state"] for e in status["files"]] == ["done", "done"]
+
+
+def test_cancel_stops_a_job_and_leaves_no_partial_tiff(engine, endpoint, make_dng, tmp_path):
+    gated = GatedEngine(engine)
+    raws = [make_dng(f"c{i}.dng", seed=i) for i in range(5)]
+    out = tmp_path / "out"
+    with serving(gated, endpoint):
+        job = request(endpoint, "submit", files=[str(r) for r in raws], options={"out_dir": str(out)})["job"]
+        assert gated.entered.wait(30)  # the first file is on the net
+        reply = request(endpoint, "cancel", job=job)
+        assert reply["ok"] and reply["counts"]["cancelled"] >= 3
+        gated.gate.set()
+        status = finished(endpoint, job)
+    assert status["state"] == "cancelled"
+    assert all(e["state"] == "cancelled" for e in status["files"][1:])
+    first = status["files"][0]
+    assert first["state"] in ("done", "cancelled")  # stopped at its next stage boundary, or already encoding
+    written = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert written == ([Path(first["outputs"][0]).name] if first["state"] == "done" else [])
+    assert leftovers(out) == [] if out.exists() else True
+
+
+def test_clients_are_served_in_turn(engine, endpoint, make_dng, tmp_path):
+    gated = GatedEngine(engine)
+    a = [make_dng(f"a{i}.dng", seed=i) for i in range(8)]
+    b = [make_dng(f"b{i}.dng", seed=10 + i) for i in range(2)]
+    with serving(gated, endpoint) as server:
+        job_a = request(endpoint, "submit", files=[str(r) for r in a], client="batch")["job"]
+        assert gated.entered.wait(30)
+        job_b = request(endpoint, "submit", files=[str(r) for r in b], client="darktable")["job"]
+        gated.gate.set()
+        finished(endpoint, job_a), finished(endpoint, job_b)
+        tasks = server.scheduler.get(job_a).tasks + server.scheduler.get(job_b).tasks
+    order = [Path(t.source).stem for t in sorted(tasks, key=lambda t: t.started)]
+    assert order.index("b1") < order.index("a7"), order  # the short job did not wait for the long one
+    assert order.index("b1") <= 6, order
+
+
+def test_graceful_stop_finishes_the_running_file_and_cancels_the_rest(engine, endpoint, make_dng, tmp_path):
+    gated = GatedEngine(engine)
+    raws = [make_dng(f"s{i}.dng", seed=i) for i in range(6)]
+    out = tmp_path / "out"
+    with serving(gated, endpoint) as server:
+        job = request(endpoint, "submit", files=[str(r) for r in raws], options={"out_dir": str(out)})["job"]
+        assert gated.entered.wait(30)
+        assert request(endpoint, "shutdown")["ok"]
+        refused = request(endpoint, "submit", files=[str(raws[0])])
+        assert refused["error"]["code"] == proto.SHUTTING_DOWN
+        gated.gate.set()
+        wait_for(lambda: server.pipeline.drained, what="the pipeline drained")
+        tasks = server.scheduler.get(job).tasks
+    assert tasks[0].state == "done"  # the file on the net was finished, not cut short
+    assert {t.state for t in tasks[1:]} == {"cancelled"}  # including those decoded, waiting for the net
+    done = {Path(o).name for t in tasks for o in t.outputs}
+    assert {p.name for p in out.iterdir()} == done and leftovers(out) == []
+    for name in done:
+        assert tifffile.imread(out / name).shape == (96, 128, 3)  # complete files only
+
+
+def test_a_second_worker_on_the_same_endpoint_is_refused(engine, endpoint):
+    with serving(engine, endpoint):
+        with pytest.raises(ConfigError, match="already serves"):
+            Server(ServerConfig(endpoint=endpoint), engine=engine).bind()
+        assert request(endpoint, "ping")["ok"]  # the first one is untouched
+
+
+def test_a_plain_network_endpoint_is_refused(engine, runtime):
+    with pytest.raises(ConfigError, match="reachable from the network"):
+        Server(ServerConfig(endpoint=f"tcp://0.0.0.0:{free_port()}"), engine=engine).bind()
+
+
+def test_a_worker_whose_engine_cannot_load_says_why_and_exits(runtime, endpoint):
+    from lowlux.engine import EngineConfig
+
+    server = Server(ServerConfig(endpoint=endpoint, engine=EngineConfig(weights="/nonexistent.safetensors")))
+    server.bind()
+    server.start_engine(server.config.engine)
+    assert server.serve_forever() == 1
+    assert "nonexistent" in str(server._engine_error)
+
+
+# ---- remote mode ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def curve_setup(tmp_path):
+    """A worker keys folder with one authorized client, and a second, unauthorized client."""
+    server_dir, client_dir = tmp_path / "server-keys", tmp_path / "client-keys"
+    generate(server_dir, "server")
+    client_public, client_secret = generate(client_dir, "client")
+    authorize(server_dir, client_public)
+    _, stranger_secret = generate(client_dir, "stranger")
+    keys = load_client_keys(server_dir / "server.key", client_secret, {})
+    stranger = load_client_keys(server_dir / "server.key", stranger_secret, {})
+    return server_dir, keys, stranger
+
+
+def test_remote_clients_upload_raws_and_get_tiffs_back(engine, endpoint, curve_setup, make_dng, tmp_path):
+    server_dir, keys, _ = curve_setup
+    listen = f"tcp://127.0.0.1:{free_port()}"
+    raws = [make_dng("far.dng"), make_dng("far2.dng", seed=3)]
+    bad = tmp_path / "junk.dng"
+    bad.write_bytes(b"junk" * 100)
+    before = [sha256(r) for r in raws]
+    out = tmp_path / "fetched"
+    with serving(engine, endpoint, listen=listen, keys_dir=server_dir) as server:
+        with Client(listen, keys=keys, timeout=10) as client:
+            job = client.submit([*raws, bad], {"out_dir": str(out), "brightness": [0.4]})
+            results = client.wait(job, out_dir=out)
+            assert [e["state"] for e in results] == ["done", "done", "failed"]
+            assert results[0]["outputs"] == [str(out / "far_lowlux.tif")]
+            assert "junk.dng" in results[2]["error"] and str(server._spool_root) not in results[2]["error"]
+            assert tifffile.imread(out / "far2_lowlux.tif").shape == (96, 128, 3)
+            with pytest.raises(WorkerError, match="does not share the worker's disk"):
+                client.conn.request("submit", files=[str(raws[0])])
+            with pytest.raises(WorkerError, match="cannot shut the worker down"):
+                client.shutdown()
+        assert not any(server._spool_root.iterdir())  # released after fetching
+    assert [sha256(r) for r in raws] == before and leftovers(out) == []
+
+
+def test_unauthenticated_peers_are_refused(engine, endpoint, curve_setup):
+    server_dir, keys, stranger = curve_setup
+    listen = f"tcp://127.0.0.1:{free_port()}"
+    with serving(engine, endpoint, listen=listen, keys_dir=server_dir):
+        ping = proto.dumps(proto.make_request("ping"))
+        assert raw_request(listen, [ping], timeout=1.0) is None  # no CURVE at all
+        with Client(listen, keys=stranger, timeout=1.0, retries=1) as client, pytest.raises(WorkerUnavailable):
+            client.ping()  # CURVE, but a key the worker does not know
+        with Client(listen, keys=keys, timeout=10) as client:
+            assert client.ping()["ok"]
+
+
+def test_uploads_above_the_limit_are_refused(engine, endpoint, curve_setup, make_dng, tmp_path):
+    server_dir, keys, _ = curve_setup
+    listen = f"tcp://127.0.0.1:{free_port()}"
+    big = make_dng("big.dng", height=256, width=256)
+    with serving(engine, endpoint, listen=listen, keys_dir=server_dir, max_upload_bytes=64 * 1024):
+        with Client(listen, keys=keys, timeout=10) as client:
+            (entry,) = client.wait(client.submit([big]))
+    assert entry["state"] == "failed" and "exceed the upload limit" in entry["error"]
+    assert not big.with_name("big_lowlux.tif").exists()
+
+
+def test_listen_without_keys_is_refused(engine, endpoint, tmp_path):
+    config = ServerConfig(endpoint=endpoint, listen=f"tcp://0.0.0.0:{free_port()}", keys_dir=tmp_path / "none")
+    with pytest.raises(ConfigError, match="needs CURVE keys"):
+        Server(config, engine=engine).bind()
+    generate(tmp_path / "none", "server")
+    with pytest.raises(ConfigError, match="no authorized client keys"):
+        Server(config, engine=engine).bind()

@@ -1,0 +1,156 @@
+"""The worker's overlapped pipeline: decode -> net -> encode, each stage on its own thread(s).
+
+One thread decodes the next raw while the net runs on the current one; finished images go to a small
+pool of encoder threads (TIFF writing and metadata copying release the GIL for most of their time).
+The hand-over queues are bounded, so at most ``1 + queue_size + 1 + encode_slots`` files are in memory
+at once however many are queued: memory stays flat on a 10 000-file batch.
+
+A file's result is recorded in the :class:`~lowlux.jobs.Scheduler` the moment it is written, so a
+client polling ``status`` sees files finish one by one. A failing file is recorded as failed with
+the reason and the pipeline goes on; nothing a file does can stop the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import LowluxError
+from .jobs import FileTask, Scheduler
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+def describe_failure(task: FileTask, exc: BaseException) -> str:
+    """A message naming the file as the client knows it, and the reason."""
+    if isinstance(exc, LowluxError):
+        text = str(exc)
+    else:
+        text = f"{task.source}: internal error ({exc.__class__.__name__}: {exc})"
+    if task.source != task.display:  # uploads: speak of the client's file, not the worker's spool copy
+        text = text.replace(task.source, task.display)
+        if task.job.spool is not None:
+            text = text.replace(str(task.job.spool) + "/", "")
+    return text
+
+
+class Pipeline:
+    """Threads that drain a :class:`Scheduler`; start once, stop once."""
+
+    def __init__(self, scheduler: Scheduler, engine: Callable[[], Any], *, encode_threads: int = 2,
+                 queue_size: int = 1) -> None:
+        """``engine`` returns the loaded engine, blocking while it loads (the worker answers meanwhile)."""
+        self.scheduler = scheduler
+        self._engine = engine
+        self._decoded: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._encode_slots = threading.BoundedSemaphore(encode_threads)
+        self._in_flight = 0  # encodes submitted and not yet finished
+        self._count_lock = threading.Lock()
+        self._encoders = ThreadPoolExecutor(encode_threads, thread_name_prefix="lowlux-encode")
+        self._threads = [threading.Thread(target=self._decode_loop, name="lowlux-decode", daemon=True),
+                         threading.Thread(target=self._net_loop, name="lowlux-net", daemon=True)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    @property
+    def drained(self) -> bool:
+        """True once, after ``scheduler.stop()``, every thread has ended and every TIFF is written."""
+        return not any(t.is_alive() for t in self._threads) and self._in_flight == 0
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the pipeline to drain after ``scheduler.stop()``; True when it has."""
+        for t in self._threads:
+            if t.ident is not None:  # never started: nothing to wait for
+                t.join(timeout)
+        if any(t.is_alive() for t in self._threads):
+            return False
+        self._encoders.shutdown(wait=True)
+        return True
+
+    # ---- decode ------------------------------------------------------------------------------------------
+
+    def _decode_loop(self) -> None:
+        from .pipeline import decode
+
+        try:
+            while True:
+                task = self.scheduler.next_task()
+                if task is None:
+                    break
+                try:
+                    decoded = decode(Path(task.source), task.job.options)
+                except Exception as exc:  # any file may be broken in any way; the batch goes on
+                    self._fail(task, exc)
+                    continue
+                self._hand_over(task, decoded)
+        finally:
+            self._decoded.put(_STOP)
+
+    def _hand_over(self, task: FileTask, decoded: Any) -> None:
+        while True:
+            try:
+                self._decoded.put((task, decoded), timeout=0.2)
+                return
+            except queue.Full:
+                if self.scheduler.stopping:
+                    self.scheduler.start_stage(task, "inferring")  # records the cancellation
+                    return
+
+    # ---- net ---------------------------------------------------------------------------------------------
+
+    def _net_loop(self) -> None:
+        from .pipeline import infer
+
+        while True:
+            item = self._decoded.get()
+            if item is _STOP:
+                break
+            task, decoded = item
+            if not self.scheduler.start_stage(task, "inferring"):
+                continue
+            try:
+                images = infer(self._engine(), decoded)
+            except Exception as exc:
+                self._fail(task, exc)
+                continue
+            finally:
+                decoded.mosaic = None  # the largest array; free it before waiting for an encoder
+            self._encode_slots.acquire()
+            with self._count_lock:
+                self._in_flight += 1
+            self._encoders.submit(self._encode, task, decoded, images)
+
+    # ---- encode ------------------------------------------------------------------------------------------
+
+    def _encode(self, task: FileTask, decoded: Any, images: list) -> None:
+        from .pipeline import encode
+
+        try:
+            if not self.scheduler.start_stage(task, "encoding"):
+                return
+            paths = encode(decoded, images, task.job.options)
+        except Exception as exc:
+            self._fail(task, exc)
+        else:
+            self.scheduler.finish(task, "done", outputs=[str(p) for p in paths])
+            log.info("%s -> %s", task.display, ", ".join(p.name for p in paths))
+        finally:
+            with self._count_lock:
+                self._in_flight -= 1
+            self._encode_slots.release()
+
+    def _fail(self, task: FileTask, exc: BaseException) -> None:
+        message = describe_failure(task, exc)
+        if isinstance(exc, LowluxError):
+            log.info("failed: %s", message)
+        else:
+            log.error("unexpected failure: %s", message, exc_info=exc)
+        self.scheduler.finish(task, "failed", error=message)

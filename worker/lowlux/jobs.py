@@ -1,0 +1,328 @@
+"""Jobs, their files, and the fair queue the worker's pipeline draws from.
+
+Every state change happens under one condition variable, so the request loop (status, cancel) and the
+pipeline threads (decode, net, encode) always see a consistent picture. Fairness: each client (a
+name the client sends, or the CURVE key of a remote peer) has its own FIFO of jobs, and the pipeline
+takes one file from each client with queued work in turn, so a 500-file batch does not make a
+one-file export from darktable wait for the whole batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .protocol import TERMINAL_STATES, new_id
+
+
+@dataclass(eq=False)
+class FileTask:
+    """One raw file of a job, as the pipeline processes it."""
+
+    job: "Job"
+    index: int
+    source: str
+    """Path on the worker's disk (for uploads: the spooled copy)."""
+    display: str
+    """The path as the client named it; shown in status and error messages."""
+    state: str = "queued"
+    stage: str | None = None
+    """decoding, inferring or encoding while running."""
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+    uploaded: bool = True
+    """False while an upload job waits for this file's bytes; such a file is not yet schedulable."""
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def schedulable(self) -> bool:
+        return self.state == "queued" and self.uploaded
+
+    def to_wire(self) -> dict[str, Any]:
+        outputs = self.outputs
+        if self.job.spool is not None:  # a remote client sees names, not the worker's folders
+            outputs = [Path(p).name for p in outputs]
+        return {"index": self.index, "state": self.state, "stage": self.stage, "source": self.display,
+                "outputs": list(outputs), "error": self.error}
+
+
+@dataclass(eq=False)
+class Job:
+    client: str
+    options: Any
+    """The ``EnhanceOptions`` every file of the job uses."""
+    owner: str = "local"
+    """Who may see and cancel it: "local", or the CURVE key of a remote peer."""
+    spool: Path | None = None
+    """Folder holding an upload job's raws and TIFFs on the worker."""
+    id: str = field(default_factory=new_id)
+    tasks: list[FileTask] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    cancel_requested: bool = False
+    error: str | None = None
+    """A failure of the job as a whole (its files could not even be queued)."""
+    finished_at: float | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def add_files(self, sources: list[str], displays: list[str] | None = None, *, uploaded: bool = True) -> None:
+        displays = displays or sources
+        self.tasks = [FileTask(self, i, s, d, uploaded=uploaded) for i, (s, d) in enumerate(zip(sources, displays))]
+
+    @property
+    def finished_count(self) -> int:
+        return sum(t.terminal for t in self.tasks)
+
+    @property
+    def terminal(self) -> bool:
+        return all(t.terminal for t in self.tasks)
+
+    @property
+    def state(self) -> str:
+        """queued, running, then done (even if some files failed), failed (the job itself), or cancelled."""
+        if self.terminal:
+            if self.error:
+                return "failed"
+            return "cancelled" if self.cancel_requested else "done"
+        if any(t.state != "queued" for t in self.tasks):
+            return "running"
+        return "queued"
+
+    def summary(self) -> dict[str, Any]:
+        total, finished = len(self.tasks), self.finished_count
+        counts = collections.Counter(t.state for t in self.tasks)
+        return {"job": self.id, "state": self.state, "finished": finished, "total": total,
+                "percent": round(100.0 * finished / total, 1) if total else 100.0,
+                "counts": {s: counts.get(s, 0) for s in ("queued", "running", "done", "failed", "cancelled")},
+                "client": self.client, "created": self.created, "error": self.error}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.summary(), "files": [t.to_wire() for t in self.tasks]}
+
+
+class QueueFull(Exception):
+    """Accepting the job would exceed the worker's bound on queued files."""
+
+
+class Scheduler:
+    """The job table and the fair queue; thread-safe."""
+
+    def __init__(self, max_pending_files: int = 10_000) -> None:
+        self.max_pending_files = max_pending_files
+        self._cond = threading.Condition()
+        self._jobs: dict[str, Job] = {}
+        self._queues: dict[str, collections.deque[Job]] = {}
+        self._turn: collections.deque[str] = collections.deque()
+        self._pending = 0
+        self._running = 0
+        self._stopping = False
+        self._stopping_hard = False
+
+    # ---- requests ----------------------------------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the worker is shutting down")
+            if self._pending + len(job.tasks) > self.max_pending_files:
+                raise QueueFull(f"{self._pending} files are queued; the limit is {self.max_pending_files}")
+            self._jobs[job.id] = job
+            self._pending += len(job.tasks)
+            self._enqueue(job)
+            self._cond.notify_all()
+
+    def _enqueue(self, job: Job) -> None:
+        queue = self._queues.get(job.client)
+        if queue is None:
+            queue = self._queues[job.client] = collections.deque()
+            self._turn.append(job.client)
+        queue.append(job)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._cond:
+            return self._jobs.get(job_id)
+
+    def snapshot(self, job_id: str) -> dict[str, Any] | None:
+        with self._cond:
+            job = self._jobs.get(job_id)
+            return job.to_wire() if job else None
+
+    def jobs(self, owner: str | None = None) -> list[dict[str, Any]]:
+        with self._cond:
+            return [j.summary() for j in self._jobs.values() if owner is None or j.owner == owner]
+
+    def mark_uploaded(self, task: FileTask, source: str) -> None:
+        with self._cond:
+            task.source = source
+            task.uploaded = True
+            task.job.last_activity = time.monotonic()
+            self._cond.notify_all()
+
+    def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job | None:
+        """Queued files are cancelled now; a file already running finishes its current stage, then stops."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if not job.terminal:
+                job.cancel_requested = True
+            for task in job.tasks:
+                if task.state == "queued":
+                    self._finish_locked(task, "cancelled", error=reason)
+            return job
+
+    def fail_job(self, job: Job, reason: str) -> None:
+        """The job as a whole failed (e.g. its upload could not be spooled)."""
+        with self._cond:
+            job.error = reason
+            for task in job.tasks:
+                if task.state == "queued":
+                    self._finish_locked(task, "failed", error=reason)
+
+    def fail_stale_uploads(self, max_age: float) -> int:
+        """Files whose bytes never arrived (the client went away mid-upload) fail, so the job can end."""
+        now, count = time.monotonic(), 0
+        with self._cond:
+            for job in self._jobs.values():
+                if job.spool is None or now - job.last_activity < max_age:
+                    continue
+                for task in job.tasks:
+                    if task.state == "queued" and not task.uploaded:
+                        self._finish_locked(task, "failed", error=f"{task.display}: the upload never arrived")
+                        count += 1
+        return count
+
+    # ---- the pipeline ------------------------------------------------------------------------------------
+
+    def next_task(self, timeout: float | None = None) -> FileTask | None:
+        """The next file, one client at a time in turn; None once stopping (or after ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._stopping:
+                task = self._pick_locked()
+                if task is not None:
+                    task.state, task.stage, task.started = "running", "decoding", time.time()
+                    self._pending -= 1
+                    self._running += 1
+                    return task
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining if remaining is not None else 1.0)
+            return None
+
+    def _pick_locked(self) -> FileTask | None:
+        for _ in range(len(self._turn)):
+            client = self._turn[0]
+            self._turn.rotate(-1)
+            queue = self._queues[client]
+            task = self._first_schedulable(queue)
+            if task is not None:
+                return task
+            if not queue:  # nothing left for this client
+                del self._queues[client]
+                self._turn.remove(client)
+        return None
+
+    @staticmethod
+    def _first_schedulable(queue: collections.deque[Job]) -> FileTask | None:
+        while queue and not any(t.state == "queued" for t in queue[0].tasks):
+            queue.popleft()  # finished or cancelled jobs leave the queue
+        for job in queue:
+            for task in job.tasks:
+                if task.schedulable:
+                    return task
+        return None
+
+    def start_stage(self, task: FileTask, stage: str) -> bool:
+        """Enter the next stage, or False (and the file is cancelled) if it should not go on.
+
+        A cancelled job stops at the next boundary. On a graceful stop only the file already on the net
+        goes on (to its TIFF); files waiting for the net are cancelled. In a hurry, encoding is skipped too.
+        """
+        with self._cond:
+            reason = None
+            if task.job.cancel_requested:
+                reason = "cancelled by request"
+            elif self._stopping_hard or (self._stopping and stage == "inferring"):
+                reason = "cancelled: the worker is shutting down"
+            if reason:
+                self._finish_locked(task, "cancelled", error=reason)
+                return False
+            task.stage = stage
+            return True
+
+    def finish(self, task: FileTask, state: str, *, outputs: list[str] | None = None, error: str | None = None) -> None:
+        with self._cond:
+            self._finish_locked(task, state, outputs=outputs, error=error)
+
+    def _finish_locked(self, task: FileTask, state: str, *, outputs: list[str] | None = None,
+                       error: str | None = None) -> None:
+        if task.terminal:
+            return
+        if task.state == "queued":
+            self._pending -= 1
+        else:
+            self._running -= 1
+        task.state, task.stage, task.finished = state, None, time.time()
+        task.outputs = list(outputs or ())
+        task.error = error
+        job = task.job
+        job.last_activity = time.monotonic()
+        if job.terminal:
+            job.finished_at = time.monotonic()
+        self._cond.notify_all()
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+
+    def stop(self, *, hurry: bool = False, reason: str = "cancelled: the worker is shutting down") -> None:
+        """Cancel every queued file and wake the pipeline; ``hurry`` also cancels files between stages."""
+        with self._cond:
+            self._stopping = True
+            self._stopping_hard = self._stopping_hard or hurry
+            for job in self._jobs.values():
+                for task in job.tasks:
+                    if task.state == "queued":
+                        self._finish_locked(task, "cancelled", error=reason)
+            self._cond.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def hurrying(self) -> bool:
+        return self._stopping_hard
+
+    def counts(self) -> dict[str, int]:
+        with self._cond:
+            return {"queued_files": self._pending, "running_files": self._running, "jobs": len(self._jobs)}
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return self._pending == 0 and self._running == 0
+
+    def purge(self, *, ttl: float, keep: int) -> list[Job]:
+        """Forget finished jobs older than ``ttl`` seconds, and the oldest beyond ``keep``; keeps memory flat."""
+        now = time.monotonic()
+        with self._cond:
+            finished = [j for j in self._jobs.values() if j.finished_at is not None and j.terminal]
+            finished.sort(key=lambda j: j.finished_at)
+            excess = len(finished) - keep
+            gone = [j for i, j in enumerate(finished) if i < excess or now - j.finished_at > ttl]
+            for job in gone:
+                del self._jobs[job.id]
+            return gone
+
+    def __iter__(self) -> Iterator[Job]:
+        with self._cond:
+            return iter(list(self._jobs.values()))
