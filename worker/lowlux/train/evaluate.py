@@ -17,7 +17,7 @@ amplifier (Eq. 5, m = 0.5). Scores: PSNR, SSIM and the paper's GT-GC (:mod:`.met
 Methods: ``ours`` (any lowlux weights), ``authors`` (their released checkpoint, evaluation only)
 and ``baseline``: the amplified raw written as a DNG, rendered by LibRaw exactly like the targets,
 then denoised with OpenCV's non-local means (fastNlMeansDenoisingColored), its strength set from
-the noise level estimated on the rendered image (scikit-image ``estimate_sigma``).
+the noise level estimated on the rendered image (:func:`noise_sigma`).
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ RAW_CROP = 512
 PHOTO_CROP = 480
 MODES = ("gt", "amp")
 """Amplification by the GT exposure ratio, or by our amplifier (m = 0.5, authors' constants)."""
-NLM_STRENGTH = 1.0
-"""fastNlMeans h = NLM_STRENGTH x estimated noise sigma (8-bit units); see :func:`classical_restore`."""
+NLM_STRENGTH = 2.0
+"""fastNlMeans h = NLM_STRENGTH x estimated noise sigma (8-bit units). Chosen on training crops (never
+the evaluation set): mean PSNR 18.8 / 21.9 / 23.8 / 24.4 / 24.3 / 24.1 dB for 0.5 / 1 / 1.5 / 2 / 2.5 / 3."""
 
 
 @dataclass
@@ -88,9 +89,14 @@ def raw_items(folder: Path, cache_dir: Path) -> list[tuple[str, np.ndarray, np.n
             top, left = _centre(h, eh), _centre(w, ew)
             regions = [("", top, left, eh, ew)]
         else:
-            top = h - HOLDOUT_ROWS + _centre(HOLDOUT_ROWS, RAW_CROP)
-            lefts = [(w // 4 - RAW_CROP // 2) // 2 * 2, (3 * w // 4 - RAW_CROP // 2) // 2 * 2]
-            regions = [(f"#{i}", top, left, RAW_CROP, RAW_CROP) for i, left in enumerate(lefts)]
+            band = min(HOLDOUT_ROWS, h)
+            size = min(RAW_CROP, band // 32 * 32, w // 2 // 32 * 32)
+            if size < 32:
+                log.warning("%s: too small for evaluation crops, skipped", path.name)
+                continue
+            top = h - band + _centre(band, size)
+            lefts = [min(max(0, (c - size // 2) // 2 * 2), w - size) for c in (w // 4, 3 * w // 4)]
+            regions = [(f"#{i}", top, left, size, size) for i, left in enumerate(lefts)]
         for suffix, top, left, eh, ew in regions:
             clean = np.array(mos[top : top + eh, left : left + ew], dtype=np.float32)
             target = np.array(tgt[top : top + eh, left : left + ew], dtype=np.float32) / 65535
@@ -171,14 +177,22 @@ def libraw_render(item: EvalItem, amp: float) -> np.ndarray:
             return raw.postprocess(**LIBRAW_SID_RENDER).astype(np.float32) / 65535
 
 
+def noise_sigma(image: np.ndarray) -> float:
+    """Donoho's robust noise estimate: median |finest diagonal Haar detail| / 0.6745, mean over channels."""
+    x = np.asarray(image, np.float64)
+    h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+    x = x[:h, :w]
+    detail = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2
+    return float(np.mean(np.median(np.abs(detail.reshape(-1, x.shape[-1])), axis=0)) / 0.6745)
+
+
 def classical_restore(item: EvalItem, amp: float, strength: float = NLM_STRENGTH) -> np.ndarray:
     """LibRaw rendering + OpenCV non-local means with h from the estimated noise level."""
     import cv2
-    from skimage.restoration import estimate_sigma
 
     rendered = libraw_render(item, amp)
     img8 = np.round(rendered * 255).astype(np.uint8)
-    sigma = float(estimate_sigma(rendered, channel_axis=-1, average_sigmas=True)) * 255
+    sigma = noise_sigma(rendered) * 255
     h = max(1.0, strength * sigma)
     out = cv2.fastNlMeansDenoisingColored(img8, None, h, h, 7, 21)
     return out.astype(np.float32) / 255

@@ -28,6 +28,26 @@ def msssim_levels(side: int, window: int = WINDOW) -> int:
     return levels
 
 
+def fewer_scales_msssim(x: Tensor, y: Tensor, levels: int) -> Tensor:
+    """MS-SSIM over the ``levels`` finest scales, weights renormalised (pytorch-msssim's algorithm;
+    its ``ms_ssim`` insists on all five scales)."""
+    from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
+    from torch.nn import functional as F
+
+    weights = torch.tensor(MSSSIM_WEIGHTS[:levels], dtype=x.dtype)
+    weights = weights / weights.sum()
+    win = _fspecial_gauss_1d(WINDOW, 1.5).repeat([x.shape[1], 1, 1, 1]).to(x)
+    factors = []
+    for i in range(levels):
+        ssim_c, cs = _ssim(x, y, data_range=1.0, win=win, size_average=False, K=(0.01, 0.03))
+        if i < levels - 1:
+            factors.append(torch.relu(cs))
+            pad = [s % 2 for s in x.shape[2:]]
+            x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
+    stacked = torch.stack(factors + [torch.relu(ssim_c)], dim=0)
+    return torch.prod(stacked ** weights.view(-1, 1, 1), dim=0).mean()
+
+
 @dataclass
 class RestorationLoss:
     l1_weight: float = 0.8
@@ -37,7 +57,7 @@ class RestorationLoss:
         self._levels_logged: int | None = None
 
     def msssim(self, out: Tensor, target: Tensor) -> Tensor:
-        from pytorch_msssim import ms_ssim, ssim
+        from pytorch_msssim import ms_ssim
 
         levels = msssim_levels(min(out.shape[-2:]))
         if levels != self._levels_logged:
@@ -45,10 +65,9 @@ class RestorationLoss:
             self._levels_logged = levels
         if min(out.shape[-2:]) < WINDOW:
             raise ValueError(f"crops of {tuple(out.shape[-2:])} are smaller than the SSIM window {WINDOW}")
-        if levels == 1:
-            return ssim(out, target, data_range=1.0, size_average=True)
-        weights = torch.tensor(MSSSIM_WEIGHTS[:levels])
-        return ms_ssim(out, target, data_range=1.0, size_average=True, weights=(weights / weights.sum()).tolist())
+        if levels == len(MSSSIM_WEIGHTS):
+            return ms_ssim(out, target, data_range=1.0, size_average=True)
+        return fewer_scales_msssim(out, target, levels)
 
     def __call__(self, out: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
         l1 = (out - target).abs().mean()
