@@ -514,15 +514,25 @@ end
 -- messages
 ------------------------------------------------------------------------------------------------
 
+local function basename(path)
+  local _u, b = M.split_path(path)
+  return b
+end
+
+-- The worker's error text without a leading "<source path>: " (the message names the file).
+function M.error_reason(text, source)
+  text = text or ""
+  for _i, prefix in ipairs({source .. ": ", basename(source) .. ": "}) do
+    if text:sub(1, #prefix) == prefix then text = text:sub(#prefix + 1) break end
+  end
+  if text == "" then return _("failed (no reason given)") end
+  return text
+end
+
 function M.report(message)
   local text = "lowlux: " .. message
   dt.print(text)
   if dt.print_log then dt.print_log(text) end
-end
-
-local function basename(path)
-  local _u, b = M.split_path(path)
-  return b
 end
 
 ------------------------------------------------------------------------------------------------
@@ -638,7 +648,7 @@ function M.run(batches, opts)
       end
     elseif entry.state == "failed" then
       batch.handled[index] = true
-      fail(item, entry.error ~= "" and entry.error or _("failed (no reason given)"))
+      fail(item, M.error_reason(entry.error, item.source))
     elseif entry.state == "cancelled" then
       batch.handled[index] = true
       summary.cancelled = summary.cancelled + 1
@@ -858,6 +868,23 @@ local function export_settings(extra)
   return s
 end
 
+-- darktable's export name of an image: the file's name, plus _01, _02, ... for duplicates.
+function M.export_name(image)
+  local name = M.stem(image.filename)
+  local dup = tonumber(image.duplicate_index) or 0
+  if dup > 0 then name = name .. string.format("_%02d", dup) end
+  return name
+end
+
+local function add_export_item(extra, image, name)
+  extra.items = extra.items or {}
+  extra.seen = extra.seen or {}
+  local key = tostring(image.id or image) .. "\0" .. name
+  if extra.seen[key] then return end
+  extra.seen[key] = true
+  extra.items[#extra.items + 1] = {image = image, source = M.source_path(image), export_name = name}
+end
+
 function M.storage_initialize(storage, format, images, high_quality, extra)
   -- the export widgets' values (or, without a GUI, the last ones used) for this export
   local w = M.widgets or {}
@@ -871,21 +898,21 @@ function M.storage_initialize(storage, format, images, high_quality, extra)
   extra.brightness = M.pref("export_brightness")
   extra.bracket = trim(M.pref("export_bracket") or "")
   extra.import = M.pref("export_import")
-  extra.items = {}
-  return nil -- export every image
+  for _i, image in ipairs(images or {}) do add_export_item(extra, image, M.export_name(image)) end
+  -- lowlux works from the raw: darktable need not render anything (which would cost a full
+  -- pipeline run per image, and one image it cannot render would cancel the whole export)
+  return {}
 end
 
 function M.storage_store(storage, image, format, filename, number, total, high_quality, extra)
-  -- darktable rendered the image to `filename` in its temporary folder; lowlux works from the
-  -- raw, so that file is only a name (darktable's export name) and is removed here.
+  -- only reached where darktable renders anyway: its file in the temporary folder is of no
+  -- use to lowlux (darktable leaves it there), so it goes; its name is darktable's export name
   os.remove(filename)
-  extra.items = extra.items or {}
   local _u, exported = M.split_path(filename)
-  extra.items[#extra.items + 1] = {image = image, source = M.source_path(image), export_name = M.stem(exported)}
+  add_export_item(extra, image, M.stem(exported))
 end
 
 function M.storage_finalize(storage, image_table, extra)
-  -- remove whatever darktable left behind, even for images store() never saw
   for _i, filename in pairs(image_table or {}) do
     if M.file_exists(filename) then os.remove(filename) end
   end

@@ -128,6 +128,23 @@ T.test("a failed file is reported by name and reason; the others still arrive", 
   T.eq({summary.done, summary.failed}, {2, 1})
 end)
 
+T.test("the worker's error text is shown without repeating the file's path", function()
+  local ctx = setup()
+  local bad = ctx.dir .. "/corrupt.dng"
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"failed", bad, {}, bad .. ": not a raw file"}})}}
+  press_shortcut(ctx, T.images(ctx.dt, {bad}))
+  T.contains(ctx.dt._rec.prints, "lowlux: corrupt.dng: not a raw file")
+  T.ok(not printed(ctx.dt):find(ctx.dir, 1, true), "the folder is not repeated")
+end)
+
+T.test("a failure without a reason still says it failed", function()
+  local ctx = setup()
+  local bad = ctx.dir .. "/x.dng"
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"failed", bad, {}, ""}})}}
+  press_shortcut(ctx, T.images(ctx.dt, {bad}))
+  T.contains(ctx.dt._rec.prints, "lowlux: x.dng: failed (no reason given)")
+end)
+
 T.test("cancel on the progress bar cancels the worker job and keeps what finished", function()
   local ctx = setup()
   local a, b, c = ctx.dir .. "/a.dng", ctx.dir .. "/b.dng", ctx.dir .. "/c.dng"

@@ -11,23 +11,24 @@ local function setup(conf, opts)
   return {dir = dir, worker = worker, dt = dt, api = api, storage = storage}
 end
 
--- Play darktable's export: initialize, render each image to a temporary file and call store,
--- then finalize with the image -> temporary file table. `names` are darktable's export names.
-local function export(ctx, images, names)
+-- Play darktable's export: initialize may replace the list of images to render; darktable
+-- renders each remaining one to a temporary file and calls store; then finalize with the
+-- image -> temporary file table.
+local function export(ctx, images)
   local extra = {}
   local format = {extension = "tif", plugin_name = "tiff"}
   local s = ctx.storage
-  s.initialize(s, format, images, true, extra)
+  local to_render = s.initialize(s, format, images, true, extra) or images
   local table_ = {}
   local tmp = ctx.dir .. "/tmp"
   T.mkdir(tmp)
-  for i, img in ipairs(images) do
-    local file = T.write(tmp .. "/" .. names[i], "rendered by darktable")
+  for i, img in ipairs(to_render) do
+    local file = T.write(tmp .. "/" .. ctx.api.export_name(img) .. ".tif", "rendered by darktable")
     table_[img] = file
-    s.store(s, img, format, file, i, #images, true, extra)
+    s.store(s, img, format, file, i, #to_render, true, extra)
   end
   local summary = s.finalize(s, table_, extra)
-  return summary, tmp, table_
+  return summary, tmp, to_render
 end
 
 local function ls(dir)
@@ -52,7 +53,7 @@ T.test("export sends the source raws to the worker and names results after darkt
   w.export_brightness.value = 0.7
   w.export_import.value = true
   local a, b = ctx.dir .. "/a one.dng", ctx.dir .. "/b.dng"
-  local imgs = T.images(ctx.dt, {a, a, b})
+  local imgs = T.images(ctx.dt, {a, a, b}, {{}, {duplicate_index = 1}, {}})
   local out_dir = ctx.dir .. "/exported it's a \"dark\" folder"
   T.mkdir(out_dir)
   -- what the worker would write into --out-dir
@@ -61,7 +62,9 @@ T.test("export sends the source raws to the worker and names results after darkt
   ctx.worker:set{statuses = {T.status("J1", "done", 2, 2, {
     {"done", a, {out_dir .. "/a one_lowlux.tif"}}, {"done", b, {out_dir .. "/b_lowlux.tif"}}})}}
 
-  local summary, tmp = export(ctx, imgs, {"a one.tif", "a one_01.tif", "b.tif"})
+  local summary, tmp, rendered = export(ctx, imgs)
+
+  T.eq(rendered, {}, "darktable is asked to render nothing: lowlux works from the raw")
 
   local submit, i = ctx.worker:call("--out-dir")
   T.eq(submit[i + 1], out_dir)
@@ -71,7 +74,6 @@ T.test("export sends the source raws to the worker and names results after darkt
   T.eq(ls(out_dir), {"a one_01_lowlux.tif", "a one_lowlux.tif", "b_lowlux.tif"},
     "the duplicate (version 1) gets its own file, named as darktable names its export")
   T.eq(T.read(out_dir .. "/a one_01_lowlux.tif"), "A")
-  T.eq(ls(tmp), {}, "darktable's rendered temporary files are removed")
   local names = {}
   for _, img in ipairs(ctx.dt._rec.imported) do
     names[#names + 1] = img.filename
@@ -94,7 +96,7 @@ T.test("a target name other than the raw's renames the worker's result", functio
   local produced = {out_dir .. "/a_lowlux_m0.3.tif", out_dir .. "/a_lowlux_m0.6.tif"}
   for _, p in ipairs(produced) do T.write(p, p) end
   ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, produced}})}}
-  export(ctx, T.images(ctx.dt, {a}), {"a.tif"})
+  export(ctx, T.images(ctx.dt, {a}))
   local _, i = ctx.worker:call("--bracket")
   T.eq(ctx.worker:call("--bracket")[i + 1], "0.3,0.6")
   T.eq(ls(out_dir), {"night-a_lowlux_m0.3.tif", "night-a_lowlux_m0.6.tif"})
@@ -110,7 +112,7 @@ T.test("an existing target is not replaced unless replacing is switched on", fun
   T.write(out_dir .. "/a_lowlux.tif", "new")
   T.write(out_dir .. "/x-a_lowlux.tif", "old")
   ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {out_dir .. "/a_lowlux.tif"}}})}}
-  local summary = export(ctx, T.images(ctx.dt, {a}), {"a.tif"})
+  local summary = export(ctx, T.images(ctx.dt, {a}))
   T.eq(T.read(out_dir .. "/x-a_lowlux.tif"), "old")
   T.contains(table.concat(ctx.dt._rec.prints, "\n"), "a.dng: " .. out_dir .. "/x-a_lowlux.tif exists")
   T.eq(summary.failed, 1)
@@ -122,13 +124,39 @@ T.test("headless (darktable-cli) export uses the saved export options", function
   ctx.dt._conf["lua/lowlux/export_pattern"] = ctx.dir .. "/cli out/$(FILE_NAME)"
   local out_dir = ctx.dir .. "/cli out"
   ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {out_dir .. "/a_lowlux.tif"}}})}}
-  export(ctx, T.images(ctx.dt, {a}), {"a.tif"})
+  export(ctx, T.images(ctx.dt, {a}))
   local submit, i = ctx.worker:call("--out-dir")
   T.eq(submit[i + 1], out_dir)
   T.ok(os.execute("test -d " .. T.q(out_dir)), "the target folder is created")
 end)
 
-T.test("an export in which darktable rendered nothing calls no worker", function()
+T.test("where darktable renders anyway, store removes its temporary file and keeps the image", function()
+  local ctx = setup()
+  local a = ctx.dir .. "/a.dng"
+  local out_dir = ctx.dir .. "/darktable_exported"
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {out_dir .. "/a_lowlux.tif"}}})}}
+  local s = ctx.storage
+  local img = T.images(ctx.dt, {a}, {{duplicate_index = 2}})[1]
+  local extra = {}
+  s.initialize(s, {extension = "tif"}, {img}, true, extra)
+  local rendered = T.write(ctx.dir .. "/a_02.tif", "rendered")
+  s.store(s, img, {extension = "tif"}, rendered, 1, 1, true, extra)
+  T.ok(not T.exists(rendered), "darktable leaves its rendered file; the storage removes it")
+  local leftover = T.write(ctx.dir .. "/b.tif", "rendered, store never called")
+  s.finalize(s, {[img] = rendered, [{}] = leftover}, extra)
+  T.ok(not T.exists(leftover), "finalize removes what is left in darktable's table")
+  local submit = ctx.worker:call("submit")
+  T.eq(submit[#submit], a)
+  T.eq(submit[#submit - 1], "tsv", "the image is sent once, though initialize and store both saw it")
+end)
+
+T.test("export names follow darktable: duplicates get _01, _02", function()
+  local _, dt, api = T.load()
+  local imgs = T.images(dt, {"/p/night.ARW", "/p/night.ARW"}, {{}, {duplicate_index = 3}})
+  T.eq({api.export_name(imgs[1]), api.export_name(imgs[2])}, {"night", "night_03"})
+end)
+
+T.test("an export of nothing calls no worker", function()
   local ctx = setup()
   local s = ctx.storage
   local extra = {}

@@ -1,0 +1,349 @@
+"""The darktable plugin in a real darktable (4.2 from Debian), headless under Xvfb.
+
+A fresh darktable configuration whose luarc requires lua/lowlux.lua; a Lua driver (passed with
+--luacmd) plays the photographer: it imports a folder of small synthetic DNGs plus a corrupt
+file, selects them, fires the plugin's action (or an export to its storage), waits until the
+plugin has finished, and quits. Everything is then checked from outside, in darktable's sqlite
+library (library.db + data.db) and on disk. The test runs its own lowlux worker on a free port
+and stops it by its PID.
+
+Needs darktable and xvfb-run (apt-get install darktable xvfb xauth); skipped where they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, dark_scene, sha256
+
+pytestmark = [
+    pytest.mark.darktable,
+    pytest.mark.skipif(shutil.which("darktable") is None, reason="darktable is not installed (apt-get install darktable)"),
+    pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="xvfb-run is not installed (apt-get install xvfb xauth)"),
+]
+
+LOWLUX = Path(sys.executable).with_name("lowlux")
+PLUGIN = REPO / "lua" / "lowlux.lua"
+GOOD = ["night one.dng", "it's two.dng"]  # a space and a quote: paths must survive the shell
+CORRUPT = "corrupt.dng"
+DARKTABLE_TIMEOUT = 240  # seconds for one darktable session; a safety net, never an assertion
+WORKER_START_TIMEOUT = 120
+
+# darktable's metadata keys in meta_data (dt_metadata_t) and colour label numbers (color_labels)
+META_CREATOR, META_TITLE = 0, 2
+RED = 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen, *, group: bool = False) -> None:
+    """SIGTERM (the whole process group for xvfb-run), then SIGKILL if it does not go."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass
+class Worker:
+    endpoint: str
+    proc: subprocess.Popen
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else "(no worker log)"
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory, tiny_weights) -> Worker:
+    """`lowlux serve` on a free local port with random weights; stopped by its PID afterwards."""
+    folder = tmp_path_factory.mktemp("worker")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    log = folder / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(LOWLUX), "serve", "--endpoint", endpoint, "--weights", str(tiny_weights)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    w = Worker(endpoint, proc, log)
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the worker exited with {proc.returncode} while starting:\n{w.log_text()}")
+            ping = subprocess.run([str(LOWLUX), "client", "--endpoint", endpoint, "--no-start", "ping"],
+                                  capture_output=True, text=True, timeout=60)
+            if ping.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"the worker did not answer within {WORKER_START_TIMEOUT} s:\n{ping.stderr}\n{w.log_text()}")
+            time.sleep(0.3)
+        yield w
+    finally:
+        stop(proc)
+
+
+def write_raws(folder: Path) -> dict[str, str]:
+    """Two small synthetic DNGs and a corrupt one; returns their hashes."""
+    from lowlux.dng import write_dng
+
+    folder.mkdir(parents=True)
+    for seed, name in enumerate(GOOD):
+        scene = dark_scene(96, 128, seed)
+        cfa = np.round(512 + scene * (16383 - 512)).astype(np.uint16)
+        write_dng(folder / name, cfa, pattern="RGGB", black=512, white=16383)
+    (folder / CORRUPT).write_bytes(b"II*\x00" + bytes(200))
+    return {p.name: sha256(p) for p in folder.iterdir()}
+
+
+def lua_string(s: str | Path) -> str:
+    """A Lua long-bracket string literal holding s exactly."""
+    s = str(s)
+    level = 0
+    while f"]{'=' * level}]" in s:
+        level += 1
+    eq = "=" * level
+    return f"[{eq}[{s}]{eq}]"
+
+
+# The driver's shared part: waits, selection, recording what the plugin tells the user, quitting.
+DRIVER_PRELUDE = r"""
+local dt = require "darktable"
+local RESULT = %(result)s
+local function note(line)
+  local f = io.open(RESULT, "a")
+  f:write(line:gsub("\n", "\\n"), "\n")
+  f:close()
+end
+local function wait_for(what, test, seconds)
+  for _ = 1, seconds * 10 do
+    if test() then return true end
+    dt.control.sleep(100)
+  end
+  note("TIMEOUT " .. what)
+  return false
+end
+local function quit()
+  note("QUIT")
+  dt.gui.action("global/quit", 0, "", "", 1.0)
+end
+-- record what the plugin tells the user
+local real_print = dt.print
+dt.print = function(msg) note("PRINT " .. tostring(msg)) return real_print(msg) end
+
+local ok, err = pcall(function()
+  local api = package.loaded["lowlux"] and package.loaded["lowlux"].api
+  if not api then error("the lowlux plugin did not load") end
+  note("PLUGIN loaded")
+  dt.database.import(%(folder)s)
+  if not wait_for("import", function() return #dt.database >= %(count)d end, 60) then return end
+  local images = {}
+  for _, img in ipairs(dt.database) do images[#images + 1] = img end
+  %(body)s
+end)
+if not ok then note("ERROR " .. tostring(err)) end
+quit()
+"""
+
+# lighttable: give the sources metadata to be copied, select all, fire the plugin's shortcut action
+LIGHTTABLE_BODY = r"""
+  for _, img in ipairs(images) do
+    dt.tags.attach(dt.tags.create("places|harbour"), img)
+    img.rating = 4
+    img.red = true
+    img.title = "harbour at night"
+    img.creator = "Ann Example"
+  end
+  dt.gui.selection(images)
+  note("ACTION " .. #dt.gui.action_images)
+  dt.gui.action("lua/lowlux: enhance dark", 0, "", "", 1.0)
+  if wait_for("the plugin's run", function() return #api.state.finished_runs >= 1 end, 180) then
+    local s = api.state.finished_runs[1]
+    note(string.format("SUMMARY total=%d done=%d failed=%d cancelled=%d", s.total, s.done, s.failed, s.cancelled))
+  end
+"""
+
+# export: select all and press the export module's button; the storage was chosen by --conf
+EXPORT_BODY = r"""
+  dt.gui.selection(images)
+  note("EXPORT " .. #images)
+  dt.gui.action("lib/export/export", 0, "", "", 1.0)
+  if wait_for("the storage's finalize", function() return #api.state.finished_runs >= 1 end, 180) then
+    local s = api.state.finished_runs[1]
+    note(string.format("SUMMARY total=%d done=%d failed=%d cancelled=%d", s.total, s.done, s.failed, s.cancelled))
+  end
+"""
+
+
+@dataclass
+class Session:
+    """One darktable run: its folders, what the driver noted, darktable's log."""
+
+    config: Path
+    raws: Path
+    hashes: dict[str, str]
+    tmpdir: Path
+    returncode: int | None = None
+    notes: list[str] = field(default_factory=list)
+    log: str = ""
+    worker_log: str = ""
+
+    def context(self) -> str:
+        return ("\n--- driver notes ---\n" + "\n".join(self.notes) + "\n--- darktable log (-d lua) ---\n"
+                + self.log[-20000:] + "\n--- worker log ---\n" + self.worker_log[-5000:])
+
+    def check(self, condition: bool, message: str) -> None:
+        if not condition:
+            pytest.fail(message + self.context(), pytrace=False)
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        con = sqlite3.connect(f"file:{self.config / 'library.db'}?mode=ro", uri=True)
+        try:
+            con.execute(f"ATTACH DATABASE 'file:{self.config / 'data.db'}?mode=ro' AS data")
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def image_ids(self) -> dict[str, int]:
+        return {name: i for i, name in self.query("SELECT id, filename FROM images")}
+
+    def tags(self, image_id: int) -> set[str]:
+        return {n for (n,) in self.query(
+            "SELECT t.name FROM tagged_images ti JOIN data.tags t ON t.id = ti.tagid WHERE ti.imgid = ?", (image_id,))}
+
+
+def run_darktable(tmp_path: Path, worker: Worker, body: str, conf: dict[str, str]) -> Session:
+    """Fresh config with the plugin installed as install.sh does; run the driver; wait for exit."""
+    # (darktable's own luarc lists the config folder unquoted: no space there)
+    config, cache, raws, tmpdir = (tmp_path / n for n in ("dtconfig", "dtcache", "raws dir", "tmp"))
+    for d in (config / "lua", cache, tmpdir):
+        d.mkdir(parents=True)
+    shutil.copy(PLUGIN, config / "lua" / "lowlux.lua")
+    (config / "lua" / "lowlux.path").write_text(f"{LOWLUX}\n")  # what install.sh writes
+    (config / "luarc").write_text('require "lowlux"\n')
+    hashes = write_raws(raws)
+    result = tmp_path / "driver-notes.txt"
+    driver = tmp_path / "driver.lua"
+    driver.write_text(DRIVER_PRELUDE % {"result": lua_string(result), "folder": lua_string(raws),
+                                        "count": len(hashes), "body": body})
+    session = Session(config=config, raws=raws, hashes=hashes, tmpdir=tmpdir)
+
+    command = ["xvfb-run", "-a", "darktable", "--configdir", str(config), "--cachedir", str(cache),
+               "--library", str(config / "library.db"), "--conf", "write_sidecar_files=never",
+               "--conf", "lua/_scripts_install/dont_show=TRUE",  # darktable's offer to fetch lua-scripts
+               "--conf", f"lua/lowlux/endpoint={worker.endpoint}", "--disable-opencl", "-d", "lua"]
+    for key, value in conf.items():
+        command += ["--conf", f"{key}={value}"]
+    command += ["--luacmd", f"dofile({lua_string(driver)})"]
+    env = dict(os.environ, TMPDIR=str(tmpdir), HOME=str(tmp_path))
+    log_path = tmp_path / "darktable.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        try:
+            session.returncode = proc.wait(timeout=DARKTABLE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            session.returncode = None
+        finally:
+            stop(proc, group=True)
+    session.log = log_path.read_text(errors="replace")
+    session.notes = result.read_text().splitlines() if result.exists() else []
+    session.worker_log = worker.log_text()
+    session.check(session.returncode is not None, f"darktable did not quit within {DARKTABLE_TIMEOUT} s")
+    session.check(session.returncode == 0, f"darktable exited with {session.returncode}")
+    session.check("PLUGIN loaded" in session.notes, "the plugin did not load in darktable")
+    problems = [n for n in session.notes if n.startswith(("ERROR", "TIMEOUT"))]
+    session.check(not problems, f"the driver hit {problems}")
+    session.check("QUIT" in session.notes, "the driver did not finish")
+    return session
+
+
+def check_sources_untouched(s: Session) -> None:
+    after = {p.name: sha256(p) for p in s.raws.iterdir() if p.name in s.hashes}
+    s.check(after == s.hashes, "a source file changed")
+    s.check(not list(s.raws.glob("*.xmp")), "sidecars were written")
+
+
+def check_tiff(s: Session, path: Path) -> None:
+    import tifffile
+
+    s.check(path.is_file(), f"{path} is missing")
+    image = tifffile.imread(path)
+    s.check(image.dtype == np.uint16 and image.shape == (96, 128, 3), f"{path.name}: {image.dtype} {image.shape}")
+
+
+def test_enhance_dark_in_the_lighttable_imports_grouped_results_with_the_raws_metadata(tmp_path, worker):
+    s = run_darktable(tmp_path, worker, LIGHTTABLE_BODY, {})
+
+    s.check("ACTION 3" in s.notes, "the action did not see the three selected images")
+    s.check("SUMMARY total=3 done=2 failed=1 cancelled=0" in s.notes, "unexpected outcome")
+    ids = s.image_ids()
+    results = {name.replace(".dng", "_lowlux.tif"): name for name in GOOD}
+    s.check(set(ids) == set(GOOD) | {CORRUPT} | set(results),
+            f"the library should hold the three raws and one TIFF per good raw, not {sorted(ids)}")
+    for tif, raw in results.items():
+        check_tiff(s, s.raws / tif)
+        tif_id, raw_id = ids[tif], ids[raw]
+        (group,), = s.query("SELECT group_id FROM images WHERE id = ?", (tif_id,))
+        s.check(group == raw_id, f"{tif} is not grouped with {raw} (the raw leads the group)")
+        s.check({"places|harbour", "lowlux|enhanced"} <= s.tags(tif_id), f"{tif} tags: {s.tags(tif_id)}")
+        s.check("darktable|format|dng" not in s.tags(tif_id), "darktable's own tags are not copied")
+        (flags,), = s.query("SELECT flags FROM images WHERE id = ?", (tif_id,))
+        s.check(flags & 0x7 == 4, f"{tif} rating {flags & 0x7}, the raw has 4")
+        s.check(s.query("SELECT color FROM color_labels WHERE imgid = ?", (tif_id,)) == [(RED,)], f"{tif} label")
+        meta = dict(s.query("SELECT key, value FROM meta_data WHERE id = ?", (tif_id,)))
+        s.check(meta.get(META_TITLE) == "harbour at night" and meta.get(META_CREATOR) == "Ann Example",
+                f"{tif} metadata {meta}")
+    s.check(not list(s.raws.glob("corrupt*.tif")), "a TIFF for the corrupt file")
+    reported = [n for n in s.notes if n.startswith("PRINT lowlux: corrupt.dng: ")]
+    s.check(len(reported) == 1 and "not a raw file" in reported[0], "the corrupt file was not reported by name")
+    check_sources_untouched(s)
+
+
+def test_export_to_the_lowlux_storage_writes_results_to_the_target_and_imports_them(tmp_path, worker):
+    target = tmp_path / "exported dir"
+    s = run_darktable(tmp_path, worker, EXPORT_BODY, {
+        "plugins/lighttable/export/storage_name": "lowlux",
+        "plugins/lighttable/export/format_name": "tiff",
+        "lua/lowlux/export_pattern": f"{target}/$(FILE_NAME)",
+        "lua/lowlux/export_import": "TRUE",
+    })
+
+    s.check("SUMMARY total=3 done=2 failed=1 cancelled=0" in s.notes, "unexpected outcome")
+    reported = [n for n in s.notes if n.startswith("PRINT lowlux: corrupt.dng: ")]
+    s.check(len(reported) == 1 and "not a raw file" in reported[0], "the corrupt file was not reported by name")
+    results = {name.replace(".dng", "_lowlux.tif"): name for name in GOOD}
+    s.check(sorted(p.name for p in target.iterdir()) == sorted(results), f"target holds {list(target.iterdir())}")
+    for tif in results:
+        check_tiff(s, target / tif)
+    s.check(not list(s.tmpdir.rglob("*.tif")), "darktable's rendered exports were left in $TMPDIR")
+    s.check(not (target / "corrupt_lowlux.tif").exists(), "a TIFF for the corrupt file")
+    ids = s.image_ids()
+    for tif, raw in results.items():
+        s.check(tif in ids, f"{tif} was not imported")
+        (group,), = s.query("SELECT group_id FROM images WHERE id = ?", (ids[tif],))
+        s.check(group == ids[raw], f"{tif} is not grouped with {raw}")
+        s.check("lowlux|enhanced" in s.tags(ids[tif]), f"{tif} tags: {s.tags(ids[tif])}")
+    check_sources_untouched(s)
