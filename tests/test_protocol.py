@@ -120,7 +120,7 @@ def test_endpoint_comes_from_flag_then_env_then_config_file_then_default(runtime
 
 def test_the_default_socket_folder_falls_back_to_a_private_tmp_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    monkeypatch.setattr(cfg.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
     folder = cfg.runtime_dir()
     assert folder == tmp_path / f"lowlux-{os.getuid()}"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700

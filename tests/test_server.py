@@ -157,8 +157,8 @@ def test_a_client_that_disappears_mid_job_does_not_stop_the_job(engine, endpoint
         sock = ctx.socket(zmq.REQ)
         sock.connect(endpoint)
         sock.send(proto.dumps(proto.make_request("submit", files=[str(r) for r in raws])))
-        sock.close(0)  # gone before (or right after) the reply
         jobs = wait_for(lambda: server.scheduler.jobs(), what="the job queued")
+        sock.close(0)  # gone without reading the reply, while the job runs
         status = finished(endpoint, jobs[0]["job"])
     assert [e["state"] for e in status["files"]] == ["done", "done"]
 
@@ -171,7 +171,7 @@ def test_cancel_stops_a_job_and_leaves_no_partial_tiff(engine, endpoint, make_dn
         job = request(endpoint, "submit", files=[str(r) for r in raws], options={"out_dir": str(out)})["job"]
         assert gated.entered.wait(30)  # the first file is on the net
         reply = request(endpoint, "cancel", job=job)
-        assert reply["ok"] and reply["counts"]["cancelled"] >= 3
+        assert reply["ok"] and reply["counts"]["cancelled"] >= 2  # those not yet picked by the decoder
         gated.gate.set()
         status = finished(endpoint, job)
     assert status["state"] == "cancelled"

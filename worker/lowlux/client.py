@@ -284,7 +284,10 @@ class Client:
             try:
                 reply = self.request("ping")
             except WorkerUnavailable as exc:
-                if listening(self.endpoint) is not False:  # alive but silent: starting another would not help
+                probe = listening(self.endpoint)
+                if probe is None or not self.autostart:
+                    raise
+                if probe:  # alive but silent: starting another would not help
                     raise WorkerUnavailable(f"{exc}; something listens there but does not answer (a hung "
                                             f"worker? its pid is in {cfg.lock_path(self.endpoint, 'serve')})") from None
             else:
@@ -320,6 +323,11 @@ class Client:
         raise WorkerStartError(f"the worker started for {self.endpoint} (pid {proc.pid}) was not ready after "
                                f"{self.start_timeout:.0f} s; see {log_file}")
 
+    def _await_exit(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while listening(self.endpoint) is not False and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def _ensure(self) -> None:
         if self.autostart and not self._checked:
             self.ensure_worker()
@@ -343,7 +351,14 @@ class Client:
         if options.get("out_dir"):
             options["out_dir"] = os.path.abspath(os.path.expanduser(str(options["out_dir"])))
         paths = [os.path.abspath(os.path.expanduser(str(f))) for f in files]
-        body = self.request("submit", files=paths, options=options, client=self.name, hints=hints or {})
+        try:
+            body = self.request("submit", files=paths, options=options, client=self.name, hints=hints or {})
+        except WorkerError as exc:
+            if exc.code != proto.SHUTTING_DOWN or not self.autostart:
+                raise
+            self._await_exit()  # caught a worker on its way out (idle timeout): start the next one
+            self.ensure_worker()
+            body = self.request("submit", files=paths, options=options, client=self.name, hints=hints or {})
         for warning in body.get("warnings") or ():
             log.warning("%s", warning)
         return body["job"]
@@ -536,10 +551,12 @@ def _client_from(args: argparse.Namespace, *, autostart: bool) -> Client:
     device = getattr(args, "device", None)
     if device in (None, "auto"):
         device = cfg.setting("worker", "device", config) or device
+    idle = cfg.setting("worker", "idle_timeout", config)
     return Client(cfg.resolve_endpoint(getattr(args, "endpoint", None), config),
                   timeout=getattr(args, "timeout", DEFAULT_TIMEOUT), retries=getattr(args, "retries", DEFAULT_RETRIES),
                   keys=keys, name=getattr(args, "name", None), weights=weights, device=device,
-                  autostart=autostart and not getattr(args, "no_start", False))
+                  autostart=autostart and not getattr(args, "no_start", False),
+                  idle_timeout=float(idle) if idle is not None else AUTOSTART_IDLE_TIMEOUT)
 
 
 def _connection_arguments(p: argparse.ArgumentParser, *, inner: bool) -> None:

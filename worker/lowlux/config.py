@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +68,8 @@ def setting(table: str, key: str, config: dict[str, Any] | None = None) -> Any:
 
 def runtime_dir() -> Path:
     """A private folder for the socket, locks and the worker's log; created 0700, refused if not ours."""
+    import tempfile
+
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     uid = os.getuid() if hasattr(os, "getuid") else 0
     folder = Path(xdg) / "lowlux" if xdg else Path(tempfile.gettempdir()) / f"lowlux-{uid}"
