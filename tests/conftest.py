@@ -22,6 +22,20 @@ def need(path: Path, what: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _graph_cache(tmp_path_factory):
+    """Exported graphs go to a temporary cache, never the user's ~/.cache/lowlux."""
+    import os
+
+    old = os.environ.get("LOWLUX_CACHE_DIR")
+    os.environ["LOWLUX_CACHE_DIR"] = str(tmp_path_factory.mktemp("lowlux-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LOWLUX_CACHE_DIR", None)
+    else:
+        os.environ["LOWLUX_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def authors_weights() -> Path:
     return need(AUTHORS_WEIGHTS, "the authors' reference checkpoint")

@@ -1,28 +1,37 @@
 """The inference engine: a warm net on a device, turning amplified mosaics into sRGB.
 
-The engine owns everything about *how* the net runs (device, precision, memory layout, running
-the three encoders concurrently) and nothing about files; :mod:`lowlux.pipeline` feeds it.
+The engine owns everything about *how* the net runs (backend, device, precision, memory layout,
+concurrent encoders, tiling) and nothing about files; :mod:`lowlux.pipeline` feeds it.
+
+Frames whose working memory would exceed ``memory_budget_mb`` are restored in tiles
+(:mod:`lowlux.tiling`), which gives the same output as the whole frame with bounded memory.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .backends import BYTES_PER_PIXEL, DTYPES, Backend, choose_backend, create_backend
 from .errors import WeightsError
 from .model import LowLightNet
+from .tiling import plan_tiles, run_tiled, tile_for_budget
 from .weights import default_weights_path, load_model
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["DTYPES", "Engine", "EngineConfig", "resolve_device", "resolve_weights"]
+
+DEFAULT_MEMORY_BUDGET_MB = 640
+"""Working memory (beyond input and output) a forward may use before the frame is tiled: a 12 MP
+frame runs whole on the exported backends, 24 MP and up are tiled."""
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -53,10 +62,19 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "float32"
     concurrent: bool = False
-    """Run LSE, MSE and HSE concurrently (threads on CPU, one CUDA stream each on GPU)."""
+    """Run LSE, MSE and HSE concurrently (torch backend: threads on CPU, one CUDA stream each on GPU)."""
     channels_last: bool = False
     threads: int | None = None
-    """Intra-op CPU threads; None leaves torch's default (one per core)."""
+    """Intra-op CPU threads; None leaves each runtime's default (one per core)."""
+    backend: str = "auto"
+    """auto (fastest installed for device and dtype; env LOWLUX_BACKEND overrides), torch, openvino, onnxruntime."""
+    tile: int | None = None
+    """None: tile automatically when the frame exceeds the memory budget; 0: never; N: tiles of at most N x N."""
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
+    cache_dir: str | Path | None = None
+    """Where exported graphs are cached (default: $LOWLUX_CACHE_DIR or ~/.cache/lowlux)."""
+    cuda_graphs: bool = True
+    """On CUDA, replay whole-frame forwards from a captured CUDA graph (per input shape)."""
 
 
 class Engine:
@@ -66,72 +84,126 @@ class Engine:
         self.config = config
         if config.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+        if config.tile is not None and config.tile < 0:
+            raise ValueError("tile must be None (automatic), 0 (never) or a positive size")
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
         self.weights_path = resolve_weights(config.weights)
-        self.model: LowLightNet = load_model(self.weights_path).to(self.device)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model: LowLightNet = load_model(self.weights_path)
         self.dtype = DTYPES[config.dtype]
+        name = choose_backend(config.backend, self.device, config.dtype)
+        self.backend: Backend = self._create(name)
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(3, thread_name_prefix="lowlux-encoder") if config.concurrent else None
-        self._streams = None
-        if config.concurrent and self.device.type == "cuda":
-            self._streams = [torch.cuda.Stream(self.device) for _ in range(3)]
-        log.info("engine ready: %s on %s (%s%s)", self.weights_path.name, self.device, config.dtype,
-                 ", concurrent encoders" if config.concurrent else "")
+        log.info("engine ready: %s", self.describe())
+
+    def _create(self, name: str) -> Backend:
+        cfg = self.config
+        kwargs = dict(concurrent=cfg.concurrent, channels_last=cfg.channels_last, threads=cfg.threads,
+                      cache=cfg.cache_dir, cuda_graphs=cfg.cuda_graphs)
+        try:
+            return create_backend(name, self.model, self.weights_path, self.device, cfg.dtype, **kwargs)
+        except Exception as exc:
+            if name == "torch" or cfg.backend not in ("", "auto"):
+                raise
+            log.warning("backend %s failed to start (%s: %s); using torch", name, exc.__class__.__name__, exc)
+            return create_backend("torch", self.model, self.weights_path, self.device, cfg.dtype, **kwargs)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
 
     def describe(self) -> dict[str, str]:
-        return {"weights": str(self.weights_path), "device": str(self.device), "dtype": self.config.dtype}
+        tile = self.config.tile
+        return {"weights": str(self.weights_path), "device": str(self.device), "dtype": self.config.dtype,
+                "backend": self.backend.describe()["backend"],
+                "tile": "auto" if tile is None else ("off" if tile == 0 else str(tile))}
 
-    def _autocast(self):
-        enabled = self.dtype != torch.float32
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
-
-    def _forward_concurrent(self, raw: Tensor) -> Tensor:
-        """Fig. 3 with the three encoders in flight at once; same arithmetic as ``model.forward``."""
-        net = self.model
-        packed = net.pack(raw)
-        if self._streams is not None:
-            current = torch.cuda.current_stream(self.device)
-            outs = []
-            for stream, encoder in zip(self._streams, (net.lse, net.mse, net.hse)):
-                stream.wait_stream(current)
-                with torch.cuda.stream(stream), self._autocast():
-                    outs.append(encoder(packed))
-            for stream in self._streams:
-                current.wait_stream(stream)
-            lse, mse, hse = outs
+    def tile_size(self, height: int, width: int) -> int | None:
+        """Tile side for a frame of this size, or None to run it whole."""
+        tile = self.config.tile
+        if tile == 0:
+            return None
+        if tile:
+            return tile if (height > tile or width > tile) else None
+        per_px = BYTES_PER_PIXEL.get(self.backend.name, max(BYTES_PER_PIXEL.values()))
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = max(self.config.memory_budget_mb * 2**20, free * 0.5)
         else:
-            def run(encoder):
-                with torch.inference_mode(), self._autocast():
-                    return encoder(packed)
+            budget = self.config.memory_budget_mb * 2**20
+        return tile_for_budget(height, width, per_px, budget)
 
-            lse, mse, hse = (f.result() for f in [self._pool.submit(run, e) for e in (net.lse, net.mse, net.hse)])
-        with self._autocast():
-            return net.fb2(lse, net.fb1(mse, hse))
+    # ---- running the net ---------------------------------------------------------------------------
+
+    def _call(self, fn, *args) -> Tensor:
+        with self._lock, torch.inference_mode():
+            return fn(*args)
+
+    def _pieces(self, raw: Tensor) -> Iterator[tuple[slice, slice, Tensor]]:
+        """(rows, columns, B x h x w x 3 sRGB) pieces covering the frame: one, or one per tile."""
+        height, width = raw.shape[-2:]
+        tile = self.tile_size(height, width)
+        if tile is None:
+            yield slice(0, height), slice(0, width), self._call(self.backend.full, raw)
+            return
+        local = lambda crop, ctx: self._call(self.backend.local, crop, ctx)  # noqa: E731
+        context = lambda x: self._call(self.backend.context, x)  # noqa: E731
+        for t, rgb in run_tiled(context, local, raw, tile):
+            ys, xs = t.owned
+            yield ys, xs, rgb
 
     def forward(self, raw: Tensor) -> Tensor:
-        """Net forward on a B x 1 x H x W tensor already on the engine's device."""
-        with self._lock, torch.inference_mode():
-            if self.config.channels_last:
-                raw = raw.contiguous(memory_format=torch.channels_last)
-            if self.config.concurrent:
-                return self._forward_concurrent(raw).float()
-            with self._autocast():
-                return self.model(raw).float()
+        """Net forward on a B x 1 x H x W tensor already on the engine's device -> B x 3 x H x W float32.
+
+        The result is laid out channels last in memory (a permuted view), as the backends produce it.
+        """
+        if raw.dtype != torch.float32:
+            raw = raw.float()
+        raw = raw.contiguous()
+        pieces = self._pieces(raw)
+        first = next(pieces)
+        if first[0] == slice(0, raw.shape[-2]) and first[1] == slice(0, raw.shape[-1]):
+            out = first[2]
+        else:
+            out = torch.empty((raw.shape[0], raw.shape[-2], raw.shape[-1], 3), dtype=torch.float32,
+                              device=raw.device)
+            for ys, xs, rgb in [first, *pieces]:
+                out[:, ys, xs] = rgb
+        return out.permute(0, 3, 1, 2)
+
+    def _amplified(self, mosaic: np.ndarray, amplification: float) -> Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(mosaic, dtype=np.float32))[None, None].to(self.device)
+        return (x * float(amplification)).clamp_(0.0, 1.0)  # never in place: the mosaic is reused for brackets
+
+    def restore_tiles(self, mosaic: np.ndarray, amplification: float) -> Iterator[tuple[slice, slice, np.ndarray]]:
+        """Like :meth:`restore`, piece by piece: ``(rows, columns, h x w x 3 float32)``.
+
+        One piece for a frame that runs whole, one per tile otherwise, so a caller can convert and
+        store each piece without ever holding the whole float image.
+        """
+        x = self._amplified(mosaic, amplification)
+        for ys, xs, rgb in self._pieces(x):
+            yield ys, xs, rgb[0].cpu().numpy()
 
     def restore(self, mosaic: np.ndarray, amplification: float) -> np.ndarray:
         """Padded, normalised RGGB mosaic (H x W) -> sRGB (H x W x 3 float32, [0, 1]).
 
         The input is amplified and clipped to [0, 1] as in training (SID clips the same way).
         """
-        x = torch.from_numpy(np.ascontiguousarray(mosaic, dtype=np.float32))[None, None].to(self.device)
-        x = (x * float(amplification)).clamp_(0.0, 1.0)  # never in place: the mosaic is reused for brackets
-        out = self.forward(x)[0]
-        return out.permute(1, 2, 0).cpu().numpy()
+        out = None
+        for ys, xs, rgb in self.restore_tiles(mosaic, amplification):
+            if ys == slice(0, mosaic.shape[0]) and xs == slice(0, mosaic.shape[1]):
+                return rgb
+            if out is None:
+                out = np.empty((*mosaic.shape, 3), dtype=np.float32)
+            out[ys, xs] = rgb
+        return out
+
+    def plan(self, height: int, width: int) -> list:
+        """The tiles a frame of this size would be restored in (empty when it runs whole)."""
+        tile = self.tile_size(height, width)
+        return [] if tile is None else plan_tiles(height, width, tile)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
+        self.backend.close()

@@ -91,6 +91,22 @@ class HSE(nn.Module):
         self.fuse = conv(3 * 64, 64, 1, bias=False)
         self.expand = conv(64 // 16, 64, 3)
 
+    def context(self, packed: Tensor) -> Tensor:
+        """The 1/32 part alone (64 channels at 1/32): the only part that needs the whole frame.
+
+        ``upsample(context(packed))`` is ``forward(packed)``, op for op; tiled inference runs this
+        once on the whole frame and :meth:`upsample` per tile.
+        """
+        h = self.reduce(F.pixel_unshuffle(packed, 16))
+        r1 = self.rdb1(h)
+        r2 = self.rdb2(r1)
+        r3 = self.rdb3(r2)
+        return self.fuse(torch.cat((r1, r2, r3), dim=1)) + h
+
+    def upsample(self, context: Tensor) -> Tensor:
+        """1/32 context -> the encoder's 64 channels at 1/8 (pixel shuffle, 3x3 conv)."""
+        return self.expand(F.pixel_shuffle(context, 4))
+
     def forward(self, packed: Tensor) -> Tensor:
         h = self.reduce(F.pixel_unshuffle(packed, 16))
         r1 = self.rdb1(h)

@@ -1,0 +1,111 @@
+"""Exported graphs of the net (ONNX), made once per weights file and cached.
+
+OpenVINO and ONNX Runtime both run the two graphs of :mod:`lowlux.tiling` (``context`` and
+``local``) from ONNX files. Exporting takes a moment, so the files are kept in a cache folder,
+keyed by the weights file's content hash (:func:`lowlux.weights.file_digest`) and by
+:data:`GRAPH_VERSION`: new weights, or a change of how the graphs are built, give new files; the
+same weights reuse them. A file that is missing, empty or unreadable is exported again.
+
+The cache folder is ``$LOWLUX_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/lowlux``, else
+``~/.cache/lowlux``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .model import LowLightNet
+from .weights import file_digest
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "LOWLUX_CACHE_DIR"
+GRAPH_VERSION = 1
+"""Bump whenever :class:`~lowlux.tiling.ContextNet` / :class:`~lowlux.tiling.LocalNet` change."""
+OPSET = 17
+GRAPHS = ("context", "local")
+
+
+def cache_dir(override: str | Path | None = None) -> Path:
+    if override is not None:
+        return Path(override)
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "lowlux"
+
+
+def graph_dir(weights: str | Path, cache: str | Path | None = None) -> Path:
+    """Where the graphs of these weights live: ``<cache>/graphs/<digest>``."""
+    return cache_dir(cache) / "graphs" / file_digest(weights)
+
+
+def _modules(model: LowLightNet) -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
+    from .tiling import CONTEXT_CHANNELS, ContextNet, LocalNet
+
+    raw = torch.zeros(1, 1, 64, 96)
+    ctx = torch.zeros(1, CONTEXT_CHANNELS, 2, 3)
+    hw = {0: "batch", 2: "height", 3: "width"}
+    return {
+        "context": (ContextNet(model), (raw,), {"input_names": ["raw"], "output_names": ["context"],
+                                                "dynamic_axes": {"raw": hw, "context": hw}}),
+        "local": (LocalNet(model), (raw, ctx), {"input_names": ["raw", "context"], "output_names": ["rgb"],
+                                                "dynamic_axes": {"raw": hw, "context": hw,
+                                                                 "rgb": {0: "batch", 1: "height", 2: "width"}}}),
+    }
+
+
+def _export_graph(module: torch.nn.Module, args: tuple, names: dict, path: Path) -> None:
+    """One ONNX file, written under a temporary name and moved into place when complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    module = module.eval().float().cpu()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:  # the TorchScript exporter: quick (well under a second) and exact for plain convs
+                torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET, **names)
+            except (TypeError, RuntimeError, ImportError, AttributeError) as exc:
+                log.debug("TorchScript ONNX export unavailable (%s); using torch.export", exc)
+                from torch.export import Dim
+
+                shapes = tuple({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC} for _ in args)
+                torch.onnx.export(module, args, str(tmp), dynamo=True, opset_version=max(OPSET, 18),
+                                  input_names=names["input_names"], output_names=names["output_names"],
+                                  dynamic_shapes=shapes)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _valid(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def exported_graphs(model: LowLightNet, weights: str | Path, cache: str | Path | None = None,
+                    *, force: bool = False) -> dict[str, Path]:
+    """``{"context": path, "local": path}``: the ONNX graphs of ``model`` (loaded from ``weights``).
+
+    Exported on first use for these weights, reused afterwards. ``force`` exports again (used when
+    a cached file turns out to be unreadable).
+    """
+    folder = graph_dir(weights, cache)
+    paths = {name: folder / f"{name}-v{GRAPH_VERSION}.onnx" for name in GRAPHS}
+    if not force and all(_valid(p) for p in paths.values()):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (module, args, names) in _modules(model).items():
+        if force or not _valid(paths[name]):
+            log.info("exporting the %s graph of %s to %s", name, Path(weights).name, paths[name])
+            _export_graph(module, args, names, paths[name])
+    meta = {"weights": str(Path(weights).resolve()), "digest": folder.name, "graph_version": GRAPH_VERSION,
+            "lowlux": __version__, "torch": torch.__version__, "opset": OPSET}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    return paths
