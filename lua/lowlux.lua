@@ -13,15 +13,16 @@
       script_manager finds it and start it there
     * lighttable: select dark raws, open the "lowlux" module in the right panel, choose the
       brightness (and optionally a bracket of brightnesses), press "enhance dark". A shortcut
-      for the same action can be assigned in preferences > shortcuts > lua > "lowlux: enhance dark".
+      for the same action can be assigned in darktable's shortcuts dialog, under lua: "lowlux: enhance dark".
       The results (16-bit sRGB TIFFs, `<name>_lowlux.tif`) are imported as soon as each one is
       ready, grouped with their raw, and get its tags, rating, colour labels, title, description,
       creator, publisher and rights plus the tag `lowlux|enhanced`. The progress bar's cancel
       button cancels the worker job.
     * export module: the target storage "lowlux: enhance dark (16-bit TIFF)" sends the source raw of
-      each exported image to the worker and writes the result to the target folder/name pattern
-      (darktable's variables: $(FILE_FOLDER), $(FILE_NAME), $(ROLL_NAME), ...), optionally
-      importing it into the library.
+      each exported image to the worker (darktable renders nothing for it) and writes the result to
+      the target folder/name pattern (darktable's variables: $(FILE_FOLDER), $(FILE_NAME), $(ROLL_NAME),
+      ...; $(FILE_NAME) is darktable's export name, name_01 for a duplicate), optionally importing
+      it into the library.
     * preferences > lua options: the lowlux executable, the worker endpoint, weights, device,
       where results go, whether to copy metadata, group, and make the result the group leader.
 
