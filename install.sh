@@ -57,10 +57,17 @@ if [ "$darktable" = auto ] && { command -v darktable >/dev/null 2>&1 || [ -d "${
     say "installing the darktable plugin into $config/lua"
     mkdir -p "$config/lua"
     cp lua/lowlux.lua "$config/lua/lowlux.lua"
-    touch "$config/luarc"
-    grep -qx 'require "lowlux"' "$config/luarc" || echo 'require "lowlux"' >> "$config/luarc"
-    # The plugin finds the worker through this file (editable in darktable's preferences too).
+    # The plugin finds the worker through this file (the preferences can override it).
     printf '%s\n' "$here/.venv/bin/lowlux" > "$config/lua/lowlux.path"
+    luarc="$config/luarc"
+    touch "$luarc"
+    # once only, whichever way it was written: require "lowlux", require('lowlux'), ...
+    if ! grep -Eq "^[[:space:]]*require[[:space:]]*\(?[[:space:]]*[\"']lowlux[\"']" "$luarc"; then
+      # a last line without its newline would swallow ours
+      if [ -s "$luarc" ] && [ -n "$(tail -c 1 "$luarc")" ]; then echo >> "$luarc"; fi
+      echo 'require "lowlux"' >> "$luarc"
+    fi
+    say "darktable: restart it; the lowlux module is in the lighttable's right panel"
   fi
 fi
 
