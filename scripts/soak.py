@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from lowlux.client import Client, WorkerUnavailable
 from lowlux.dng import write_dng
 
@@ -64,7 +63,6 @@ def make_raws(folder: Path, size: tuple[int, int], count: int, bad_ratio: float)
 
 def tiny_weights(folder: Path) -> Path:
     import torch
-
     from lowlux.model import LowLightNet, msra_init
     from lowlux.weights import save_weights
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .protocol import TERMINAL_STATES, new_id
 
@@ -23,7 +24,7 @@ from .protocol import TERMINAL_STATES, new_id
 class FileTask:
     """One raw file of a job, as the pipeline processes it."""
 
-    job: "Job"
+    job: Job
     index: int
     source: str
     """Path on the worker's disk (for uploads: the spooled copy)."""

@@ -37,7 +37,7 @@ class CurveKeys:
 
 
 def _certificate(public: bytes, secret: bytes | None) -> str:
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     lines = [f"#   ****  Generated {stamp} by lowlux keys  ****",
              "#   ZeroMQ CURVE " + ("**Secret** Certificate" if secret else "Public Certificate"),
              "#   " + ("DO NOT GIVE THIS FILE TO ANYONE." if secret else "Give this file to the other side."),

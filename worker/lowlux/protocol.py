@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
