@@ -179,7 +179,7 @@ LIGHTTABLE_BODY = r"""
   dt.gui.selection(images)
   note("ACTION " .. #dt.gui.action_images)
   dt.gui.action("lua/lowlux: enhance dark", 0, "", "", 1.0)
-  if wait_for("the plugin's run", function() return #api.state.finished_runs >= 1 end, 180) then
+  if wait_for("the plugin's run", function() return #api.state.finished_runs >= 1 end, 150) then
     local s = api.state.finished_runs[1]
     note(string.format("SUMMARY total=%d done=%d failed=%d cancelled=%d", s.total, s.done, s.failed, s.cancelled))
   end
@@ -190,7 +190,7 @@ EXPORT_BODY = r"""
   dt.gui.selection(images)
   note("EXPORT " .. #images)
   dt.gui.action("lib/export/export", 0, "", "", 1.0)
-  if wait_for("the storage's finalize", function() return #api.state.finished_runs >= 1 end, 180) then
+  if wait_for("the storage's finalize", function() return #api.state.finished_runs >= 1 end, 150) then
     local s = api.state.finished_runs[1]
     note(string.format("SUMMARY total=%d done=%d failed=%d cancelled=%d", s.total, s.done, s.failed, s.cancelled))
   end
