@@ -128,3 +128,15 @@ def test_noise_sigma_estimate():
     smooth = np.stack([xx, yy, (xx + yy) / 2], -1)
     assert noise_sigma(smooth + rng.normal(0, 0.02, smooth.shape)) == pytest.approx(0.02, rel=0.05)
     assert noise_sigma(smooth) < 1e-3
+
+
+def test_ssim_matches_pytorch_msssim():
+    import torch
+    from pytorch_msssim import ssim as reference
+
+    rng = np.random.default_rng(1)
+    target = rng.random((70, 90, 3)).astype(np.float32)
+    out = np.clip(target + rng.normal(0, 0.1, target.shape), 0, 1).astype(np.float32)
+    ref = reference(torch.from_numpy(out.transpose(2, 0, 1))[None], torch.from_numpy(target.transpose(2, 0, 1))[None],
+                    data_range=1.0)
+    assert ssim(out, target) == pytest.approx(float(ref), abs=1e-4)

@@ -1,7 +1,7 @@
 """Image quality scores: PSNR, SSIM, and the paper's GT-GC variant (Table 2).
 
-SSIM is Wang et al.'s (11-tap Gaussian window, sigma 1.5, K1 0.01, K2 0.03) from pytorch-msssim,
-on sRGB in [0, 1], averaged over the three channels.
+SSIM is Wang et al.'s (11-tap Gaussian window, sigma 1.5, K1 0.01, K2 0.03, no padding), as
+pytorch-msssim computes it, on sRGB in [0, 1], averaged over the three channels.
 
 GT-GC: several ground truths are acceptable for an extremely dark scene, so the reference is
 gamma-corrected with gamma in 0.7, 0.73, ..., 1.3 and the best PSNR and best SSIM are reported.
@@ -10,36 +10,45 @@ gamma-corrected with gamma in 0.7, 0.73, ..., 1.3 and the best PSNR and best SSI
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 GT_GC_GAMMAS = tuple(round(0.7 + 0.03 * i, 2) for i in range(21))
 
 
 def psnr(out: np.ndarray, target: np.ndarray) -> float:
-    mse = float(np.mean((np.asarray(out, np.float64) - np.asarray(target, np.float64)) ** 2))
+    diff = np.asarray(out, np.float32) - np.asarray(target, np.float32)
+    mse = float(np.mean(np.square(diff), dtype=np.float64))
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def _chw(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(image, np.float32).transpose(2, 0, 1)))
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K = 11, 1.5, (0.01, 0.03)
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    """Gaussian window, kept only where it fits inside the image (a 'valid' convolution)."""
+    import cv2
+
+    r = SSIM_WINDOW // 2
+    out = cv2.GaussianBlur(x, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
+    return out[r:-r, r:-r]
 
 
 def ssim(out: np.ndarray, target: np.ndarray) -> float:
-    return float(ssim_batch(out, target[None])[0])
-
-
-def ssim_batch(out: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """SSIM of one H x W x 3 image against each of N x H x W x 3 references."""
-    from pytorch_msssim import ssim as _ssim
-
-    ref = torch.stack([_chw(t) for t in targets])
-    x = _chw(out)[None].expand_as(ref)
-    with torch.no_grad():
-        return _ssim(x, ref, data_range=1.0, size_average=False).numpy()
+    """Mean SSIM over channels, with OpenCV's Gaussian filter: the same numbers as pytorch-msssim's
+    ``ssim`` (tested), an order of magnitude faster on CPU for full-size images."""
+    c1, c2 = SSIM_K[0] ** 2, SSIM_K[1] ** 2
+    x = np.asarray(out, np.float32)
+    y = np.asarray(target, np.float32)
+    values = []
+    for c in range(x.shape[-1]):
+        a, b = np.ascontiguousarray(x[..., c]), np.ascontiguousarray(y[..., c])
+        ma, mb = _blur(a), _blur(b)
+        va, vb, cov = _blur(a * a) - ma * ma, _blur(b * b) - mb * mb, _blur(a * b) - ma * mb
+        s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
+        values.append(s.mean(dtype=np.float64))
+    return float(np.mean(values))
 
 
 def gt_gc(out: np.ndarray, target: np.ndarray, gammas=GT_GC_GAMMAS) -> tuple[float, float]:
     """(best PSNR, best SSIM) over gamma-corrected references target ** gamma."""
-    refs = np.stack([np.power(np.clip(target, 0, 1), g, dtype=np.float32) for g in gammas])
-    best_psnr = max(psnr(out, r) for r in refs)
-    return best_psnr, float(ssim_batch(out, refs).max())
+    refs = [np.power(np.clip(target, 0, 1), g, dtype=np.float32) for g in gammas]
+    return max(psnr(out, r) for r in refs), max(ssim(out, r) for r in refs)
