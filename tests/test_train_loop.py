@@ -124,3 +124,22 @@ def test_fewer_scales_msssim_is_pytorch_msssim_at_five_scales():
     y = torch.rand(2, 3, 176, 176)
     x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1)
     assert float(fewer_scales_msssim(x, y, 5)) == pytest.approx(float(ms_ssim(x, y, data_range=1.0)), abs=1e-5)
+
+
+def test_export_ships_best_weights_with_a_model_card(tmp_path):
+    from lowlux.train.card import export
+    from lowlux.train.evaluate import EvalItem, run_eval
+    from lowlux.train.unprocess import sony_colour
+
+    scores = iter([21.0, 23.0, 22.0])
+    cfg = config(tmp_path, steps=6, eval_every=2)
+    train(cfg, [FixedSource(fixed_pair())], [1.0], eval_fn=lambda m: {"psnr": next(scores), "ssim": 0.5})
+    pair = fixed_pair()
+    item = EvalItem("flat", pair.dark, pair.ratio, pair.target, sony_colour())
+    run_eval([item], cfg.run_dir / "best.safetensors", None, tmp_path / "eval", baseline=False)
+    shipped = export(cfg.run_dir, tmp_path / "eval" / "eval.json", tmp_path / "weights", "a test machine")
+    card = (tmp_path / "weights" / "README.md").read_text()
+    assert "| ours | GT exposure ratio |" in card and "a test machine" in card
+    assert "Steps: 4 (best eval PSNR)" in card  # the step with the best score, not the last one
+    assert "| 6 | 22.00 | 0.5000 |" in card
+    load_model(shipped)

@@ -148,11 +148,33 @@ def run_eval(args) -> int:
     return 0
 
 
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export", help="ship a run's best weights as weights/lowlux-default.safetensors",
+                              description="Copy RUN_DIR/best.safetensors to the weights folder and write the "
+                                          "model card from the run's logs and an eval.json.")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--eval-json", type=Path, required=True, help="eval.json of `eval --weights RUN_DIR/best...`")
+    p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
+    p.add_argument("--hardware", required=True, help="what the run trained on, for the model card")
+    p.add_argument("--notes", default="", help="a closing paragraph for the model card")
+    p.set_defaults(func=run_export)
+    return p
+
+
+def run_export(args) -> int:
+    from .card import export
+
+    path = export(args.run_dir, args.eval_json, args.weights_dir, args.hardware, args.notes)
+    sys.stdout.write(f"wrote {path} and {path.parent / 'README.md'}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lowlux.train")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

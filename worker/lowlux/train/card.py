@@ -1,0 +1,81 @@
+"""Ship a run's best weights as the default weights, with a model card made from measured numbers.
+
+The card is generated, not written by hand, so every number in it comes from the run's logs
+(``config.json``, ``log.csv``, ``eval.csv``) and an ``eval.json`` written by ``lowlux eval``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import shutil
+from pathlib import Path
+
+from ..weights import read_metadata
+from .evaluate import markdown_table
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _curve_table(eval_rows: list[dict[str, str]], every: int) -> str:
+    lines = ["| step | eval PSNR (dB) | eval SSIM | hours |", "|---|---|---|---|"]
+    picked = [r for i, r in enumerate(eval_rows) if i % every == 0 or i == len(eval_rows) - 1]
+    for r in picked:
+        lines.append(f"| {r['step']} | {float(r['psnr']):.2f} | {float(r['ssim']):.4f} | "
+                     f"{float(r['wall_s']) / 3600:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def model_card(run_dir: Path, eval_json: Path, hardware: str, notes: str = "") -> str:
+    config = json.loads((run_dir / "config.json").read_text())
+    meta = read_metadata(run_dir / "best.safetensors")
+    log_rows, eval_rows = _rows(run_dir / "log.csv"), _rows(run_dir / "eval.csv")
+    results = json.loads(eval_json.read_text())
+    sec = [float(r["sec_per_step"]) for r in log_rows[-20:]]
+    items = ", ".join(i["name"] for i in results["items"])
+    return f"""# lowlux default weights
+
+`lowlux-default.safetensors`: the restoration net of Lamba & Mitra (CVPR 2021) trained by lowlux's
+own pipeline (`lowlux train`), weight norm folded. Licence: the project's (MIT); no SID data and
+none of the authors' weights were used to make it.
+
+## Training
+
+- Data: {', '.join(config['source_names'])}: real raws made dark (exposure ratio 100-300 plus the
+  Sony α7S II physics-based noise model of Wei et al., CVPR 2020) and photographs unprocessed into raws
+  (Brooks et al., CVPR 2019); targets rendered the way SID rendered its ground truth (LibRaw, camera WB,
+  no auto-brightness). The evaluation images are held out (see `lowlux.train.split`).
+- Steps: {meta.get('steps', '?')} (best eval PSNR) of {log_rows[-1]['step'] if log_rows else 0} run so far;
+  batch {config['batch']}, {config['crop']} px crops, Adam lr {config['lr']:g} (-> {config['lr_after']:g}
+  at step {config['lr_drop_at'] or config['steps'] // 2}), loss {config['l1_weight']:g} L1 +
+  {config['msssim_weight']:g} (1 - MS-SSIM), seed {config['seed']}.
+- Hardware: {hardware}; {config['threads']} intra-op thread(s), about {sum(sec) / max(len(sec), 1):.2f} s per step
+  at the end of the log; {float(eval_rows[-1]['wall_s']) / 3600 if eval_rows else 0:.1f} h of training wall time.
+- Python {platform.python_version()}, torch as installed by `install.sh`.
+
+## Evaluation (`lowlux eval`)
+
+Fixed evaluation set ({len(results['items'])} images, dark versions made with fixed seeds): {items}.
+Mean over images; "authors" is their released SID-Sony checkpoint (evaluation only, non-commercial),
+"baseline" is {results.get('baseline', 'LibRaw + non-local means')}.
+
+{markdown_table(results)}
+Eval PSNR / SSIM against training steps (GT exposure ratio, this model only):
+
+{_curve_table(eval_rows, max(1, len(eval_rows) // 15))}
+{notes}
+"""
+
+
+def export(run_dir: Path, eval_json: Path, weights_dir: Path, hardware: str, notes: str = "") -> Path:
+    """Copy the run's best weights to ``weights_dir/lowlux-default.safetensors`` and write the card."""
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    target = weights_dir / "lowlux-default.safetensors"
+    shutil.copyfile(run_dir / "best.safetensors", target)
+    (weights_dir / "README.md").write_text(model_card(run_dir, eval_json, hardware, notes))
+    return target
+
