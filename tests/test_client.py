@@ -183,7 +183,7 @@ def test_sigterm_finishes_the_file_on_the_net_and_cancels_the_rest(runtime, tiny
     rest = [make_dng(f"rest{i}.dng", seed=i) for i in range(4)]
     out = tmp_path / "out"
     with serve_process(endpoint, tiny_weights) as proc:
-        ready(endpoint)
+        ready(endpoint, proc=proc)
         with Client(endpoint) as c:
             job = c.submit([big, *rest], {"out_dir": str(out)})
             wait_for(lambda: c.status(job)["files"][0]["stage"] in ("inferring", "encoding"), what="big on the net")

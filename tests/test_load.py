@@ -65,7 +65,7 @@ def test_four_clients_with_bad_files_over_several_rounds(runtime, tiny_weights, 
     hashes = {p: sha256(p) for files in inputs for p in files}
     rss = []
     with serve_process(endpoint, tiny_weights, "--encode-threads", "2") as proc:
-        ready(endpoint)
+        ready(endpoint, proc=proc)
         for r in range(ROUNDS):
             out = tmp_path / f"round{r}"
             results = run_round(endpoint, inputs, out)

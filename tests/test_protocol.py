@@ -212,3 +212,15 @@ def test_stop_cancels_everything_queued_and_wakes_the_pipeline():
     assert {t.state for t in j.tasks} == {"cancelled"} and "shutting down" in j.tasks[0].error
     with pytest.raises(QueueFull, match="shutting down"):
         sched.add(job("b", 1))
+
+
+def test_files_whose_upload_never_arrives_fail_so_the_job_can_end(tmp_path):
+    sched = Scheduler()
+    j = Job(client="far", options=None, spool=tmp_path)
+    j.add_files(["/spool/a.dng", "/spool/b.dng"], ["/client/a.dng", "/client/b.dng"], uploaded=False)
+    sched.add(j)
+    assert sched.next_task(timeout=0) is None  # nothing schedulable before its bytes arrive
+    sched.mark_uploaded(j.tasks[0], "/spool/a.dng")
+    assert sched.next_task(timeout=0) is j.tasks[0]
+    assert sched.fail_stale_uploads(max_age=0) == 1
+    assert j.tasks[1].state == "failed" and j.tasks[1].error == "/client/b.dng: the upload never arrived"

@@ -312,3 +312,21 @@ def test_listen_without_keys_is_refused(engine, endpoint, tmp_path):
     generate(tmp_path / "none", "server")
     with pytest.raises(ConfigError, match="no authorized client keys"):
         Server(config, engine=engine).bind()
+
+
+def test_a_device_hint_the_worker_cannot_honour_is_a_warning(engine, endpoint, make_dng):
+    with serving(engine, endpoint):
+        reply = request(endpoint, "submit", files=[str(make_dng("hint.dng"))], hints={"device": "cuda"})
+        assert reply["ok"] and "device cpu" in reply["warnings"][0]
+        assert finished(endpoint, reply["job"])["state"] == "done"
+
+
+def test_an_idle_worker_exits_by_itself_when_asked_to(engine, endpoint):
+    import threading
+
+    server = Server(ServerConfig(endpoint=endpoint, idle_timeout=0.2), engine=engine)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and server.exit_code == 0
+    assert not Path(endpoint[len("ipc://"):]).exists()

@@ -39,7 +39,22 @@ def runtime(monkeypatch) -> Iterator[Path]:
     for name in ("LOWLUX_ENDPOINT", "LOWLUX_SERVER_KEY", "LOWLUX_CLIENT_KEY"):
         monkeypatch.delenv(name, raising=False)
     yield folder
+    kill_stray_workers(folder / "lowlux")
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def kill_stray_workers(folder: Path) -> None:
+    """Workers a test started (auto-started ones too) hold a serve lock with their pid: none may outlive it."""
+    for lock in folder.glob("serve-*.lock"):
+        pid = lock.read_text().strip()
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"lowlux" in cmdline and b"serve" in cmdline:
+            kill_quietly(int(pid))
 
 
 @pytest.fixture
@@ -131,16 +146,18 @@ def lowlux_cmd(*args: str) -> list[str]:
 
 @contextlib.contextmanager
 def serve_process(endpoint: str, weights: Path, *extra: str, env: dict | None = None) -> Iterator[subprocess.Popen]:
-    """``lowlux serve`` as a subprocess, killed on exit if still running."""
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(lowlux_cmd("serve", "--endpoint", endpoint, "--weights", weights, *extra),
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    """``lowlux serve`` as a subprocess (its output in ``proc.log``), killed on exit if still running."""
+    log = Path(tempfile.mkstemp(prefix="llx-serve-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(lowlux_cmd("serve", "--endpoint", endpoint, "--weights", weights, *extra),
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc.log = log
     try:
         yield proc
     finally:
         kill_quietly(proc.pid)
         proc.wait(30)
-        log.close()
+        log.unlink(missing_ok=True)
 
 
 def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -148,11 +165,14 @@ def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
         os.kill(pid, sig)
 
 
-def ready(endpoint: str, timeout: float = 120.0) -> dict:
-    """Wait until the worker at ``endpoint`` says its engine is loaded."""
+def ready(endpoint: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> dict:
+    """Wait until the worker at ``endpoint`` says its engine is loaded; a worker that died says why."""
     from lowlux.client import Client, WorkerUnavailable
 
     def ping():
+        if proc is not None and proc.poll() is not None:
+            log = proc.log.read_text(errors="replace") if getattr(proc, "log", None) else ""
+            raise AssertionError(f"the worker exited with status {proc.returncode}:\n{log[-3000:]}")
         with Client(endpoint, timeout=2.0, retries=1) as c:
             try:
                 reply = c.ping()
