@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REAL_RAWS, SHARED, need
 from lowlux.train.augment import Geometry, random_geometry
 from lowlux.train.data import (

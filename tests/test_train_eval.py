@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SHARED, need
 from lowlux.train.evaluate import EvalItem, build_eval_set, evaluate, raw_items, run_eval
 from lowlux.train.metrics import GT_GC_GAMMAS, gt_gc, psnr, ssim
@@ -85,8 +84,8 @@ def test_a_whole_evaluation_on_a_tiny_set(tmp_path, tiny_weights):
 
 def test_classical_baseline_beats_the_plain_rendering(tmp_path):
     """The NLM step must actually denoise: a noisy flat scene gets closer to its target."""
-    from lowlux.train.evaluate import classical_restore, libraw_render
     from lowlux.train import noise
+    from lowlux.train.evaluate import classical_restore, libraw_render
     from lowlux.train.unprocess import mosaic, process, unprocess_rgb
 
     colour = sony_colour()

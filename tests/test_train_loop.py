@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-
 from lowlux.train.data import Pair
 from lowlux.train.loop import TrainConfig, checkpoint_model, train
 from lowlux.train.loss import RestorationLoss, msssim_levels
@@ -97,7 +96,8 @@ def test_eval_hook_writes_the_curve_and_best_weights(tmp_path):
     cfg = config(tmp_path, steps=4, eval_every=2)
     train(cfg, [FixedSource(fixed_pair())], [1.0], eval_fn=fake_eval)
     assert calls == [False, False]  # evaluated in eval mode
-    rows = list(csv.DictReader(open(cfg.run_dir / "eval.csv")))
+    with open(cfg.run_dir / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [(r["step"], r["psnr"]) for r in rows] == [("2", "21.0000"), ("4", "22.0000")]
     from lowlux.weights import read_metadata
 
@@ -116,9 +116,8 @@ def test_msssim_scales_fit_the_crop():
 
 
 def test_fewer_scales_msssim_is_pytorch_msssim_at_five_scales():
-    from pytorch_msssim import ms_ssim
-
     from lowlux.train.loss import fewer_scales_msssim
+    from pytorch_msssim import ms_ssim
 
     torch.manual_seed(0)
     y = torch.rand(2, 3, 176, 176)

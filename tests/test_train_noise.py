@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from lowlux.train import noise
 from lowlux.train.synth import make_dark_raw, write_dark_dng
 

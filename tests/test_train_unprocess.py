@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from lowlux.train.unprocess import (
     CameraColour,
     gamma_decode,
@@ -32,7 +31,6 @@ def smooth_photo(h: int = 64, w: int = 96, seed: int = 0) -> np.ndarray:
 
 def render_dng_with_libraw(path) -> np.ndarray:
     import rawpy
-
     from lowlux.train.cache import LIBRAW_SID_RENDER
 
     with rawpy.imread(str(path)) as raw:

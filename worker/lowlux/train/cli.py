@@ -131,7 +131,8 @@ def run_eval(args) -> int:
     import torch
 
     from ..weights import default_weights_path
-    from .evaluate import markdown_table, run_eval as evaluate_all
+    from .evaluate import markdown_table
+    from .evaluate import run_eval as evaluate_all
 
     torch.set_num_threads(args.threads)
     weights = args.weights or default_weights_path()

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class RawSource:
     _arrays: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_folder(cls, folder: Path, cache_dir: Path) -> "RawSource":
+    def from_folder(cls, folder: Path, cache_dir: Path) -> RawSource:
         raws = [cache_raw(p, cache_dir) for p in list_raws(folder) if not raw_is_eval_only(p)]
         if not raws:
             raise ValueError(f"{folder}: no training raws (eval-only files are skipped)")
@@ -97,7 +98,7 @@ class CleanSource:
     _arrays: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_folder(cls, folder: Path, cache_dir: Path) -> "CleanSource":
+    def from_folder(cls, folder: Path, cache_dir: Path) -> CleanSource:
         train, _ = split_photos(folder)
         if not train:
             raise ValueError(f"{folder}: no training photographs")
@@ -155,7 +156,7 @@ class SidSource:
     _arrays: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_list(cls, list_file: Path, cache_dir: Path) -> "SidSource":
+    def from_list(cls, list_file: Path, cache_dir: Path) -> SidSource:
         decoded: dict[Path, CachedRaw] = {}
 
         def get(p: Path) -> CachedRaw:
@@ -163,7 +164,7 @@ class SidSource:
                 decoded[p] = cache_raw(p, cache_dir)
             return decoded[p]
 
-        return cls([(get(s), get(l), r) for s, l, r in read_sid_list(Path(list_file))])
+        return cls([(get(short), get(long_), r) for short, long_, r in read_sid_list(Path(list_file))])
 
     def sample(self, rng: np.random.Generator, size: int) -> Pair:
         i = int(rng.integers(len(self.pairs)))
@@ -186,7 +187,7 @@ class SourceSpec:
     weight: float = 1.0
 
     @classmethod
-    def parse(cls, text: str) -> "SourceSpec":
+    def parse(cls, text: str) -> SourceSpec:
         kind, sep, rest = text.partition("=")
         if not sep or kind not in SOURCE_KINDS:
             raise ValueError(f"source {text!r}: expected KIND=PATH[@WEIGHT] with KIND in {', '.join(SOURCE_KINDS)}")

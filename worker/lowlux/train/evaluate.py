@@ -26,9 +26,9 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -37,7 +37,8 @@ from . import noise
 from .cache import DEFAULT_CACHE_DIR, LIBRAW_SID_RENDER, cache_photo, cache_raw
 from .metrics import gt_gc, psnr, ssim
 from .split import HOLDOUT_ROWS, list_raws, raw_is_eval_only, split_photos
-from .unprocess import CameraColour, process, sony_colour, unprocess_rgb, mosaic as to_mosaic
+from .unprocess import CameraColour, process, sony_colour, unprocess_rgb
+from .unprocess import mosaic as to_mosaic
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ balance), then :func:`mosaic` keeps one colour per pixel in RGGB order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def sony_colour(rng: np.random.Generator | None = None) -> CameraColour:
     return CameraColour(SONY_A7S2_XYZ_TO_CAM, wb)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gamma_constants(power: float, toe: float) -> tuple[float, float]:
     """LibRaw's ``gamma_curve``: the linear/power junction g3 and offset g4, found by bisection."""
     lo, hi = (0.0, 1.0)
