@@ -72,9 +72,14 @@ def check_brightness(m: float) -> float:
     return float(m)
 
 
-def _bin_sums(x: np.ndarray, table: BinTable) -> tuple[np.ndarray, np.ndarray]:
-    """Per-bin pixel counts and intensity sums; pixels outside every bin are dropped."""
+def _bin_sums(x: np.ndarray, table: BinTable, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin pixel counts and intensity sums; pixels outside every bin are dropped.
+
+    ``counts``, if given, says how many pixels have each value of ``x`` (a histogram of the image).
+    """
     x = np.ascontiguousarray(x, dtype=np.float32).ravel()
+    if counts is not None:
+        return _bin_sums_weighted(x, np.asarray(counts, dtype=np.float64).ravel(), table)
     n_bins = len(table.weights)
     if table.right_closed:
         idx = np.searchsorted(table.edges, x, side="left") - 1
@@ -89,6 +94,20 @@ def _bin_sums(x: np.ndarray, table: BinTable) -> tuple[np.ndarray, np.ndarray]:
     return counts, sums
 
 
+def _bin_sums_weighted(x: np.ndarray, counts: np.ndarray, table: BinTable) -> tuple[np.ndarray, np.ndarray]:
+    n_bins = len(table.weights)
+    if table.right_closed:
+        idx = np.searchsorted(table.edges, x, side="left") - 1
+        idx[x <= table.edges[0]] = 0
+    else:
+        idx = np.searchsorted(table.edges, x, side="right") - 1
+    inside = (idx >= 0) & (idx < n_bins)
+    x, idx, counts = x[inside], idx[inside], counts[inside]
+    bin_counts = np.bincount(idx, weights=counts, minlength=n_bins)[:n_bins]
+    sums = np.bincount(idx, weights=x.astype(np.float64) * counts, minlength=n_bins)[:n_bins]
+    return bin_counts, sums
+
+
 def weighted_mean(x: np.ndarray, variant: str = DEFAULT_VARIANT) -> float:
     """Eq. 5's weighted mean intensity of a normalised raw; NaN when no pixel carries weight."""
     table = bin_table(variant)
@@ -99,10 +118,11 @@ def weighted_mean(x: np.ndarray, variant: str = DEFAULT_VARIANT) -> float:
     return float(np.dot(sums, table.weights)) / total_w
 
 
-def amplification_unclamped(x: np.ndarray, m: float = DEFAULT_BRIGHTNESS, variant: str = DEFAULT_VARIANT) -> float:
+def amplification_unclamped(x: np.ndarray, m: float = DEFAULT_BRIGHTNESS, variant: str = DEFAULT_VARIANT,
+                            *, counts: np.ndarray | None = None) -> float:
     """target / weighted mean without the clamp (inf for a black image, NaN when all saturated)."""
     table = bin_table(variant)
-    counts, sums = _bin_sums(x, table)
+    counts, sums = _bin_sums(x, table, counts)
     num = float(np.dot(counts, table.weights)) * table.target_per_m * m
     den = float(np.dot(sums, table.weights))
     if den == 0.0:
@@ -111,14 +131,16 @@ def amplification_unclamped(x: np.ndarray, m: float = DEFAULT_BRIGHTNESS, varian
 
 
 def estimate_amplification(
-    x: np.ndarray, m: float = DEFAULT_BRIGHTNESS, variant: str = DEFAULT_VARIANT
+    x: np.ndarray, m: float = DEFAULT_BRIGHTNESS, variant: str = DEFAULT_VARIANT, *, counts: np.ndarray | None = None
 ) -> float:
     """The brightening factor for a normalised raw, clamped to [1, 300].
 
     A black image gets the largest factor; an image with every pixel saturated (no weight at all)
-    needs no brightening and gets 1 instead of the NaN a literal reading would give.
+    needs no brightening and gets 1 instead of the NaN a literal reading would give. ``x`` may
+    also be the distinct values of the image with their pixel ``counts``
+    (:meth:`lowlux.raw.RawImage.normalised_histogram`): the same estimate, much faster.
     """
-    amp = amplification_unclamped(x, check_brightness(m), variant)
+    amp = amplification_unclamped(x, check_brightness(m), variant, counts=counts)
     if np.isnan(amp):
         return MIN_AMPLIFICATION
     return float(np.clip(np.float32(amp), MIN_AMPLIFICATION, MAX_AMPLIFICATION))

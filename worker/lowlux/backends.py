@@ -1,10 +1,11 @@
 """Ways of running the net, behind one interface.
 
-Every backend offers three calls on torch tensors (float32, the backend's device):
+Every backend offers these calls on torch tensors (float32, the backend's device):
 
 ``full(raw)``            B x 1 x H x W amplified mosaic -> B x H x W x 3 sRGB (channels last)
-``context(raw)``         the whole-frame part of tiled inference (:class:`lowlux.tiling.ContextNet`)
-``local(raw, context)``  the tileable part (:class:`lowlux.tiling.LocalNet`), channels last
+``head(raw)``            tiled inference's per-tile start of the 1/32 branch (:class:`lowlux.tiling.HeadNet`)
+``context(head)``        its whole-frame part (:class:`lowlux.tiling.ContextNet`)
+``local(raw, context)``  its per-tile rest (:class:`lowlux.tiling.LocalNet`), channels last
 
 ``torch``
     The net itself (weight norm folded at load): eager, optionally channels-last, with bf16
@@ -38,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .model import LowLightNet
-from .tiling import ContextNet, LocalNet
+from .tiling import ContextNet, HeadNet, LocalNet
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,14 @@ BACKEND_ENV = "LOWLUX_BACKEND"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO_ORDER = ("openvino", "onnxruntime", "torch")
 
-BYTES_PER_PIXEL = {"torch": 160.0, "openvino": 40.0, "onnxruntime": 60.0}
-"""Working memory of a whole-frame forward per input pixel (measured at 12 MP, input and output
-excluded, rounded up); used to decide when to tile."""
+BYTES_PER_PIXEL = {("torch", "float32"): 100.0, ("openvino", "float32"): 60.0, ("openvino", "bfloat16"): 36.0,
+                   ("onnxruntime", "float32"): 120.0}
+"""Working memory of a forward per input pixel, input and output excluded (measured at 12 MP,
+rounded up); decides when and how finely to tile."""
+
+
+def bytes_per_pixel(backend: str, dtype: str) -> float:
+    return BYTES_PER_PIXEL.get((backend, dtype), BYTES_PER_PIXEL.get((backend, "float32"), 120.0))
 
 
 def installed(name: str) -> bool:
@@ -140,9 +146,12 @@ class Backend:
         self.dtype = dtype
 
     def full(self, raw: Tensor) -> Tensor:
-        return self.local(raw, self.context(raw))
+        return self.local(raw, self.context(self.head(raw)))
 
-    def context(self, raw: Tensor) -> Tensor:
+    def head(self, raw: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def context(self, head: Tensor) -> Tensor:
         raise NotImplementedError
 
     def local(self, raw: Tensor, context: Tensor) -> Tensor:
@@ -192,6 +201,7 @@ class TorchBackend(Backend):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.torch_dtype = DTYPES[dtype]
         self.concurrent = concurrent
+        self._head_net = HeadNet(self.model)
         self._context_net = ContextNet(self.model)
         self._local_net = LocalNet(self.model)
         self._pool = None
@@ -266,9 +276,13 @@ class TorchBackend(Backend):
         self._graphs.move_to_end(key)
         return graph(raw)
 
-    def context(self, raw: Tensor) -> Tensor:
+    def head(self, raw: Tensor) -> Tensor:
         with self._autocast():
-            return self._context_net(self._prepare(raw)).float()
+            return self._head_net(self._prepare(raw)).float()
+
+    def context(self, head: Tensor) -> Tensor:
+        with self._autocast():
+            return self._context_net(head).float()
 
     def local(self, raw: Tensor, context: Tensor) -> Tensor:
         with self._autocast():
@@ -296,8 +310,14 @@ class _ExportedBackend(Backend):
         self.threads = threads
         self._lock = threading.Lock()
 
-    def context(self, raw: Tensor) -> Tensor:
-        return self._run("context", _numpy(raw))
+    def full(self, raw: Tensor) -> Tensor:
+        return self._run("full", _numpy(raw))
+
+    def head(self, raw: Tensor) -> Tensor:
+        return self._run("head", _numpy(raw))
+
+    def context(self, head: Tensor) -> Tensor:
+        return self._run("context", _numpy(head))
 
     def local(self, raw: Tensor, context: Tensor) -> Tensor:
         return self._run("local", _numpy(raw), _numpy(context))
@@ -309,7 +329,7 @@ class _ExportedBackend(Backend):
 class OpenVinoBackend(_ExportedBackend):
     name = "openvino"
     PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
-    KEEP_COMPILED = 6
+    KEEP_COMPILED = 4
 
     def __init__(self, graphs: dict[str, Path], dtype: str = "float32", threads: int | None = None) -> None:
         import openvino as ov

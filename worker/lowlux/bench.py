@@ -20,7 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEFAULT_SIZES = "512x512,1024x1024,2848x4256"
+DEFAULT_SIZES = "512x512,1024x1024,2848x4256,6000x4000,5504x8256,9504x6336"
+LARGE_PIXELS = 16_000_000
+"""Above this size only the reference and the exported backends are run (the torch variants take
+minutes there and are measured at the smaller sizes)."""
 
 
 @dataclass
@@ -33,6 +36,10 @@ class Config:
     concurrent: bool = False
     channels_last: bool = False
     reference: bool = False
+    tile: int | None = None
+    """As ``EngineConfig.tile``: None automatic (memory budget), 0 whole frame, N crops of at most N x N."""
+    large: bool = True
+    """Also run at sizes above :data:`LARGE_PIXELS`."""
 
 
 @dataclass
@@ -69,6 +76,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="timed runs per row, after warm-up (default 5)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-e2e", action="store_true", help="skip the file -> TIFF end-to-end rows")
+    p.add_argument("--only", help="comma-separated config names (substrings) to run besides the reference")
     p.add_argument("--json", type=Path, default=Path("bench-results.json"), help="results file (JSON list of rows)")
 
 
@@ -96,49 +104,93 @@ def count_macs(height: int, width: int) -> float:
 
 
 def bench_input(height: int, width: int):
+    """The benchmark's input mosaic: uniform noise in [0, 0.3), made in place (no full-size temporaries)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return (rng.random((height, width), dtype=np.float32) * 0.3).astype(np.float32)
+    x = rng.random((height, width), dtype=np.float32)
+    x *= np.float32(0.3)
+    return x
 
 
 def _pad32(x):
     import numpy as np
 
     h, w = x.shape
+    if h % 32 == 0 and w % 32 == 0:
+        return x
     return np.pad(x, ((0, -h % 32), (0, -w % 32)), mode="reflect")
 
 
+def _reset_peak() -> None:
+    """Start a new peak-RSS measurement (Linux: clear_refs 5 resets VmHWM to the current RSS)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS since :func:`_reset_peak` (whole process), falling back to the lifetime maximum."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _maxrss_mb()
+
+
 def _child_net(cfg: Config, size: tuple[int, int], runs: int, warmup: int, weights: str | None,
-               ref_out: str | None, save_out: str | None) -> dict:
-    """Runs in the child: time the net in one configuration."""
+               ref_out: str | None, save_out: str | None, device: str = "auto") -> dict:
+    """Runs in the child: time the net in one configuration.
+
+    The reference returns the whole output (``Engine.forward``, whole frame); the other rows consume
+    the output piece by piece (``Engine.pieces``: one piece, or one per tile), as the pipeline does.
+    Peak RSS is measured over the timed runs, the model, input and compiled graphs included.
+    """
     import numpy as np
-    import psutil
     import torch
 
-    from .engine import Engine, EngineConfig
+    from .engine import EngineConfig
 
-    engine = _make_engine(EngineConfig(weights=weights, dtype=cfg.dtype, concurrent=cfg.concurrent,
-                                       channels_last=cfg.channels_last))
+    engine = _make_engine(EngineConfig(weights=weights, device=device, dtype=cfg.dtype, concurrent=cfg.concurrent,
+                                       channels_last=cfg.channels_last, backend=cfg.backend,
+                                       tile=0 if cfg.reference else cfg.tile))
     x = torch.from_numpy(_pad32(bench_input(*size)))[None, None].to(engine.device)
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+
+    def run():
+        if cfg.reference:
+            return engine.forward(x)
+        for _ in engine.pieces(x):
+            pass
+
     for _ in range(warmup):
-        engine.forward(x)
+        run()
+    sync()
+    _reset_peak()
     times = []
     out = None
     for _ in range(runs):
         sync()
         t0 = time.perf_counter()
-        out = engine.forward(x)
+        out = run()
         sync()
         times.append(time.perf_counter() - t0)
-    result = {"times": times, "peak_rss_mb": psutil.Process().memory_info().rss / 2**20,
-              "maxrss_mb": _maxrss_mb(), "device": str(engine.device)}
-    out = out[0].cpu().numpy()
+    peak = _peak_rss_mb()
+    tiles = engine.tiles(*x.shape[-2:])
+    result = {"times": times, "peak_rss_mb": peak, "maxrss_mb": _maxrss_mb(), "device": str(engine.device),
+              "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1}
     if save_out:
-        np.save(save_out, out)
-    if ref_out:
-        result["max_abs_diff"] = float(np.abs(out - np.load(ref_out, mmap_mode="r")).max())
+        np.save(save_out, out[0].permute(1, 2, 0).cpu().numpy())
+    del out
+    if ref_out:  # compared piece by piece, so the comparison needs no second full-size image
+        ref = np.load(ref_out, mmap_mode="r")
+        diff = 0.0
+        for ys, xs, rgb in engine.pieces(x):
+            diff = max(diff, float(np.abs(rgb[0].cpu().numpy() - ref[ys, xs]).max()))
+        result["max_abs_diff"] = diff
     return result
 
 
@@ -167,35 +219,44 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child_e2e(size: tuple[int, int], runs: int, weights: str | None) -> dict:
-    """Runs in the child: a synthetic DNG of this size through decode -> net -> TIFF."""
+def _child_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto") -> dict:
+    """Runs in the child: a synthetic DNG of this size through decode -> net -> TIFF, default engine."""
     import numpy as np
 
     from .dng import write_dng
     from .engine import EngineConfig
     from .pipeline import EnhanceOptions, decode, encode, infer
 
-    engine = _make_engine(EngineConfig(weights=weights))
+    engine = _make_engine(EngineConfig(weights=weights, device=device))
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "bench.dng"
-        cfa = (bench_input(*size) / 100 * 16383 + 512).astype(np.uint16)
-        write_dng(raw, cfa, black=512, white=16383)
+        cfa = bench_input(*size)
+        cfa *= np.float32(16383 / 100)
+        cfa += np.float32(512)
+        write_dng(raw, cfa.astype(np.uint16), black=512, white=16383)
+        del cfa
         options = EnhanceOptions(out_dir=Path(tmp), overwrite=True)
         stages: dict[str, list[float]] = {"decode_s": [], "net_s": [], "encode_s": [], "total_s": []}
         for i in range(runs + 1):
+            if i == 1:
+                _reset_peak()
             t0 = time.perf_counter()
             d = decode(raw, options)
             t1 = time.perf_counter()
             images = infer(engine, d)
+            d.mosaic = None
             t2 = time.perf_counter()
             encode(d, images, options)
+            del images, d
             t3 = time.perf_counter()
             if i == 0:
                 continue  # warm-up
             for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
                 stages[key].append(value)
+    tiles = engine.tiles(*(-(-v // 32) * 32 for v in size))
     return {"times": stages["total_s"], "stages": {k: statistics.median(v) for k, v in stages.items()},
-            "maxrss_mb": _maxrss_mb()}
+            "peak_rss_mb": _peak_rss_mb(), "maxrss_mb": _maxrss_mb(),
+            "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1}
 
 
 def _run_child(kind: str, payload: dict) -> dict:
@@ -207,46 +268,78 @@ def _run_child(kind: str, payload: dict) -> dict:
 
 
 def default_configs(args: argparse.Namespace) -> list[Config]:
-    configs = [Config("eager fp32 (reference)", reference=True), Config("channels_last", channels_last=True),
-               Config("concurrent encoders", concurrent=True)]
-    if args.dtype != "float32":
-        configs.append(Config(f"autocast {args.dtype}", dtype=args.dtype, channels_last=True))
+    """The reference first, then every backend and precision this machine can run."""
+    import torch
+
+    from .backends import cpu_has_bf16, supports
+    from .engine import resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    configs = [Config("eager fp32 (reference)", reference=True, tile=0),
+               Config("torch channels_last", channels_last=True, tile=0, large=False),
+               Config("torch concurrent encoders", concurrent=True, tile=0, large=False)]
+    if device.type == "cuda":
+        configs.append(Config("torch fp16 autocast", dtype="float16", channels_last=True))
+        configs.append(Config("torch fp16 + streams", dtype="float16", channels_last=True, concurrent=True))
+    elif cpu_has_bf16():
+        configs.append(Config("torch bf16 autocast", dtype="bfloat16", channels_last=True, tile=0, large=False))
+    for backend, dtype, label in (("openvino", "float32", "openvino fp32"), ("openvino", "bfloat16", "openvino bf16"),
+                                  ("onnxruntime", "float32", "onnxruntime fp32")):
+        if supports(backend, device, dtype) is None:
+            configs.append(Config(label, backend=backend, dtype=dtype, large=backend != "onnxruntime"))
+    if supports("openvino", device, "float32") is None:
+        configs.append(Config("openvino fp32, tiles <=2048", backend="openvino", tile=2048))
+    only = [v.strip() for v in (getattr(args, "only", None) or "").split(",") if v.strip()]
+    if only:
+        configs = [c for c in configs if c.reference or any(o in c.name for o in only)]
+    del torch
     return configs
 
 
 def run_bench(args: argparse.Namespace) -> int:
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     weights = str(args.weights) if args.weights else None
+    device = getattr(args, "device", "auto")
     rows: list[Row] = []
-    print(machine_line())
+    machine = machine_line()
+    print(machine)
     print(_header())
+    configs = default_configs(args)
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             size_s = f"{size[0]}x{size[1]}"
             gmacs = count_macs(*size) / 1e9
             ref_path = str(Path(tmp) / f"ref-{size_s}.npy")
             ref_median = None
-            for cfg in default_configs(args):
+            for cfg in configs:
+                if not cfg.large and size[0] * size[1] > LARGE_PIXELS:
+                    continue
                 res = _run_child("net", {"cfg": asdict(cfg), "size": size, "runs": args.runs, "warmup": args.warmup,
-                                         "weights": weights, "ref_out": None if cfg.reference else ref_path,
+                                         "weights": weights, "device": device,
+                                         "ref_out": None if cfg.reference else ref_path,
                                          "save_out": ref_path if cfg.reference else None})
                 med = statistics.median(res["times"])
                 ref_median = med if cfg.reference else ref_median
                 row = Row(cfg.name, cfg.backend, cfg.dtype, size_s, med, min(res["times"]), max(res["times"]),
-                          len(res["times"]), res["maxrss_mb"], gmacs, res.get("max_abs_diff"),
+                          len(res["times"]), res["peak_rss_mb"], gmacs, res.get("max_abs_diff"),
                           None if cfg.reference else ref_median / med, cfg.reference,
-                          {"device": res["device"], "concurrent": cfg.concurrent, "channels_last": cfg.channels_last})
+                          {"device": res["device"], "concurrent": cfg.concurrent, "channels_last": cfg.channels_last,
+                           "runtime": res["backend_detail"], "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"]})
                 rows.append(row)
-                print(_format(row))
+                print(_format(row), flush=True)
+            Path(ref_path).unlink(missing_ok=True)
             if not args.no_e2e:
-                res = _run_child("e2e", {"size": size, "runs": max(args.runs // 2, 2), "weights": weights})
-                row = Row("file -> TIFF (end to end)", "e2e", "float32", size_s, statistics.median(res["times"]),
-                          min(res["times"]), max(res["times"]), len(res["times"]), res["maxrss_mb"], gmacs,
-                          extra=res["stages"])
+                res = _run_child("e2e", {"size": size, "runs": max(args.runs // 2, 2), "weights": weights,
+                                         "device": device})
+                med = statistics.median(res["times"])
+                row = Row("file -> TIFF (end to end)", "e2e", "float32", size_s, med,
+                          min(res["times"]), max(res["times"]), len(res["times"]), res["peak_rss_mb"], gmacs,
+                          speedup=None, extra={**res["stages"], "runtime": res["backend_detail"],
+                                               "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"]})
                 rows.append(row)
-                print(_format(row) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items()))
+                print(_format(row) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items()), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps([asdict(r) | {"machine": machine_line()} for r in rows], indent=1))
+    args.json.write_text(json.dumps([asdict(r) | {"machine": machine} for r in rows], indent=1))
     print(f"results written to {args.json}")
     return 0
 
@@ -271,23 +364,23 @@ def machine_line() -> str:
 
 def _header() -> str:
     return (f"{'config':28s} {'size':>10s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'speed-up':>8s} "
-            f"{'peak RSS MB':>11s} {'GMACs':>7s} {'max |diff|':>10s}")
+            f"{'peak RSS MB':>11s} {'GMACs':>7s} {'max |diff|':>10s} {'tiles':>5s}")
 
 
 def _format(r: Row) -> str:
     speed = "ref" if r.reference else (f"{r.speedup:.2f}x" if r.speedup else "")
     diff = "" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
     return (f"{r.name:28s} {r.size:>10s} {r.median_s:9.3f} {r.min_s:7.3f} {r.max_s:7.3f} {speed:>8s} "
-            f"{r.peak_rss_mb:11.0f} {r.gmacs:7.1f} {diff:>10s}")
+            f"{r.peak_rss_mb:11.0f} {r.gmacs:7.1f} {diff:>10s} {r.extra.get('tiles', ''):>5}")
 
 
 def _child_main(argv: list[str]) -> None:
     kind, payload = argv[0], json.loads(argv[1])
     if kind == "net":
         res = _child_net(Config(**payload["cfg"]), tuple(payload["size"]), payload["runs"], payload["warmup"],
-                         payload["weights"], payload["ref_out"], payload["save_out"])
+                         payload["weights"], payload["ref_out"], payload["save_out"], payload.get("device", "auto"))
     else:
-        res = _child_e2e(tuple(payload["size"]), payload["runs"], payload["weights"])
+        res = _child_e2e(tuple(payload["size"]), payload["runs"], payload["weights"], payload.get("device", "auto"))
     print(json.dumps(res))
 
 

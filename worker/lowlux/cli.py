@@ -34,6 +34,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     g.add_argument("--concurrent", action="store_true", help="run the three encoders concurrently")
     g.add_argument("--threads", type=int, help="CPU threads for the net (default: one per core)")
+    g.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"],
+                   help="how the net runs (default auto: the fastest installed for the device and dtype)")
+    g.add_argument("--tile", type=int, help="restore in tiles of at most N x N pixels (0: never; default: "
+                   "automatic, when the frame would exceed the engine's memory budget)")
 
 
 def add_enhance_options(p: argparse.ArgumentParser) -> None:
@@ -70,7 +74,8 @@ def engine_config_from_args(args: argparse.Namespace):
     from .engine import EngineConfig
 
     return EngineConfig(weights=args.weights, device=args.device, dtype=args.dtype,
-                        concurrent=args.concurrent, threads=args.threads)
+                        concurrent=args.concurrent, threads=args.threads,
+                        backend=getattr(args, "backend", "auto"), tile=getattr(args, "tile", None))
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:

@@ -19,19 +19,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .backends import BYTES_PER_PIXEL, DTYPES, Backend, choose_backend, create_backend
+from .backends import DTYPES, Backend, bytes_per_pixel, choose_backend, create_backend
 from .errors import WeightsError
 from .model import LowLightNet
-from .tiling import plan_tiles, run_tiled, tile_for_budget
+from .tiling import MIN_TILE, Tile, plan_tiles, run_tiled, tiles_for_budget
 from .weights import default_weights_path, load_model
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DTYPES", "Engine", "EngineConfig", "resolve_device", "resolve_weights"]
 
-DEFAULT_MEMORY_BUDGET_MB = 640
-"""Working memory (beyond input and output) a forward may use before the frame is tiled: a 12 MP
-frame runs whole on the exported backends, 24 MP and up are tiled."""
+DEFAULT_MEMORY_BUDGET_MB = 768
+"""Working memory (beyond input and output) a whole-frame forward may use; larger frames are tiled,
+each tile's crop using at most a third of it. 12 MP runs whole on OpenVINO (about 650 MB), 24 MP
+and up in tiles (about 250 MB each)."""
+TILE_BUDGET_FRACTION = 1 / 3
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -119,20 +121,21 @@ class Engine:
                 "backend": self.backend.describe()["backend"],
                 "tile": "auto" if tile is None else ("off" if tile == 0 else str(tile))}
 
-    def tile_size(self, height: int, width: int) -> int | None:
-        """Tile side for a frame of this size, or None to run it whole."""
+    def tiles(self, height: int, width: int) -> list[Tile] | None:
+        """How a frame of this size is restored: None whole, else its tiles (see :mod:`lowlux.tiling`)."""
         tile = self.config.tile
         if tile == 0:
             return None
         if tile:
-            return tile if (height > tile or width > tile) else None
-        per_px = BYTES_PER_PIXEL.get(self.backend.name, max(BYTES_PER_PIXEL.values()))
+            tiles = plan_tiles(height, width, max(tile, MIN_TILE))
+            return tiles if len(tiles) > 1 else None
+        per_px = bytes_per_pixel(self.backend.name, self.config.dtype)
+        budget = self.config.memory_budget_mb * 2**20
         if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            budget = max(self.config.memory_budget_mb * 2**20, free * 0.5)
-        else:
-            budget = self.config.memory_budget_mb * 2**20
-        return tile_for_budget(height, width, per_px, budget)
+            budget = max(budget, 0.5 * torch.cuda.mem_get_info(self.device)[0])
+        if height * width * per_px <= budget:
+            return None
+        return tiles_for_budget(height, width, per_px, budget * TILE_BUDGET_FRACTION)
 
     # ---- running the net ---------------------------------------------------------------------------
 
@@ -140,16 +143,22 @@ class Engine:
         with self._lock, torch.inference_mode():
             return fn(*args)
 
-    def _pieces(self, raw: Tensor) -> Iterator[tuple[slice, slice, Tensor]]:
-        """(rows, columns, B x h x w x 3 sRGB) pieces covering the frame: one, or one per tile."""
+    def pieces(self, raw: Tensor) -> Iterator[tuple[slice, slice, Tensor]]:
+        """Net forward piece by piece: ``(rows, columns, B x h x w x 3 sRGB)``, one piece or one per tile.
+
+        ``raw`` is a B x 1 x H x W float32 tensor on the engine's device. Consuming the pieces as
+        they come keeps memory bounded for frames of any size.
+        """
+        raw = raw.float().contiguous()
         height, width = raw.shape[-2:]
-        tile = self.tile_size(height, width)
-        if tile is None:
+        tiles = self.tiles(height, width)
+        if tiles is None:
             yield slice(0, height), slice(0, width), self._call(self.backend.full, raw)
             return
-        local = lambda crop, ctx: self._call(self.backend.local, crop, ctx)  # noqa: E731
-        context = lambda x: self._call(self.backend.context, x)  # noqa: E731
-        for t, rgb in run_tiled(context, local, raw, tile):
+        b = self.backend
+        run = run_tiled(lambda x: self._call(b.head, x), lambda h: self._call(b.context, h),
+                        lambda x, c: self._call(b.local, x, c), raw, tiles)
+        for t, rgb in run:
             ys, xs = t.owned
             yield ys, xs, rgb
 
@@ -158,18 +167,15 @@ class Engine:
 
         The result is laid out channels last in memory (a permuted view), as the backends produce it.
         """
-        if raw.dtype != torch.float32:
-            raw = raw.float()
-        raw = raw.contiguous()
-        pieces = self._pieces(raw)
-        first = next(pieces)
-        if first[0] == slice(0, raw.shape[-2]) and first[1] == slice(0, raw.shape[-1]):
-            out = first[2]
-        else:
-            out = torch.empty((raw.shape[0], raw.shape[-2], raw.shape[-1], 3), dtype=torch.float32,
-                              device=raw.device)
-            for ys, xs, rgb in [first, *pieces]:
-                out[:, ys, xs] = rgb
+        height, width = raw.shape[-2:]
+        out = None
+        for ys, xs, rgb in self.pieces(raw):
+            if ys == slice(0, height) and xs == slice(0, width):
+                out = rgb
+                break
+            if out is None:
+                out = torch.empty((raw.shape[0], height, width, 3), dtype=torch.float32, device=rgb.device)
+            out[:, ys, xs] = rgb
         return out.permute(0, 3, 1, 2)
 
     def _amplified(self, mosaic: np.ndarray, amplification: float) -> Tensor:
@@ -183,7 +189,7 @@ class Engine:
         store each piece without ever holding the whole float image.
         """
         x = self._amplified(mosaic, amplification)
-        for ys, xs, rgb in self._pieces(x):
+        for ys, xs, rgb in self.pieces(x):
             yield ys, xs, rgb[0].cpu().numpy()
 
     def restore(self, mosaic: np.ndarray, amplification: float) -> np.ndarray:
@@ -199,11 +205,6 @@ class Engine:
                 out = np.empty((*mosaic.shape, 3), dtype=np.float32)
             out[ys, xs] = rgb
         return out
-
-    def plan(self, height: int, width: int) -> list:
-        """The tiles a frame of this size would be restored in (empty when it runs whole)."""
-        tile = self.tile_size(height, width)
-        return [] if tile is None else plan_tiles(height, width, tile)
 
     def close(self) -> None:
         self.backend.close()

@@ -1,7 +1,7 @@
 """Exported graphs of the net (ONNX), made once per weights file and cached.
 
-OpenVINO and ONNX Runtime both run the two graphs of :mod:`lowlux.tiling` (``context`` and
-``local``) from ONNX files. Exporting takes a moment, so the files are kept in a cache folder,
+OpenVINO and ONNX Runtime run the graphs of :mod:`lowlux.tiling` from ONNX files: ``full``
+(the whole net, for frames that run whole) and ``head``, ``context`` and ``local`` (tiles). Exporting takes a moment, so the files are kept in a cache folder,
 keyed by the weights file's content hash (:func:`lowlux.weights.file_digest`) and by
 :data:`GRAPH_VERSION`: new weights, or a change of how the graphs are built, give new files; the
 same weights reuse them. A file that is missing, empty or unreadable is exported again.
@@ -27,10 +27,10 @@ from .weights import file_digest
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "LOWLUX_CACHE_DIR"
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
 """Bump whenever :class:`~lowlux.tiling.ContextNet` / :class:`~lowlux.tiling.LocalNet` change."""
 OPSET = 17
-GRAPHS = ("context", "local")
+GRAPHS = ("full", "head", "context", "local")
 
 
 def cache_dir(override: str | Path | None = None) -> Path:
@@ -49,17 +49,23 @@ def graph_dir(weights: str | Path, cache: str | Path | None = None) -> Path:
 
 
 def _modules(model: LowLightNet) -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
-    from .tiling import CONTEXT_CHANNELS, ContextNet, LocalNet
+    from .tiling import CONTEXT_CHANNELS, HEAD_CHANNELS, ContextNet, FullNet, HeadNet, LocalNet
 
     raw = torch.zeros(1, 1, 64, 96)
+    head = torch.zeros(1, HEAD_CHANNELS, 2, 3)
     ctx = torch.zeros(1, CONTEXT_CHANNELS, 2, 3)
     hw = {0: "batch", 2: "height", 3: "width"}
+    nhwc = {0: "batch", 1: "height", 2: "width"}
     return {
-        "context": (ContextNet(model), (raw,), {"input_names": ["raw"], "output_names": ["context"],
-                                                "dynamic_axes": {"raw": hw, "context": hw}}),
+        "full": (FullNet(model), (raw,), {"input_names": ["raw"], "output_names": ["rgb"],
+                                          "dynamic_axes": {"raw": hw, "rgb": nhwc}}),
+        "head": (HeadNet(model), (raw,), {"input_names": ["raw"], "output_names": ["head"],
+                                          "dynamic_axes": {"raw": hw, "head": hw}}),
+        "context": (ContextNet(model), (head,), {"input_names": ["head"], "output_names": ["context"],
+                                                 "dynamic_axes": {"head": hw, "context": hw}}),
         "local": (LocalNet(model), (raw, ctx), {"input_names": ["raw", "context"], "output_names": ["rgb"],
                                                 "dynamic_axes": {"raw": hw, "context": hw,
-                                                                 "rgb": {0: "batch", 1: "height", 2: "width"}}}),
+                                                                 "rgb": nhwc}}),
     }
 
 
@@ -91,7 +97,7 @@ def _valid(path: Path) -> bool:
 
 def exported_graphs(model: LowLightNet, weights: str | Path, cache: str | Path | None = None,
                     *, force: bool = False) -> dict[str, Path]:
-    """``{"context": path, "local": path}``: the ONNX graphs of ``model`` (loaded from ``weights``).
+    """``{"full": path, "head": path, "context": path, "local": path}``: the ONNX graphs of ``model`` (loaded from ``weights``).
 
     Exported on first use for these weights, reused afterwards. ``force`` exports again (used when
     a cached file turns out to be unreadable).

@@ -97,7 +97,15 @@ class HSE(nn.Module):
         ``upsample(context(packed))`` is ``forward(packed)``, op for op; tiled inference runs this
         once on the whole frame and :meth:`upsample` per tile.
         """
-        h = self.reduce(F.pixel_unshuffle(packed, 16))
+        return self.context_tail(self.context_head(packed))
+
+    def context_head(self, packed: Tensor) -> Tensor:
+        """The first conv at 1/32 (a 3x3 grouped conv: each output cell sees only its neighbours)."""
+        return self.reduce[0](F.pixel_unshuffle(packed, 16))
+
+    def context_tail(self, head: Tensor) -> Tensor:
+        """The rest of the 1/32 part, on :meth:`context_head`'s 128 channels."""
+        h = self.reduce[1](head)
         r1 = self.rdb1(h)
         r2 = self.rdb2(r1)
         r3 = self.rdb3(r2)

@@ -77,3 +77,16 @@ def apply_orientation(image: np.ndarray, flip: int) -> np.ndarray:
     if flip & 4:
         image = image.transpose(1, 0, *range(2, image.ndim))
     return np.ascontiguousarray(image)
+
+
+def orientation_canvas(oriented: np.ndarray, flip: int) -> np.ndarray:
+    """A view of ``oriented`` in the un-turned geometry: writing an image ``img`` into it leaves
+    ``oriented`` equal to ``apply_orientation(img, flip)``, without a turned copy."""
+    view = oriented
+    if flip & 4:
+        view = view.transpose(1, 0, *range(2, view.ndim))
+    if flip & 2:
+        view = view[::-1]
+    if flip & 1:
+        view = view[:, ::-1]
+    return view

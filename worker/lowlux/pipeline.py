@@ -16,9 +16,9 @@ import numpy as np
 
 from .amplifier import DEFAULT_BRIGHTNESS, DEFAULT_VARIANT, check_brightness, estimate_amplification
 from .errors import InputError
-from .mosaic import Crop, apply_orientation, pad_for_net
+from .mosaic import Crop, apply_orientation, orientation_canvas, pad_for_net
 from .raw import read_raw
-from .tiff import check_output, to_uint16, write_tiff
+from .tiff import check_output, to_uint16, to_uint16_into, write_tiff
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,10 @@ def decode(source: str | Path, options: EnhanceOptions) -> Decoded:
     if options.amplification is not None:
         amps = [float(options.amplification)] * len(options.brightness)
     else:
-        # Once, on the whole frame: a tiled restoration must not get per-tile exposures.
-        amps = [estimate_amplification(normalised, m, options.variant) for m in options.brightness]
+        # Once, on the whole frame: a tiled restoration must not get per-tile exposures. From the
+        # frame's histogram (the same estimate as from its pixels, without a pass over them).
+        values, counts = raw.normalised_histogram()
+        amps = [estimate_amplification(values, m, options.variant, counts=counts) for m in options.brightness]
     mosaic, crop = pad_for_net(normalised, raw.pattern)
     log.debug("%s: %s, %dx%d, amplification %s", source.name, raw.pattern, *raw.shape[::-1], amps)
     return Decoded(source, mosaic, crop, raw.flip, amps, outputs, list(options.brightness))
@@ -97,9 +99,29 @@ def infer(engine, decoded: Decoded) -> list[np.ndarray]:
     """sRGB images (uint16, oriented, exactly the visible frame), one per amplification."""
     images = []
     for amp in decoded.amplifications:
-        rgb = decoded.crop.apply(engine.restore(decoded.mosaic, amp))
-        images.append(apply_orientation(to_uint16(rgb), decoded.flip))
+        if hasattr(engine, "restore_tiles"):
+            images.append(_restore_uint16(engine, decoded, amp))
+        else:  # any object with restore() will do (the worker wraps engines)
+            rgb = decoded.crop.apply(engine.restore(decoded.mosaic, amp))
+            images.append(apply_orientation(to_uint16(rgb), decoded.flip))
     return images
+
+
+def _restore_uint16(engine, decoded: Decoded, amp: float) -> np.ndarray:
+    """The engine's output piece by piece (whole, or tile by tile), cropped, converted to uint16
+    and written straight into the turned image: the float image is never held whole."""
+    crop, flip = decoded.crop, decoded.flip
+    shape = (crop.width, crop.height, 3) if flip & 4 else (crop.height, crop.width, 3)
+    image = np.empty(shape, dtype=np.uint16)
+    canvas = orientation_canvas(image, flip)
+    for ys, xs, rgb in engine.restore_tiles(decoded.mosaic, amp):
+        y0, y1 = max(ys.start, crop.top), min(ys.stop, crop.top + crop.height)
+        x0, x1 = max(xs.start, crop.left), min(xs.stop, crop.left + crop.width)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        to_uint16_into(rgb[y0 - ys.start : y1 - ys.start, x0 - xs.start : x1 - xs.start],
+                       canvas[y0 - crop.top : y1 - crop.top, x0 - crop.left : x1 - crop.left])
+    return image
 
 
 def encode(decoded: Decoded, images: list[np.ndarray], options: EnhanceOptions) -> list[Path]:

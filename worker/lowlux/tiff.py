@@ -66,9 +66,24 @@ def srgb_icc_profile() -> bytes:
 
 def to_uint16(rgb: np.ndarray) -> np.ndarray:
     """[0, 1] float image -> uint16, rounding to nearest."""
-    out = np.clip(rgb, 0.0, 1.0) * np.float32(65535.0)
-    out += np.float32(0.5)
-    return out.astype(np.uint16)
+    out = np.empty(rgb.shape, dtype=np.uint16)
+    to_uint16_into(rgb, out)
+    return out
+
+
+def to_uint16_into(rgb: np.ndarray, out: np.ndarray, rows: int = 256) -> None:
+    """:func:`to_uint16` written into ``out`` (any view, e.g. a turned one), in bands of rows
+    so the float temporaries stay small and in cache."""
+    if rgb.shape != out.shape:
+        raise ValueError(f"shape mismatch: {rgb.shape} into {out.shape}")
+    tmp = np.empty((min(rows, rgb.shape[0]), *rgb.shape[1:]), dtype=np.float32)
+    for y in range(0, rgb.shape[0], rows):
+        src = rgb[y : y + rows]
+        t = tmp[: src.shape[0]]
+        np.clip(src, 0.0, 1.0, out=t)
+        t *= np.float32(65535.0)
+        t += np.float32(0.5)
+        np.copyto(out[y : y + rows], t, casting="unsafe")
 
 
 def check_output(path: Path, overwrite: bool) -> None:

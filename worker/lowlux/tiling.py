@@ -2,29 +2,36 @@
 
 Overlap tiling with a small overlap is wrong for this net: the 1/32 encoder (HSE) sees a wide
 context, so tiles cut with a 128 px overlap differ from the whole-frame output by up to 0.045.
-The net is therefore split in two graphs:
+The net is therefore run as three graphs:
 
+``head``
+    ``raw -> HSE.context_head``: the packing and the first (3x3, grouped) conv at 1/32, 128
+    channels. Local (one 1/32 cell of reach), so it runs per tile like ``local``; only its small
+    output (1/8 of the input's size) is gathered for the whole frame.
 ``context``
-    ``raw -> HSE.context`` (64 channels at 1/32). The only part that needs the whole frame; it
-    is tiny (1/1024 of the pixels, 64 channels: 1/16 of the input's size).
+    ``head -> HSE.context_tail`` (64 channels at 1/32): the RDB* chain, the only part that needs
+    the whole frame. It runs once, on 1/1024 of the pixels.
 ``local``
     ``(raw crop, context crop) -> sRGB crop``: LSE, MSE, the HSE's upsampling conv, Fuse Block 1
     and Fuse Block 2. Every op here is local: a wrong (zero-padded) border of a crop spoils at most
     36 full-resolution pixels inward: four 3x3 convs at 1/8 (MSE's two, or HSE's upsampling
     conv, then FB1's two) are 4 cells of 8 px, plus FB2's 5x5 at 1/2 (2 half-res pixels).
 
-Each tile runs ``local`` on its crop grown by :data:`HALO` pixels (clipped at the frame's edges,
-where the convs' zero padding then is the true one) and keeps only its own part. The halo is a
-multiple of 32, so crops stay aligned with the 1/32 context grid, and it exceeds that 36 px
-reach, so every kept pixel is computed from exactly the values the whole frame would
-use: the output equals the whole-frame output up to float summation order (< 1e-5).
+Each tile runs ``head`` and ``local`` on a crop that extends at least :data:`HALO` pixels beyond
+the part it keeps (except at the frame's edges, where the convs' zero padding then is the true
+one). The halo is a multiple of 32, so crops stay aligned with the 1/32 grid, and it exceeds that
+36 px reach, so every kept pixel is computed from exactly the values the whole frame would use:
+the output equals the whole-frame output up to float summation order (< 1e-5).
 
-The tiles cover the frame in near-equal parts, so there are no thin remainder tiles.
+All crops of a frame have the same size (neighbouring crops overlap by at least 2 halos plus
+one cell), so a runtime that compiles per input shape compiles once per frame size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -33,23 +40,54 @@ from .model import LowLightNet
 
 CONTEXT_SCALE = 32
 """Full-resolution pixels per context cell."""
+HEAD_CHANNELS = 128
 CONTEXT_CHANNELS = 64
 HALO = 64
 """Crop growth per side (full-resolution pixels): a multiple of 32 above :data:`LOCAL_REACH`."""
 LOCAL_REACH = 36
 """How far (full-resolution pixels) a zero-padded crop border spoils the local graph's output."""
-MIN_TILE = 256
+MIN_OVERLAP = 2 * HALO + 2 * CONTEXT_SCALE
+"""Neighbouring crops overlap by at least this much, so the cut between them can sit on the 32 grid
+with a full halo on both sides."""
+MIN_TILE = MIN_OVERLAP + 2 * CONTEXT_SCALE
+"""Smallest crop side."""
 
 
-class ContextNet(nn.Module):
-    """The whole-frame part: amplified mosaic -> HSE context at 1/32."""
+class HeadNet(nn.Module):
+    """Mosaic -> the HSE's first conv at 1/32 (local: computed per tile)."""
 
     def __init__(self, net: LowLightNet) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, raw: Tensor) -> Tensor:
-        return self.net.hse.context(self.net.pack(raw))
+        # pixel_unshuffle(pack(raw), 16) as a single transposition (exported graphs run one
+        # transpose instead of two); the same values in the same order.
+        b, _, h, w = raw.shape
+        x = raw.reshape(b, h // 32, 16, 2, w // 32, 16, 2).permute(0, 3, 6, 2, 5, 1, 4)
+        return self.net.hse.reduce[0](x.reshape(b, 1024, h // 32, w // 32))
+
+
+class ContextNet(nn.Module):
+    """The whole-frame part: gathered head output -> HSE context at 1/32."""
+
+    def __init__(self, net: LowLightNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, head: Tensor) -> Tensor:
+        return self.net.hse.context_tail(head)
+
+
+class FullNet(nn.Module):
+    """The whole net as one graph, channels-last output (whole-frame runs of the exported backends)."""
+
+    def __init__(self, net: LowLightNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, raw: Tensor) -> Tensor:
+        return self.net(raw).permute(0, 2, 3, 1)
 
 
 class LocalNet(nn.Module):
@@ -86,77 +124,127 @@ class Tile:
         return slice(self.cy0, self.cy1), slice(self.cx0, self.cx1)
 
     @property
-    def context_crop(self) -> tuple[slice, slice]:
-        s = CONTEXT_SCALE
-        return slice(self.cy0 // s, self.cy1 // s), slice(self.cx0 // s, self.cx1 // s)
+    def owned(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
 
     @property
     def inner(self) -> tuple[slice, slice]:
         """The owned part, in the crop's coordinates."""
         return slice(self.y0 - self.cy0, self.y1 - self.cy0), slice(self.x0 - self.cx0, self.x1 - self.cx0)
 
-    @property
-    def owned(self) -> tuple[slice, slice]:
-        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+    @staticmethod
+    def _cells(a: int, b: int) -> slice:
+        return slice(a // CONTEXT_SCALE, b // CONTEXT_SCALE)
 
     @property
-    def crop_pixels(self) -> int:
-        return (self.cy1 - self.cy0) * (self.cx1 - self.cx0)
+    def context_crop(self) -> tuple[slice, slice]:
+        """The crop on the 1/32 grid."""
+        return self._cells(self.cy0, self.cy1), self._cells(self.cx0, self.cx1)
+
+    @property
+    def context_owned(self) -> tuple[slice, slice]:
+        return self._cells(self.y0, self.y1), self._cells(self.x0, self.x1)
+
+    @property
+    def context_inner(self) -> tuple[slice, slice]:
+        return self._cells(self.y0 - self.cy0, self.y1 - self.cy0), self._cells(self.x0 - self.cx0, self.x1 - self.cx0)
+
+    @property
+    def crop_shape(self) -> tuple[int, int]:
+        return self.cy1 - self.cy0, self.cx1 - self.cx0
 
 
-def _cuts(size: int, tile: int) -> list[int]:
-    """Cut points of ``size`` (a multiple of 32) into near-equal parts of at most ``tile``, on the 32 grid."""
-    cells = size // CONTEXT_SCALE
-    per = max(tile // CONTEXT_SCALE, 1)
-    n = -(-cells // per)
-    return [round(i * cells / n) * CONTEXT_SCALE for i in range(n + 1)]
+def _ceil32(v: float) -> int:
+    return -(-math.ceil(v) // CONTEXT_SCALE) * CONTEXT_SCALE
 
 
-def plan_tiles(height: int, width: int, tile: int, halo: int = HALO) -> list[Tile]:
-    """Tiles of at most ``tile`` x ``tile`` owned pixels covering a ``height`` x ``width`` frame."""
+def split_axis(size: int, max_crop: int, halo: int = HALO) -> list[tuple[int, int, int, int]]:
+    """``(own0, own1, crop0, crop1)`` segments of one axis: equal crops of at most ``max_crop``.
+
+    ``size`` and the results are multiples of 32; each owned part is at least ``halo`` inside its
+    crop wherever the crop does not touch the frame's edge.
+    """
+    if size <= max_crop:
+        return [(0, size, 0, size)]
+    if max_crop < MIN_TILE:
+        raise ValueError(f"tiles must be at least {MIN_TILE} px")
+    overlap = 2 * halo + 2 * CONTEXT_SCALE
+    n = -(-(size - overlap) // (max_crop - overlap))
+    while True:
+        crop = min(_ceil32((size + (n - 1) * overlap) / n), size)
+        if crop <= max_crop or crop == size:
+            break
+        n += 1
+    starts = [round(i * (size - crop) / (n - 1) / CONTEXT_SCALE) * CONTEXT_SCALE for i in range(n)]
+    cuts = [0] + [round((starts[i + 1] + starts[i] + crop) / 2 / CONTEXT_SCALE) * CONTEXT_SCALE
+                  for i in range(n - 1)] + [size]
+    segments = []
+    for i, s in enumerate(starts):
+        own0, own1 = cuts[i], cuts[i + 1]
+        assert (s == 0 or own0 - s >= halo) and (s + crop == size or s + crop - own1 >= halo), (size, max_crop)
+        segments.append((own0, own1, s, s + crop))
+    return segments
+
+
+def plan_tiles(height: int, width: int, max_crop: int | tuple[int, int], halo: int = HALO) -> list[Tile]:
+    """Tiles covering a ``height`` x ``width`` frame, each computed on a crop of at most ``max_crop``
+    (one side for both axes, or (rows, columns)); a single tile when the frame fits."""
     if height % CONTEXT_SCALE or width % CONTEXT_SCALE:
         raise ValueError(f"frame {height}x{width}: sides must be multiples of {CONTEXT_SCALE}")
     if halo % CONTEXT_SCALE or halo < LOCAL_REACH:
         raise ValueError(f"halo {halo} must be a multiple of {CONTEXT_SCALE} and at least {LOCAL_REACH}")
-    tiles = []
-    ys, xs = _cuts(height, tile), _cuts(width, tile)
-    for y0, y1 in zip(ys, ys[1:]):
-        for x0, x1 in zip(xs, xs[1:]):
-            tiles.append(Tile(y0, y1, x0, x1, max(y0 - halo, 0), min(y1 + halo, height),
-                              max(x0 - halo, 0), min(x1 + halo, width)))
-    return tiles
+    max_h, max_w = (max_crop, max_crop) if isinstance(max_crop, int) else max_crop
+    return [Tile(y0, y1, x0, x1, cy0, cy1, cx0, cx1)
+            for y0, y1, cy0, cy1 in split_axis(height, max_h, halo)
+            for x0, x1, cx0, cx1 in split_axis(width, max_w, halo)]
 
 
-def tile_for_budget(height: int, width: int, bytes_per_pixel: float, budget_bytes: float) -> int | None:
-    """Largest tile side whose crop fits the working-memory budget; None when the whole frame fits."""
+def tiles_for_budget(height: int, width: int, bytes_per_pixel: float, budget_bytes: float) -> list[Tile] | None:
+    """The cheapest tiling whose crops each fit the working-memory budget; None when the whole frame fits."""
     if height * width * bytes_per_pixel <= budget_bytes:
         return None
-    side = int((budget_bytes / bytes_per_pixel) ** 0.5) - 2 * HALO
-    side = max(side // CONTEXT_SCALE * CONTEXT_SCALE, MIN_TILE)
-    return side
+    max_area = max(budget_bytes / bytes_per_pixel, MIN_TILE * MIN_TILE)
+    best = None
+    for rows in range(1, height // CONTEXT_SCALE + 1):
+        max_h = max(min(height, rows * CONTEXT_SCALE), MIN_TILE)
+        max_w = max(int(max_area // max_h) // CONTEXT_SCALE * CONTEXT_SCALE, MIN_TILE)
+        if max_w < MIN_TILE or (max_h < height and max_h < MIN_TILE):
+            continue
+        tiles = plan_tiles(height, width, (max_h, max_w))
+        cost = sum((t.cy1 - t.cy0) * (t.cx1 - t.cx0) for t in tiles) * (1 + 0.01 * len(tiles))
+        if best is None or cost < best[0]:
+            best = (cost, tiles)
+    return best[1]
 
 
-def run_tiled(context_fn, local_fn, raw: Tensor, tile: int, halo: int = HALO):
+def run_tiled(head_fn: Callable[[Tensor], Tensor], context_fn: Callable[[Tensor], Tensor],
+              local_fn: Callable[[Tensor, Tensor], Tensor], raw: Tensor,
+              tiles: list[Tile] | None) -> Iterator[tuple[Tile, Tensor]]:
     """Yield ``(tile, rgb)`` with ``rgb`` the tile's owned part (B x h x w x 3), exactly as whole-frame.
 
-    ``context_fn(raw) -> context`` runs once on the whole frame, ``local_fn(crop, context crop)``
-    once per tile (both as in :class:`ContextNet` / :class:`LocalNet`).
+    ``head_fn``, ``context_fn`` and ``local_fn`` run the graphs :class:`HeadNet`,
+    :class:`ContextNet` and :class:`LocalNet`. ``tiles`` None (or one tile) runs the whole frame.
     """
-    context = context_fn(raw)
-    for t in plan_tiles(raw.shape[-2], raw.shape[-1], tile, halo):
+    batch, _, height, width = raw.shape
+    if not tiles or len(tiles) == 1:
+        whole = Tile(0, height, 0, width, 0, height, 0, width)
+        yield whole, local_fn(raw, context_fn(head_fn(raw)))
+        return
+    head = None
+    for t in tiles:  # the head is local: gather it tile by tile
+        ys, xs = t.crop
+        part = head_fn(raw[..., ys, xs].contiguous())
+        if head is None:
+            head = torch.empty((batch, part.shape[1], height // CONTEXT_SCALE, width // CONTEXT_SCALE),
+                               dtype=part.dtype, device=part.device)
+        oy, ox = t.context_owned
+        iy, ix = t.context_inner
+        head[..., oy, ox] = part[..., iy, ix]
+    context = context_fn(head)
+    del head
+    for t in tiles:
         ys, xs = t.crop
         cys, cxs = t.context_crop
         out = local_fn(raw[..., ys, xs].contiguous(), context[..., cys, cxs].contiguous())
         iy, ix = t.inner
         yield t, out[:, iy, ix]
-
-
-def assemble(tiles, batch: int, height: int, width: int, device=None) -> Tensor:
-    """Gather :func:`run_tiled`'s pieces into one B x H x W x 3 tensor."""
-    out = None
-    for t, rgb in tiles:
-        if out is None:
-            out = torch.empty((batch, height, width, 3), dtype=rgb.dtype, device=rgb.device if device is None else device)
-        ys, xs = t.owned
-        out[:, ys, xs] = rgb
-    return out
