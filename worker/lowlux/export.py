@@ -27,7 +27,7 @@ from .weights import file_digest
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "LOWLUX_CACHE_DIR"
-GRAPH_VERSION = 2
+GRAPH_VERSION = 4
 """Bump whenever :class:`~lowlux.tiling.ContextNet` / :class:`~lowlux.tiling.LocalNet` change."""
 OPSET = 17
 GRAPHS = ("full", "head", "context", "local")

@@ -35,8 +35,9 @@ from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from .model import LowLightNet
+from .model import LEAKY_SLOPE, LowLightNet
 
 CONTEXT_SCALE = 32
 """Full-resolution pixels per context cell."""
@@ -54,18 +55,27 @@ MIN_TILE = MIN_OVERLAP + 2 * CONTEXT_SCALE
 
 
 class HeadNet(nn.Module):
-    """Mosaic -> the HSE's first conv at 1/32 (local: computed per tile)."""
+    """Mosaic -> the HSE's first conv at 1/32 (local: computed per tile).
+
+    The same values as ``net.hse.context_head(net.pack(raw))``, computed in a form runtimes run
+    faster: the two pixel unshuffles as one transposition, and the grouped conv (128 groups of
+    8 inputs, 1 output each) as a depthwise conv over the 1024 inputs followed by a sum over each
+    group's 8 (the same products, summed in another order: differences ~1e-7).
+    """
 
     def __init__(self, net: LowLightNet) -> None:
         super().__init__()
-        self.net = net
+        conv = net.hse.reduce[0]
+        self.groups = conv.groups
+        self.register_buffer("weight", conv.weight.detach().reshape(-1, 1, *conv.kernel_size).clone())
+        self.register_buffer("bias", conv.bias.detach().reshape(1, -1, 1, 1).clone())
 
     def forward(self, raw: Tensor) -> Tensor:
-        # pixel_unshuffle(pack(raw), 16) as a single transposition (exported graphs run one
-        # transpose instead of two); the same values in the same order.
         b, _, h, w = raw.shape
-        x = raw.reshape(b, h // 32, 16, 2, w // 32, 16, 2).permute(0, 3, 6, 2, 5, 1, 4)
-        return self.net.hse.reduce[0](x.reshape(b, 1024, h // 32, w // 32))
+        h32, w32 = h // CONTEXT_SCALE, w // CONTEXT_SCALE
+        x = raw.reshape(b, h32, 16, 2, w32, 16, 2).permute(0, 3, 6, 2, 5, 1, 4).reshape(b, 1024, h32, w32)
+        x = F.conv2d(x, self.weight, padding=1, groups=1024)
+        return x.reshape(b, self.groups, 1024 // self.groups, h32, w32).sum(2) + self.bias
 
 
 class ContextNet(nn.Module):
@@ -80,22 +90,44 @@ class ContextNet(nn.Module):
 
 
 class FullNet(nn.Module):
-    """The whole net as one graph, channels-last output (whole-frame runs of the exported backends)."""
+    """The whole net as one graph (head, context, local), channels-last output: what the exported
+    backends run for a frame that is not tiled."""
 
     def __init__(self, net: LowLightNet) -> None:
         super().__init__()
-        self.net = net
+        self.head = HeadNet(net)
+        self.context = ContextNet(net)
+        self.local = LocalNet(net)
 
     def forward(self, raw: Tensor) -> Tensor:
-        return self.net(raw).permute(0, 2, 3, 1)
+        return self.local(raw, self.context(self.head(raw)))
 
 
 class LocalNet(nn.Module):
-    """The tileable part: mosaic crop and its context crop -> sRGB crop, channels last (B x H x W x 3)."""
+    """The tileable part: mosaic crop and its context crop -> sRGB crop, channels last (B x H x W x 3).
+
+    The same values as LSE, MSE, the HSE's upsampling, FB1 and FB2 of the net, with two
+    concatenations taken out (runtimes copy them): FB1's concat, channel shuffle and grouped conv
+    become one grouped conv on the MSE's channels plus one on the HSE's, and FB2's concat and conv
+    one conv on the LSE's channels plus one on FB1's (the same products; sums differ by ~1e-7).
+    """
 
     def __init__(self, net: LowLightNet) -> None:
         super().__init__()
         self.net = net
+        reduce = net.fb1.reduce
+        # channel_shuffle(cat(mse, hse), 2) puts mse[i] at 2i and hse[i] at 2i + 1, so group g of
+        # the grouped conv reads mse[16g:16g+16] (its even inputs) and hse[16g:16g+16] (its odd ones).
+        w = reduce.weight.detach()
+        self.fb1_groups = reduce.groups
+        self.register_buffer("fb1_mse", w[:, 0::2].clone())
+        self.register_buffer("fb1_hse", w[:, 1::2].clone())
+        self.register_buffer("fb1_bias", reduce.bias.detach().clone())
+        conv = net.fb2.conv
+        lse_channels = net.lse.conv.out_channels
+        self.register_buffer("fb2_lse", conv.weight.detach()[:, :lse_channels].clone())
+        self.register_buffer("fb2_fb1", conv.weight.detach()[:, lse_channels:].clone())
+        self.register_buffer("fb2_bias", conv.bias.detach().clone())
 
     def forward(self, raw: Tensor, context: Tensor) -> Tensor:
         net = self.net
@@ -103,7 +135,11 @@ class LocalNet(nn.Module):
         lse = net.lse(packed)
         mse = net.mse(packed)
         hse = net.hse.upsample(context)
-        return net.fb2(lse, net.fb1(mse, hse)).permute(0, 2, 3, 1)
+        g = self.fb1_groups
+        x = F.conv2d(mse, self.fb1_mse, self.fb1_bias, padding=1, groups=g) + F.conv2d(hse, self.fb1_hse, padding=1, groups=g)
+        fb1 = F.pixel_shuffle(F.leaky_relu(net.fb1.expand(x), LEAKY_SLOPE), 4)
+        y = F.conv2d(lse, self.fb2_lse, self.fb2_bias, padding=2) + F.conv2d(fb1, self.fb2_fb1, padding=2)
+        return F.pixel_shuffle(y, 2).clamp(0.0, 1.0).permute(0, 2, 3, 1)
 
 
 @dataclass(frozen=True)
