@@ -97,7 +97,8 @@ class RssSampler(threading.Thread):
         self.join()
 
 
-def soak(endpoint: str, plan: list[tuple[Path, bool]], clients: int, out: Path) -> dict:
+def soak(endpoint: str, plan: list[tuple[Path, bool]], clients: int, out: Path, on_progress=None) -> dict:
+    """Run the plan from ``clients`` threads; ``on_progress(n)`` is called after each finished request."""
     latencies: list[float] = []
     unexpected: list[str] = []
     expected_failures = 0
@@ -124,6 +125,8 @@ def soak(endpoint: str, plan: list[tuple[Path, bool]], clients: int, out: Path) 
                 elapsed = time.perf_counter() - start
                 with lock:
                     latencies.append(elapsed)
+                    if on_progress:
+                        on_progress(len(latencies))
                     if entry["state"] == "done" and not bad:
                         pass
                     elif entry["state"] == "failed" and bad and entry["error"]:
@@ -185,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
         sampler = RssSampler(health["pid"])
         sampler.start()
-        results = soak(endpoint, plan, args.clients, work / "out")
+        quarters = {len(plan) * q // 4: None for q in (1, 2, 3, 4)}
+
+        def progress(done: int) -> None:  # the worker's RSS after each quarter: flat means no leak
+            if done in quarters:
+                quarters[done] = round(sampler.process.memory_info().rss / MiB, 1)
+
+        results = soak(endpoint, plan, args.clients, work / "out", progress)
         sampler.stop()
         with Client(endpoint) as c:
             health = c.health()
@@ -194,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "worker_alive": True, "peak_rss_mib": round(max(sampler.peak, health.get("peak_rss") or 0) / MiB, 1),
             "rss_first_mib": round(sampler.samples[0] / MiB, 1) if sampler.samples else None,
             "rss_last_mib": round(health["rss"] / MiB, 1),
+            "rss_mib_after_each_quarter": list(quarters.values()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), {platform.system()} {platform.release()}",
         })
     finally:

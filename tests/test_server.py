@@ -330,3 +330,13 @@ def test_an_idle_worker_exits_by_itself_when_asked_to(engine, endpoint):
     thread.join(60)
     assert not thread.is_alive() and server.exit_code == 0
     assert not Path(endpoint[len("ipc://"):]).exists()
+
+
+def test_a_removed_socket_file_is_recreated_and_the_lock_goes_with_the_worker(engine, endpoint, runtime):
+    path = Path(endpoint[len("ipc://"):])
+    with serving(engine, endpoint):
+        assert list((runtime / "lowlux").glob("serve-*.lock"))
+        path.unlink()  # e.g. a tmp cleaner: the worker must stay reachable (and replaceable)
+        wait_for(path.is_socket, what="the socket back")
+        assert request(endpoint, "ping")["ok"]
+    assert not path.exists() and not list((runtime / "lowlux").glob("serve-*.lock"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -80,7 +81,11 @@ class _Reply:
 
 
 class ServeLock:
-    """An flock held for the worker's lifetime: one worker per endpoint, released even on SIGKILL."""
+    """An flock held for the worker's lifetime: one worker per endpoint, released even on SIGKILL.
+
+    The file is removed on a clean exit. A rival may have opened it just before; so after locking,
+    the lock counts only if the path still names the file we locked (else we retry on the new one).
+    """
 
     def __init__(self, endpoint: str) -> None:
         self.path = cfg.lock_path(endpoint, "serve")
@@ -91,14 +96,20 @@ class ServeLock:
             import fcntl
         except ImportError:  # no flock (Windows): the bind itself guards tcp endpoints
             return
-        fh = open(self.path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            pid = fh.read().strip() or "?"
-            fh.close()
-            raise cfg.ConfigError(f"another lowlux worker (pid {pid}) already serves this endpoint") from None
+        for _ in range(10):
+            fh = open(self.path, "a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                pid = fh.read().strip() or "?"
+                fh.close()
+                raise cfg.ConfigError(f"another lowlux worker (pid {pid}) already serves this endpoint") from None
+            if _same_file(fh, self.path):
+                break
+            fh.close()  # locked a file its owner just removed: try again on the current one
+        else:
+            raise cfg.ConfigError(f"cannot take the worker lock {self.path}")
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -111,8 +122,19 @@ class ServeLock:
 
     def release(self) -> None:
         if self._fh is not None:
+            with contextlib.suppress(OSError):
+                if _same_file(self._fh, self.path):
+                    self.path.unlink()
             self._fh.close()
             self._fh = None
+
+
+def _same_file(fh: Any, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fh.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def safe_name(name: str) -> str:
@@ -304,10 +326,30 @@ class Server:
         if self.config.idle_timeout and idle_for > self.config.idle_timeout and self.scheduler.idle:
             log.info("idle for %.0f s: exiting", idle_for)
             self.stop()
+        self._check_socket_file()
         if self._reload_keys.is_set() and self._auth is not None:
             self._reload_keys.clear()
             self._auth.configure_curve(domain="*", location=str(load_authorized_dir(self.config.keys_dir)))
             log.warning("authorized client keys reloaded")
+
+    def _check_socket_file(self) -> None:
+        """Bind again if the ipc socket file was removed (a tmp cleaner, a careless rm): else no client
+        could reach this worker, and none could replace it while it holds the lock."""
+        path = cfg.ipc_path(self.config.endpoint)
+        if path is None or path.is_socket() or self._stop.is_set():
+            return
+        log.warning("%s disappeared: listening again", path)
+        sock = next(s for s, peer in self._sockets.items() if not peer.remote)
+        try:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.unbind(self.config.endpoint)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            sock.bind(self.config.endpoint)
+            os.chmod(path, 0o600)
+        except (zmq.ZMQError, OSError) as exc:
+            log.error("cannot listen on %s again (%s): exiting", self.config.endpoint, exc)
+            self.exit_code = 1
+            self.stop()
 
     def _drain_socket(self, sock: zmq.Socket) -> None:
         for _ in range(64):  # bounded, so one chatty client cannot starve the other socket
