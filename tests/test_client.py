@@ -210,6 +210,9 @@ def test_a_killed_worker_leaves_no_partial_tiff_and_the_next_call_restarts_it(ru
     visible = [p.name for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
     if visible:  # killed after the atomic rename: then the TIFF is whole
         assert tifffile.imread(out / "huge_lowlux.tif").shape == (768, 1024, 3)
+    out.mkdir(exist_ok=True)
+    stale = out / ".huge_lowlux.4194304.7f.tmp.tif"  # what a kill during encoding leaves (pid beyond pid_max)
+    stale.write_bytes(b"II*\0 half a tiff")
     dead = run_client(*base, "status", job, "--format", "tsv")
     assert dead.returncode == 3 and "no lowlux worker runs" in dead.stderr and dead.stdout == ""
     again = run_client(*base, "submit", "--wait", "--overwrite", "--out-dir", out, big)
@@ -217,6 +220,7 @@ def test_a_killed_worker_leaves_no_partial_tiff_and_the_next_call_restarts_it(ru
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip() == str(out / "huge_lowlux.tif")
         assert tifffile.imread(out / "huge_lowlux.tif").shape == (768, 1024, 3)
+        assert sorted(p.name for p in out.iterdir()) == ["huge_lowlux.tif"]  # the stale temporary is gone
         assert sha256(big) == before
     finally:
         assert run_client("--endpoint", endpoint, "shutdown").returncode == 0

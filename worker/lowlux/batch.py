@@ -12,7 +12,10 @@ the reason and the pipeline goes on; nothing a file does can stop the worker.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -39,6 +42,32 @@ def describe_failure(task: FileTask, exc: BaseException) -> str:
         if task.job.spool is not None:
             text = text.replace(str(task.job.spool) + "/", "")
     return text
+
+
+def remove_stale_temporaries(outputs: list[Path]) -> None:
+    """Delete what a killed worker left half-written for these outputs.
+
+    TIFFs are written as ``.<stem>.<pid>.<n>.tmp.tif`` next to the target (lowlux.tiff) and renamed
+    when complete; a SIGKILL in between leaves that hidden file. Only files of processes that no longer
+    exist are removed, so a concurrent writer is never disturbed.
+    """
+    for out in outputs:
+        for tmp in Path(out).parent.glob(f".{glob.escape(Path(out).stem)}.*.tmp.tif"):
+            pid = tmp.name[len(Path(out).stem) + 2:].split(".", 1)[0]
+            if pid.isdigit() and not _process_exists(int(pid)):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    log.info("removed %s, left by a worker that was killed", tmp)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Pipeline:
@@ -137,6 +166,7 @@ class Pipeline:
         try:
             if not self.scheduler.start_stage(task, "encoding"):
                 return
+            remove_stale_temporaries(decoded.outputs)
             paths = encode(decoded, images, task.job.options)
         except Exception as exc:
             self._fail(task, exc)
