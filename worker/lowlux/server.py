@@ -204,11 +204,15 @@ class Server:
         if path is not None:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         sock = self._router(max(LOCAL_MAX_FRAME, self.config.max_upload_bytes + MiB))
+        umask = os.umask(0o177) if path is not None else None  # the socket is born 0600, no window
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             sock.close(0)
             raise cfg.ConfigError(f"cannot listen on {endpoint}: {exc}") from None
+        finally:
+            if umask is not None:
+                os.umask(umask)
         if path is not None:
             os.chmod(path, 0o600)
         self._sockets[sock] = Peer(remote=False)
@@ -309,7 +313,10 @@ class Server:
                     break
                 if time.monotonic() - last_chores > 1.0:
                     last_chores = time.monotonic()
-                    self._chores()
+                    try:
+                        self._chores()
+                    except Exception:  # housekeeping must never take the worker down
+                        log.exception("housekeeping failed")
         finally:
             self.close()
         return self.exit_code
@@ -329,8 +336,11 @@ class Server:
         self._check_socket_file()
         if self._reload_keys.is_set() and self._auth is not None:
             self._reload_keys.clear()
-            self._auth.configure_curve(domain="*", location=str(load_authorized_dir(self.config.keys_dir)))
-            log.warning("authorized client keys reloaded")
+            try:
+                self._auth.configure_curve(domain="*", location=str(load_authorized_dir(self.config.keys_dir)))
+                log.warning("authorized client keys reloaded")
+            except LowluxError as exc:
+                log.error("keys not reloaded, the previous ones stay in force: %s", exc)
 
     def _check_socket_file(self) -> None:
         """Bind again if the ipc socket file was removed (a tmp cleaner, a careless rm): else no client
