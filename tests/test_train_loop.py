@@ -142,3 +142,15 @@ def test_export_ships_best_weights_with_a_model_card(tmp_path):
     assert "Steps: 4 (best eval PSNR)" in card  # the step with the best score, not the last one
     assert "| 6 | 22.00 | 0.5000 |" in card
     load_model(shipped)
+
+
+def test_a_new_run_can_start_from_shipped_weights(tmp_path):
+    first = config(tmp_path / "a", steps=3)
+    train(first, [FixedSource(fixed_pair())], [1.0])
+    second = config(tmp_path / "b", steps=1, lr=0.0, lr_after=0.0,
+                    init_weights=str(first.run_dir / "last.safetensors"))
+    train(second, [FixedSource(fixed_pair())], [1.0])  # lr 0: the weights pass through unchanged
+    a, b = checkpoint_model(first.run_dir / "checkpoint.pt"), checkpoint_model(second.run_dir / "checkpoint.pt")
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(a(x), b(x), atol=1e-5)

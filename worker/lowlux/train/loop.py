@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..model import LowLightNet, apply_weight_norm, msra_init
-from ..weights import save_weights, strip_weight_norm_keys
+from ..weights import load_state, save_weights, strip_weight_norm_keys
 from .data import PairDataset, SequentialFrom, Source
 from .loss import RestorationLoss
 
@@ -57,6 +57,8 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 1000
     checkpoint_minutes: float = 5.0
+    init_weights: str | None = None
+    """Start a new run from these weights (any format :func:`lowlux.weights.load_state` reads)."""
     source_names: list[str] = field(default_factory=list)
 
     @property
@@ -81,10 +83,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def new_model(seed: int) -> LowLightNet:
-    """MSRA-initialised net with weight norm on every conv, reproducible from the seed."""
+def new_model(seed: int, init_weights: str | Path | None = None) -> LowLightNet:
+    """MSRA-initialised net (or given weights) with weight norm on every conv, reproducible from the seed."""
     torch.manual_seed(seed)
-    return apply_weight_norm(msra_init(LowLightNet()))
+    model = msra_init(LowLightNet())
+    if init_weights is not None:
+        model.load_state_dict(load_state(init_weights))
+    return apply_weight_norm(model)
 
 
 def _rng_state() -> dict:
@@ -146,7 +151,7 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     if config.threads:
         torch.set_num_threads(config.threads)
     ckpt_path = run / CHECKPOINT
-    model = new_model(config.seed)
+    model = new_model(config.seed, None if resume and ckpt_path.is_file() else config.init_weights)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step, best, state = 0, -math.inf, None
     if resume and ckpt_path.is_file():
