@@ -70,13 +70,13 @@ def test_weights_that_do_not_fit_are_refused_with_the_file_named(tmp_path):
 
 def test_concurrent_encoders_give_the_same_output(tiny_weights):
     x = torch.rand(1, 1, 128, 160) * 0.5
-    plain = Engine(EngineConfig(weights=tiny_weights)).forward(x)
-    concurrent = Engine(EngineConfig(weights=tiny_weights, concurrent=True)).forward(x)
+    plain = Engine(EngineConfig(weights=tiny_weights, backend="torch")).forward(x)
+    concurrent = Engine(EngineConfig(weights=tiny_weights, backend="torch", concurrent=True)).forward(x)
     assert (plain - concurrent).abs().max() <= 1e-6
 
 
 def test_channels_last_matches_within_float_rounding(authors_weights, vectors):
     x = torch.from_numpy(np.load(vectors / "input_grad.npy"))
-    plain = Engine(EngineConfig(weights=authors_weights)).forward(x)
-    cl = Engine(EngineConfig(weights=authors_weights, channels_last=True)).forward(x)
+    plain = Engine(EngineConfig(weights=authors_weights, backend="torch")).forward(x)
+    cl = Engine(EngineConfig(weights=authors_weights, backend="torch", channels_last=True)).forward(x)
     assert (plain - cl).abs().max() <= 1e-5

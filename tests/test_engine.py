@@ -1,0 +1,133 @@
+"""The engine's API and memory bounding, and the fast file -> TIFF path it feeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lowlux.amplifier import estimate_amplification
+from lowlux.engine import DEFAULT_MEMORY_BUDGET_MB, TILE_BUDGET_FRACTION, Engine, EngineConfig
+from lowlux.mosaic import Crop, apply_orientation
+from lowlux.pipeline import Decoded, infer
+from lowlux.raw import RawImage
+from lowlux.tiff import to_uint16
+from lowlux.weights import load_model
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_weights):
+    eng = Engine(EngineConfig(weights=tiny_weights, device="cpu"))
+    yield eng
+    eng.close()
+
+
+def test_describe_names_weights_device_dtype_backend_and_tiling(engine, tiny_weights):
+    info = engine.describe()
+    assert info["weights"] == str(tiny_weights) and info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["backend"].split()[0] in ("torch", "openvino", "onnxruntime")
+    assert info["tile"] == "auto"
+    assert all(isinstance(v, str) for v in info.values())
+
+
+def test_forward_matches_the_net(tmp_path):
+    # Halved random weights: plain MSRA ones grow features to hundreds, where float rounding
+    # alone reaches 1e-5 between runtimes (see test_tiling).
+    from lowlux.model import LowLightNet, msra_init
+    from lowlux.weights import save_weights
+
+    torch.manual_seed(5)
+    net = msra_init(LowLightNet())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.5)
+    weights = save_weights(net, tmp_path / "w.safetensors")
+    x = torch.rand(2, 1, 96, 128) * 0.5
+    with torch.no_grad():
+        ref = load_model(weights)(x)
+    out = Engine(EngineConfig(weights=weights, device="cpu")).forward(x)
+    assert out.shape == (2, 3, 96, 128) and out.dtype == torch.float32
+    assert (out - ref).abs().max() <= 1e-5
+
+
+def test_small_frames_run_whole_and_large_ones_in_tiles_within_the_budget(engine):
+    assert engine.tiles(2848, 4256) is None  # 12 MP runs whole by default
+    for height, width in [(4000, 6016), (5504, 8256), (9504, 6336)]:
+        tiles = engine.tiles(height, width)
+        assert tiles and len(tiles) > 1
+        from lowlux.backends import bytes_per_pixel
+
+        per_px = bytes_per_pixel(engine.backend.name, "float32")
+        for t in tiles:
+            h, w = t.crop_shape
+            assert h * w * per_px <= DEFAULT_MEMORY_BUDGET_MB * 2**20 * TILE_BUDGET_FRACTION
+
+
+def test_tiling_can_be_forced_or_disabled(tiny_weights):
+    assert Engine(EngineConfig(weights=tiny_weights, tile=0)).tiles(9504, 6336) is None
+    tiles = Engine(EngineConfig(weights=tiny_weights, tile=1024)).tiles(2848, 4256)
+    assert tiles and max(max(t.crop_shape) for t in tiles) <= 1024
+    assert Engine(EngineConfig(weights=tiny_weights, memory_budget_mb=1)).tiles(512, 512)
+    with pytest.raises(ValueError):
+        Engine(EngineConfig(weights=tiny_weights, tile=-1))
+
+
+@pytest.mark.parametrize("config", [dict(tile=256), dict(memory_budget_mb=4)])
+def test_tiled_restores_equal_the_whole_frame(tiny_weights, config):
+    mosaic = (np.random.default_rng(0).random((416, 544), dtype=np.float32) * 0.05)
+    whole = Engine(EngineConfig(weights=tiny_weights, tile=0)).restore(mosaic, 10.0)
+    tiled_engine = Engine(EngineConfig(weights=tiny_weights, **config))
+    assert tiled_engine.tiles(416, 544)
+    tiled = tiled_engine.restore(mosaic, 10.0)
+    assert tiled.shape == (416, 544, 3)
+    assert np.abs(tiled - whole).max() <= 1e-5
+    pieces = list(tiled_engine.restore_tiles(mosaic, 10.0))
+    assert len(pieces) == len(tiled_engine.tiles(416, 544))
+    covered = np.zeros((416, 544), dtype=int)
+    for ys, xs, rgb in pieces:
+        covered[ys, xs] += 1
+        assert np.abs(rgb - whole[ys, xs]).max() <= 1e-5
+    assert (covered == 1).all()
+
+
+def test_restore_does_not_touch_the_mosaic(engine):
+    mosaic = np.full((64, 96), 0.01, dtype=np.float32)
+    engine.restore(mosaic, 50.0)
+    assert (mosaic == 0.01).all()
+
+
+@pytest.mark.parametrize("flip", range(8))
+def test_the_piecewise_uint16_path_equals_crop_convert_and_turn(tiny_weights, flip):
+    engine = Engine(EngineConfig(weights=tiny_weights, tile=256))
+    mosaic = np.random.default_rng(flip).random((352, 448), dtype=np.float32) * 0.05
+    crop = Crop(1, 1, 341, 430)
+    decoded = Decoded(Path("x.dng"), mosaic, crop, flip, [20.0], [Path("x.tif")])
+    expected = apply_orientation(to_uint16(crop.apply(engine.restore(mosaic, 20.0))), flip)
+
+    class RestoreOnly:  # an engine without restore_tiles takes the plain path
+        def restore(self, m, a):
+            return engine.restore(m, a)
+
+    fast, = infer(engine, decoded)
+    plain, = infer(RestoreOnly(), decoded)
+    assert fast.dtype == np.uint16 and fast.flags.c_contiguous
+    assert np.array_equal(fast, expected) and np.array_equal(plain, expected)
+
+
+def test_normalising_by_table_and_amplifying_from_the_histogram_change_nothing():
+    rng = np.random.default_rng(4)
+    cfa = (rng.random((301, 402)) ** 3 * 16000 + 400).astype(np.uint16)
+    raw = RawImage(Path("x"), cfa, np.array([[512, 510], [509, 515]], np.float32), 16383.0, "RGGB")
+    h, w = cfa.shape
+    black = np.tile(raw.black, ((h + 1) // 2, (w + 1) // 2))[:h, :w]
+    direct = np.clip((cfa.astype(np.float32) - black) * (np.float32(1.0) / (np.float32(raw.white) - black)), 0, 1)
+    assert np.array_equal(raw.normalised(), direct)
+    values, counts = raw.normalised_histogram()
+    assert counts.sum() == cfa.size
+    for variant in ("authors", "paper"):
+        for m in (0.1, 0.5, 0.9):
+            a = estimate_amplification(direct, m, variant)
+            b = estimate_amplification(values, m, variant, counts=counts)
+            assert abs(a - b) <= 1e-6 * a, (variant, m)
