@@ -259,8 +259,10 @@ class Server:
             try:
                 from .engine import Engine
 
-                self._engine = Engine(engine_config)
-                log.info("engine ready: %s", self._engine.describe())
+                engine = Engine(engine_config)
+                warm_up(engine)
+                self._engine = engine
+                log.info("engine ready: %s", engine.describe())
             except BaseException as exc:  # reported to clients, then the worker exits
                 self._engine_error = exc
                 log.error("cannot load the engine: %s", exc)
@@ -646,6 +648,17 @@ def build_options(wire: dict[str, Any], *, local: bool = False) -> Any:
         return EnhanceOptions(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ProtocolError(proto.BAD_OPTION, str(exc)) from None
+
+
+def warm_up(engine: Any) -> None:
+    """One small forward before serving: lazy runtime set-up (thread pools, kernels) is not paid by the
+    first user's file. A failure is logged; real files will then fail with their own reasons."""
+    import numpy as np
+
+    try:
+        engine.restore(np.zeros((64, 64), np.float32), 1.0)
+    except Exception as exc:
+        log.warning("warm-up forward failed: %s: %s", exc.__class__.__name__, exc)
 
 
 def load_authorized_dir(keys_dir: Path | None) -> Path:
