@@ -14,7 +14,7 @@ Every backend offers these calls on torch tensors (float32, the backend's device
 ``openvino``
     The exported ONNX graphs (:mod:`lowlux.export`) compiled by OpenVINO for the CPU, in f32 or,
     where the CPU has bf16 instructions, bf16. Compiled per input shape (a fraction of a second),
-    the last few shapes kept.
+    the last shape of each graph kept.
 ``onnxruntime``
     The same graphs on ONNX Runtime's CPU provider, f32.
 
@@ -226,7 +226,10 @@ class TorchBackend(Backend):
         return {"backend": "torch" + (f" ({', '.join(extra)})" if extra else "")}
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.torch_dtype, enabled=self.torch_dtype != torch.float32)
+        # No weight-cast cache: it must not be used while a CUDA graph is captured, and the net is
+        # never run with gradients anyway.
+        return torch.autocast(self.device.type, dtype=self.torch_dtype, enabled=self.torch_dtype != torch.float32,
+                              cache_enabled=False)
 
     def _prepare(self, raw: Tensor) -> Tensor:
         return raw.contiguous(memory_format=torch.channels_last) if self.channels_last else raw
@@ -329,7 +332,6 @@ class _ExportedBackend(Backend):
 class OpenVinoBackend(_ExportedBackend):
     name = "openvino"
     PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
-    KEEP_COMPILED = 4
 
     def __init__(self, graphs: dict[str, Path], dtype: str = "float32", threads: int | None = None) -> None:
         import openvino as ov
@@ -352,13 +354,14 @@ class OpenVinoBackend(_ExportedBackend):
         key = (graph, shapes)
         request = self._compiled.get(key)
         if request is None:
+            # One compiled shape per graph: each holds its working memory (~650 MB for a whole
+            # 12 MP frame), and a batch from one camera keeps one shape anyway.
+            for old in [k for k in self._compiled if k[0] == graph]:
+                del self._compiled[old]
             model = self.models[graph].clone()
             model.reshape({model.inputs[i]: self._ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
             request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
             self._compiled[key] = request
-            while len(self._compiled) > self.KEEP_COMPILED:
-                self._compiled.popitem(last=False)
-        self._compiled.move_to_end(key)
         return request
 
     def _run(self, graph: str, *inputs: np.ndarray) -> Tensor:

@@ -78,6 +78,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-e2e", action="store_true", help="skip the file -> TIFF end-to-end rows")
     p.add_argument("--only", help="comma-separated config names (substrings) to run besides the reference")
     p.add_argument("--json", type=Path, default=Path("bench-results.json"), help="results file (JSON list of rows)")
+    p.add_argument("--markdown", type=Path, help="also write the results as Markdown tables")
 
 
 def count_macs(height: int, width: int) -> float:
@@ -253,10 +254,41 @@ def _child_e2e(size: tuple[int, int], runs: int, weights: str | None, device: st
                 continue  # warm-up
             for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
                 stages[key].append(value)
+        stages["batch_per_file_s"] = [_batch_per_file(engine, raw, options, max(runs, 3))]
     tiles = engine.tiles(*(-(-v // 32) * 32 for v in size))
     return {"times": stages["total_s"], "stages": {k: statistics.median(v) for k, v in stages.items()},
             "peak_rss_mb": _peak_rss_mb(), "maxrss_mb": _maxrss_mb(),
             "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1}
+
+
+def _batch_per_file(engine, raw: Path, options, count: int) -> float:
+    """Seconds per file when a batch overlaps the stages: the next file decodes while the net runs
+    on this one, and TIFFs are written on another thread (as the worker's pipeline does)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .pipeline import decode, encode, infer
+
+    files = []
+    for i in range(count):
+        f = raw.with_name(f"batch-{i}.dng")
+        if not f.exists():
+            os.link(raw, f)
+        files.append(f)
+    with ThreadPoolExecutor(1) as decoder, ThreadPoolExecutor(1) as encoder:
+        t0 = time.perf_counter()
+        pending = [decoder.submit(decode, files[0], options)]
+        written = []
+        for i in range(count):
+            d = pending.pop().result()
+            if i + 1 < count:
+                pending.append(decoder.submit(decode, files[i + 1], options))
+            images = infer(engine, d)
+            d.mosaic = None
+            written.append(encoder.submit(encode, d, images, options))
+        for w in written:
+            w.result()
+        return (time.perf_counter() - t0) / count
 
 
 def _run_child(kind: str, payload: dict) -> dict:
@@ -341,7 +373,34 @@ def run_bench(args: argparse.Namespace) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps([asdict(r) | {"machine": machine} for r in rows], indent=1))
     print(f"results written to {args.json}")
+    if getattr(args, "markdown", None):
+        args.markdown.write_text(markdown_tables(rows, machine))
+        print(f"tables written to {args.markdown}")
     return 0
+
+
+def markdown_tables(rows: list[Row], machine: str) -> str:
+    """One table per size: every row with its ratio to the reference."""
+    out = [f"Machine: {machine}", ""]
+    for size in dict.fromkeys(r.size for r in rows):
+        h, w = (int(v) for v in size.split("x"))
+        out += [f"### {size} ({h * w / 1e6:.1f} MP, {next(r.gmacs for r in rows if r.size == size):.1f} GMACs)", "",
+                "| config | runtime | median s | min s | max s | speed-up | peak RSS MB | max abs diff | tiles |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if r.size != size:
+                continue
+            speed = "reference" if r.reference else (f"{r.speedup:.2f}x" if r.speedup else "")
+            diff = "" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
+            name = r.name
+            if r.backend == "e2e":
+                stages = ", ".join(f"{k.removesuffix('_s')} {r.extra[k]:.2f}" for k in
+                                   ("decode_s", "net_s", "encode_s", "batch_per_file_s") if k in r.extra)
+                name += f" ({stages})"
+            out.append(f"| {name} | {r.extra.get('runtime', '')} | {r.median_s:.3f} | {r.min_s:.3f} | {r.max_s:.3f} "
+                       f"| {speed} | {r.peak_rss_mb:.0f} | {diff} | {r.extra.get('tiles', '')} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def machine_line() -> str:
