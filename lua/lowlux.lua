@@ -19,7 +19,7 @@
       creator, publisher and rights plus the tag `lowlux|enhanced`. The progress bar's cancel
       button cancels the worker job.
     * export module: the target storage "lowlux: enhance dark (16-bit TIFF)" sends the source raw of
-      each exported image to the worker (darktable renders nothing for it) and writes the result to
+      each exported image to the worker (darktable's own rendering is discarded) and writes the result to
       the target folder/name pattern (darktable's variables: $(FILE_FOLDER), $(FILE_NAME), $(ROLL_NAME),
       ...; $(FILE_NAME) is darktable's export name, name_01 for a duplicate), optionally importing
       it into the library.
@@ -899,15 +899,17 @@ function M.storage_initialize(storage, format, images, high_quality, extra)
   extra.brightness = M.pref("export_brightness")
   extra.bracket = trim(M.pref("export_bracket") or "")
   extra.import = M.pref("export_import")
+  -- every image of the export, from here: darktable cancels its own rendering loop at the first
+  -- image it cannot render (store is never called for the rest), but lowlux works from the raws
   for _i, image in ipairs(images or {}) do add_export_item(extra, image, M.export_name(image)) end
-  -- lowlux works from the raw: darktable need not render anything (which would cost a full
-  -- pipeline run per image, and one image it cannot render would cancel the whole export)
-  return {}
+  -- nil: darktable's list stays as it is. (Returning a list would spare darktable the rendering,
+  -- but darktable 4.2 then frees its list twice and crashes.)
+  return nil
 end
 
 function M.storage_store(storage, image, format, filename, number, total, high_quality, extra)
-  -- only reached where darktable renders anyway: its file in the temporary folder is of no
-  -- use to lowlux (darktable leaves it there), so it goes; its name is darktable's export name
+  -- darktable rendered the image into its temporary folder and leaves the file there; lowlux
+  -- works from the raw, so the file goes (its name is darktable's export name)
   os.remove(filename)
   local _u, exported = M.split_path(filename)
   add_export_item(extra, image, M.stem(exported))
@@ -956,6 +958,16 @@ function M.storage_finalize(storage, image_table, extra)
       return nil
     end
   end
+  if dt.configuration.has_gui and dt.control.dispatch then
+    -- darktable's export job would wait for the whole worker job; darktable's own Lua thread
+    -- runs it instead, like the lighttable action, and the export job ends now
+    dt.control.dispatch(M.export_run, batches, s, values)
+    return nil
+  end
+  return M.export_run(batches, s, values)
+end
+
+function M.export_run(batches, s, values)
   local count = 0
   for _i, batch in ipairs(batches) do count = count + #batch.items end
   local summary = M.run(batches, {

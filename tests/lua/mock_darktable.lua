@@ -70,6 +70,18 @@ function mock.new(opts)
     if how == "exit" then return code * 256 end
     return code -- killed by a signal: the signal number, as a wait status has it
   end
+  -- darktable runs dispatched functions later in its own Lua thread: queued here, run by
+  -- dt._run_dispatched()
+  rec.dispatched = {}
+  function dt.control.dispatch(fn, ...)
+    rec.dispatched[#rec.dispatched + 1] = table.pack(fn, ...)
+  end
+  function dt._run_dispatched()
+    while #rec.dispatched > 0 do
+      local call = table.remove(rec.dispatched, 1)
+      call[1](table.unpack(call, 2, call.n))
+    end
+  end
   function dt.control.sleep(ms)
     rec.sleeps = rec.sleeps + 1
     rec.timeline[#rec.timeline + 1] = "sleep"

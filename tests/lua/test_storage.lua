@@ -27,8 +27,10 @@ local function export(ctx, images)
     table_[img] = file
     s.store(s, img, format, file, i, #to_render, true, extra)
   end
-  local summary = s.finalize(s, table_, extra)
-  return summary, tmp, to_render
+  s.finalize(s, table_, extra)
+  ctx.dt._run_dispatched()
+  local runs = ctx.api.state.finished_runs
+  return runs[#runs], tmp, to_render
 end
 
 local function ls(dir)
@@ -62,9 +64,9 @@ T.test("export sends the source raws to the worker and names results after darkt
   ctx.worker:set{statuses = {T.status("J1", "done", 2, 2, {
     {"done", a, {out_dir .. "/a one_lowlux.tif"}}, {"done", b, {out_dir .. "/b_lowlux.tif"}}})}}
 
-  local summary, tmp, rendered = export(ctx, imgs)
+  local summary, tmp = export(ctx, imgs)
 
-  T.eq(rendered, {}, "darktable is asked to render nothing: lowlux works from the raw")
+  T.eq(ls(tmp), {}, "darktable's rendered temporary files are removed")
 
   local submit, i = ctx.worker:call("--out-dir")
   T.eq(submit[i + 1], out_dir)
@@ -130,7 +132,33 @@ T.test("headless (darktable-cli) export uses the saved export options", function
   T.ok(os.execute("test -d " .. T.q(out_dir)), "the target folder is created")
 end)
 
-T.test("where darktable renders anyway, store removes its temporary file and keeps the image", function()
+T.test("initialize leaves darktable's list alone (darktable 4.2 crashes on a replaced list)", function()
+  local ctx = setup()
+  local s = ctx.storage
+  T.eq(s.initialize(s, {extension = "tif"}, T.images(ctx.dt, {ctx.dir .. "/a.dng"}), true, {}), nil)
+end)
+
+T.test("images darktable did not render (its export stops at a bad file) still reach the worker", function()
+  local ctx = setup()
+  local a, bad, c = ctx.dir .. "/a.dng", ctx.dir .. "/bad.dng", ctx.dir .. "/c.dng"
+  local out = ctx.dir .. "/darktable_exported/"
+  ctx.worker:set{statuses = {T.status("J1", "done", 3, 3, {
+    {"done", a, {out .. "a_lowlux.tif"}}, {"failed", bad, {}, "not a raw file"}, {"done", c, {out .. "c_lowlux.tif"}}})}}
+  local s = ctx.storage
+  local imgs = T.images(ctx.dt, {a, bad, c})
+  local extra = {}
+  s.initialize(s, {extension = "tif"}, imgs, true, extra)
+  local rendered = T.write(ctx.dir .. "/a.tif", "rendered")
+  s.store(s, imgs[1], {extension = "tif"}, rendered, 1, 3, true, extra) -- then darktable fails on bad.dng
+  s.finalize(s, {[imgs[1]] = rendered}, extra)
+  ctx.dt._run_dispatched()
+  local submit = ctx.worker:call("submit")
+  T.eq({table.unpack(submit, #submit - 2)}, {a, bad, c})
+  T.eq(ctx.api.state.finished_runs[1].done, 2)
+  T.contains(table.concat(ctx.dt._rec.prints, "\n"), "lowlux: bad.dng: not a raw file")
+end)
+
+T.test("where darktable renders, store removes its temporary file and keeps the image", function()
   local ctx = setup()
   local a = ctx.dir .. "/a.dng"
   local out_dir = ctx.dir .. "/darktable_exported"
@@ -144,10 +172,36 @@ T.test("where darktable renders anyway, store removes its temporary file and kee
   T.ok(not T.exists(rendered), "darktable leaves its rendered file; the storage removes it")
   local leftover = T.write(ctx.dir .. "/b.tif", "rendered, store never called")
   s.finalize(s, {[img] = rendered, [{}] = leftover}, extra)
+  ctx.dt._run_dispatched()
   T.ok(not T.exists(leftover), "finalize removes what is left in darktable's table")
   local submit = ctx.worker:call("submit")
   T.eq(submit[#submit], a)
   T.eq(submit[#submit - 1], "tsv", "the image is sent once, though initialize and store both saw it")
+end)
+
+T.test("finalize hands the worker job to darktable's Lua thread and returns at once", function()
+  local ctx = setup()
+  local a = ctx.dir .. "/a.dng"
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {ctx.dir .. "/darktable_exported/a_lowlux.tif"}}})}}
+  local s = ctx.storage
+  local extra = {}
+  s.initialize(s, {extension = "tif"}, T.images(ctx.dt, {a}), true, extra)
+  s.finalize(s, {}, extra)
+  T.eq(ctx.worker:commands(), {}, "darktable's export job is not held while the worker works")
+  T.eq(#ctx.dt._rec.dispatched, 1)
+  ctx.dt._run_dispatched()
+  T.eq(ctx.worker:commands(), {"submit", "status"})
+end)
+
+T.test("headless (darktable-cli), finalize does the work itself before the export ends", function()
+  local ctx = setup(nil, {headless = true})
+  local a = ctx.dir .. "/a.dng"
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {ctx.dir .. "/darktable_exported/a_lowlux.tif"}}})}}
+  local s = ctx.storage
+  local extra = {}
+  s.initialize(s, {extension = "tif"}, T.images(ctx.dt, {a}), true, extra)
+  s.finalize(s, {}, extra)
+  T.eq(ctx.worker:commands(), {"submit", "status"})
 end)
 
 T.test("export names follow darktable: duplicates get _01, _02", function()
