@@ -5,7 +5,8 @@ Every backend offers these calls on torch tensors (float32, the backend's device
 ``full(raw)``            B x 1 x H x W amplified mosaic -> B x H x W x 3 sRGB (channels last)
 ``head(raw)``            tiled inference's per-tile start of the 1/32 branch (:class:`lowlux.tiling.HeadNet`)
 ``context(head)``        its whole-frame part (:class:`lowlux.tiling.ContextNet`)
-``local(raw, context)``  its per-tile rest (:class:`lowlux.tiling.LocalNet`), channels last
+``local(raw, context)``  its per-tile rest (:class:`lowlux.tiling.LocalNet`), channels last; the
+                         result may be overwritten by the next ``local`` call (copy it to keep it)
 
 ``torch``
     The net itself (weight norm folded at load): eager, optionally channels-last, with bf16
@@ -344,6 +345,7 @@ class OpenVinoBackend(_ExportedBackend):
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self._compiled: OrderedDict[tuple, object] = OrderedDict()
+        self._buffers: dict[tuple, np.ndarray] = {}
 
     def describe(self) -> dict[str, str]:
         import openvino as ov
@@ -366,16 +368,30 @@ class OpenVinoBackend(_ExportedBackend):
 
     def _run(self, graph: str, *inputs: np.ndarray) -> Tensor:
         with self._lock:
-            request = self._request(graph, tuple(a.shape for a in inputs))
-            port = request.model_outputs[0]
-            out = np.empty(tuple(port.get_partial_shape().to_shape()), dtype=np.float32)
+            shapes = tuple(a.shape for a in inputs)
+            request = self._request(graph, shapes)
+            if graph == "local":
+                # Tiles: one output buffer per compiled shape, reused tile after tile (the engine
+                # hands each tile on before computing the next), so a large frame does not fault
+                # in fresh memory for every tile.
+                out = self._buffers.get(shapes)
+                if out is None:
+                    out = self._new_output(request)
+                    self._buffers = {shapes: out}
+            else:
+                out = self._new_output(request)
             # OpenVINO writes straight into ``out`` and reads the inputs in place: no copies.
             request.set_output_tensor(0, self._ov.Tensor(out, shared_memory=True))
             request.infer(list(inputs), share_inputs=True)
         return torch.from_numpy(out)
 
+    @staticmethod
+    def _new_output(request) -> np.ndarray:
+        return np.empty(tuple(request.model_outputs[0].get_partial_shape().to_shape()), dtype=np.float32)
+
     def close(self) -> None:
         self._compiled.clear()
+        self._buffers.clear()
 
 
 class OnnxRuntimeBackend(_ExportedBackend):

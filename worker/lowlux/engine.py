@@ -148,7 +148,8 @@ class Engine:
         """Net forward piece by piece: ``(rows, columns, B x h x w x 3 sRGB)``, one piece or one per tile.
 
         ``raw`` is a B x 1 x H x W float32 tensor on the engine's device. Consuming the pieces as
-        they come keeps memory bounded for frames of any size.
+        they come keeps memory bounded for frames of any size. A tile's piece may share memory with
+        the next one's (the backend reuses its buffer): use or copy each before asking for the next.
         """
         raw = raw.float().contiguous()
         height, width = raw.shape[-2:]
@@ -187,7 +188,8 @@ class Engine:
         """Like :meth:`restore`, piece by piece: ``(rows, columns, h x w x 3 float32)``.
 
         One piece for a frame that runs whole, one per tile otherwise, so a caller can convert and
-        store each piece without ever holding the whole float image.
+        store each piece without ever holding the whole float image. Use or copy each piece before
+        asking for the next (see :meth:`pieces`).
         """
         x = self._amplified(mosaic, amplification)
         for ys, xs, rgb in self.pieces(x):
