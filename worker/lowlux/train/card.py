@@ -30,13 +30,23 @@ def _curve_table(eval_rows: list[dict[str, str]], every: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _source(spec: str) -> str:
+    """'raw=/some/where/data/raw@1' -> '`raw` (data/raw, weight 1)': no machine paths in the card."""
+    kind, _, rest = spec.partition("=")
+    path, _, weight = rest.rpartition("@")
+    p = Path(path)
+    return f"`{kind}` ({p.parent.name}/{p.name}, weight {weight})"
+
+
 def model_card(run_dir: Path, eval_json: Path, hardware: str, notes: str = "") -> str:
     config = json.loads((run_dir / "config.json").read_text())
     meta = read_metadata(run_dir / "best.safetensors")
     log_rows, eval_rows = _rows(run_dir / "log.csv"), _rows(run_dir / "eval.csv")
     results = json.loads(eval_json.read_text())
-    sec = [float(r["sec_per_step"]) for r in log_rows[-20:]]
+    sec = sorted(float(r["sec_per_step"]) for r in log_rows)
+    median_sec = sec[len(sec) // 2] if sec else float("nan")
     items = ", ".join(i["name"] for i in results["items"])
+    hours = float(eval_rows[-1]["wall_s"]) / 3600 if eval_rows else 0.0
     return f"""# lowlux default weights
 
 `lowlux-default.safetensors`: the restoration net of Lamba & Mitra (CVPR 2021) trained by lowlux's
@@ -45,17 +55,15 @@ none of the authors' weights were used to make it.
 
 ## Training
 
-- Data: {', '.join(config['source_names'])}: real raws made dark (exposure ratio 100-300 plus the
-  Sony α7S II physics-based noise model of Wei et al., CVPR 2020) and photographs unprocessed into raws
-  (Brooks et al., CVPR 2019); targets rendered the way SID rendered its ground truth (LibRaw, camera WB,
-  no auto-brightness). The evaluation images are held out (see `lowlux.train.split`).
-- Steps: {meta.get('steps', '?')} (best eval PSNR) of {log_rows[-1]['step'] if log_rows else 0} run so far;
-  batch {config['batch']}, {config['crop']} px crops, Adam lr {config['lr']:g} (-> {config['lr_after']:g}
-  at step {config['lr_drop_at'] or config['steps'] // 2}), loss {config['l1_weight']:g} L1 +
-  {config['msssim_weight']:g} (1 - MS-SSIM), seed {config['seed']}.
-- Hardware: {hardware}; {config['threads']} intra-op thread(s), about {sum(sec) / max(len(sec), 1):.2f} s per step
-  at the end of the log; {float(eval_rows[-1]['wall_s']) / 3600 if eval_rows else 0:.1f} h of training wall time.
-- Python {platform.python_version()}, torch as installed by `install.sh`.
+- Data: {', '.join(_source(s) for s in config['source_names'])}. Real raws made dark (exposure ratio
+  100-300 plus the Sony α7S II physics-based noise model of Wei et al., CVPR 2020) and photographs
+  unprocessed into raws (Brooks et al., CVPR 2019); targets rendered the way SID rendered its ground
+  truth (LibRaw, camera WB, no auto-brightness). The evaluation images are held out (`lowlux.train.split`).
+- Steps: {meta.get('steps', '?')} (best eval PSNR) of {log_rows[-1]['step'] if log_rows else 0} run so far.
+- Batch {config['batch']}, {config['crop']} px crops, Adam lr {config['lr']:g}, {config['lr_after']:g} from step
+  {config['lr_drop_at'] or config['steps'] // 2}, loss {config['l1_weight']:g} L1 + {config['msssim_weight']:g} (1 - MS-SSIM),
+  seed {config['seed']}, {config['threads']} intra-op thread(s).
+- Hardware: {hardware}. Median {median_sec:.2f} s per step; {hours:.1f} h of wall time to the last evaluation.
 
 ## Evaluation (`lowlux eval`)
 
