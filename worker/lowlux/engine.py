@@ -151,15 +151,18 @@ class Engine:
         they come keeps memory bounded for frames of any size. A tile's piece may share memory with
         the next one's (the backend reuses its buffer): use or copy each before asking for the next.
         """
-        raw = raw.float().contiguous()
+        yield from self._pieces(raw.float().contiguous(), None)
+
+    def _pieces(self, raw: Tensor, prepare) -> Iterator[tuple[slice, slice, Tensor]]:
         height, width = raw.shape[-2:]
         tiles = self.tiles(height, width)
         if tiles is None:
-            yield slice(0, height), slice(0, width), self._call(self.backend.full, raw)
+            x = raw if prepare is None else prepare(raw)
+            yield slice(0, height), slice(0, width), self._call(self.backend.full, x)
             return
         b = self.backend
         run = run_tiled(lambda x: self._call(b.head, x), lambda h: self._call(b.context, h),
-                        lambda x, c: self._call(b.local, x, c), raw, tiles)
+                        lambda x, c: self._call(b.local, x, c), raw, tiles, prepare)
         for t, rgb in run:
             ys, xs = t.owned
             yield ys, xs, rgb
@@ -180,9 +183,14 @@ class Engine:
             out[:, ys, xs] = rgb
         return out.permute(0, 3, 1, 2)
 
-    def _amplified(self, mosaic: np.ndarray, amplification: float) -> Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(mosaic, dtype=np.float32))[None, None].to(self.device)
-        return (x * float(amplification)).clamp_(0.0, 1.0)  # never in place: the mosaic is reused for brackets
+    def _amplifier(self, amplification: float):
+        """Crop (CPU) -> amplified and clipped crop on the engine's device, a new tensor: never in
+        place, the mosaic is reused for brackets."""
+        def amplify(x: Tensor) -> Tensor:
+            x = x.to(self.device)
+            return torch.mul(x, float(amplification)).clamp_(0.0, 1.0).contiguous()
+
+        return amplify
 
     def restore_tiles(self, mosaic: np.ndarray, amplification: float) -> Iterator[tuple[slice, slice, np.ndarray]]:
         """Like :meth:`restore`, piece by piece: ``(rows, columns, h x w x 3 float32)``.
@@ -191,8 +199,9 @@ class Engine:
         store each piece without ever holding the whole float image. Use or copy each piece before
         asking for the next (see :meth:`pieces`).
         """
-        x = self._amplified(mosaic, amplification)
-        for ys, xs, rgb in self.pieces(x):
+        # Amplified crop by crop when tiled: the amplified frame is never held whole.
+        raw = torch.from_numpy(np.ascontiguousarray(mosaic, dtype=np.float32))[None, None]
+        for ys, xs, rgb in self._pieces(raw, self._amplifier(amplification)):
             yield ys, xs, rgb[0].cpu().numpy()
 
     def restore(self, mosaic: np.ndarray, amplification: float) -> np.ndarray:

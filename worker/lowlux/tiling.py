@@ -255,21 +255,27 @@ def tiles_for_budget(height: int, width: int, bytes_per_pixel: float, budget_byt
 
 def run_tiled(head_fn: Callable[[Tensor], Tensor], context_fn: Callable[[Tensor], Tensor],
               local_fn: Callable[[Tensor, Tensor], Tensor], raw: Tensor,
-              tiles: list[Tile] | None) -> Iterator[tuple[Tile, Tensor]]:
+              tiles: list[Tile] | None, prepare: Callable[[Tensor], Tensor] | None = None,
+              ) -> Iterator[tuple[Tile, Tensor]]:
     """Yield ``(tile, rgb)`` with ``rgb`` the tile's owned part (B x h x w x 3), exactly as whole-frame.
 
     ``head_fn``, ``context_fn`` and ``local_fn`` run the graphs :class:`HeadNet`,
     :class:`ContextNet` and :class:`LocalNet`. ``tiles`` None (or one tile) runs the whole frame.
+    ``prepare`` (elementwise, e.g. the amplification) is applied to each crop as it is cut, so
+    the prepared frame never exists whole; it must return a new contiguous tensor.
     """
     batch, _, height, width = raw.shape
+    if prepare is None:
+        prepare = Tensor.contiguous
     if not tiles or len(tiles) == 1:
         whole = Tile(0, height, 0, width, 0, height, 0, width)
-        yield whole, local_fn(raw, context_fn(head_fn(raw)))
+        x = prepare(raw)
+        yield whole, local_fn(x, context_fn(head_fn(x)))
         return
     head = None
     for t in tiles:  # the head is local: gather it tile by tile
         ys, xs = t.crop
-        part = head_fn(raw[..., ys, xs].contiguous())
+        part = head_fn(prepare(raw[..., ys, xs]))
         if head is None:
             head = torch.empty((batch, part.shape[1], height // CONTEXT_SCALE, width // CONTEXT_SCALE),
                                dtype=part.dtype, device=part.device)
@@ -281,6 +287,6 @@ def run_tiled(head_fn: Callable[[Tensor], Tensor], context_fn: Callable[[Tensor]
     for t in tiles:
         ys, xs = t.crop
         cys, cxs = t.context_crop
-        out = local_fn(raw[..., ys, xs].contiguous(), context[..., cys, cxs].contiguous())
+        out = local_fn(prepare(raw[..., ys, xs]), context[..., cys, cxs].contiguous())
         iy, ix = t.inner
         yield t, out[:, iy, ix]
