@@ -49,7 +49,7 @@ say "installing $torch_req"
 "${pip[@]}" install -q "$torch_req"
 
 say "installing lowlux and its test tools"
-"${pip[@]}" install -q -e ".[test,train]"
+"${pip[@]}" install -q -e ".[fast,train,test]"
 
 if [ "$darktable" = auto ] && { command -v darktable >/dev/null 2>&1 || [ -d "${DARKTABLE_CONFIG:-$HOME/.config/darktable}" ]; }; then
   if [ -f lua/lowlux.lua ]; then
