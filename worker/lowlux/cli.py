@@ -17,7 +17,8 @@ log = logging.getLogger("lowlux")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _brightness_list(text: str) -> list[float]:
+def brightness_list(text: str) -> list[float]:
+    """argparse type for --bracket: '0.3,0.5,0.7' -> [0.3, 0.5, 0.7]."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -46,7 +47,7 @@ def add_enhance_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("exposure and output")
     g.add_argument("--brightness", "-m", type=float, default=DEFAULT_BRIGHTNESS,
                    help=f"amplifier brightness m in 0.1-0.9 (default {DEFAULT_BRIGHTNESS})")
-    g.add_argument("--bracket", type=_brightness_list, metavar="M1,M2,...",
+    g.add_argument("--bracket", type=brightness_list, metavar="M1,M2,...",
                    help="several brightness values from one decode, one TIFF each (e.g. 0.3,0.5,0.7)")
     g.add_argument("--amplification", "-a", type=float,
                    help="fixed amplification factor instead of the amplifier's estimate")

@@ -33,6 +33,7 @@ import zmq
 
 from . import config as cfg
 from . import protocol as proto
+from .cli import brightness_list
 from .errors import LowluxError
 
 log = logging.getLogger(__name__)
@@ -587,16 +588,6 @@ def _brightness(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
-def _bracket(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("empty bracket")
-    return values
-
-
 def add_client_parser(sub) -> None:
     p = sub.add_parser("client", help="talk to the worker: submit, status, wait, cancel, ping, shutdown",
                        description="Send work to the lowlux worker (started on demand) and follow it. "
@@ -610,7 +601,7 @@ def add_client_parser(sub) -> None:
     s.add_argument("--wait", action="store_true", help="wait and print each file's outcome as it finishes")
     s.add_argument("--out-dir", "-o", help="folder for the TIFFs (default: next to each raw)")
     s.add_argument("--brightness", "-m", type=_brightness, help="amplifier brightness m in 0.1-0.9")
-    s.add_argument("--bracket", type=_bracket, metavar="M1,M2,...", help="several brightness values, one TIFF each")
+    s.add_argument("--bracket", type=brightness_list, metavar="M1,M2,...", help="several brightness values, one TIFF each")
     s.add_argument("--amplification", "-a", type=float, help="fixed amplification instead of the estimate")
     s.add_argument("--variant", help="amplifier constants (authors or paper)")
     s.add_argument("--overwrite", action="store_true", help="replace existing TIFFs")
