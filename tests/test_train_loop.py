@@ -76,6 +76,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     train(straight, [RandomSource()], [1.0])
     half = config(tmp_path / "b", steps=3, lr=1e-4, log_every=1)
     train(half, [RandomSource()], [1.0])
+    first_wall = torch.load(half.run_dir / "checkpoint.pt", weights_only=False)["wall_s"]
     rest = config(tmp_path / "b", steps=6, lr=1e-4, log_every=1)
     train(rest, [RandomSource()], [1.0], resume=True)
     a = torch.load(straight.run_dir / "checkpoint.pt", weights_only=False)
@@ -84,6 +85,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert losses(straight.run_dir) == losses(rest.run_dir)  # same log, no duplicated rows
+    assert b["wall_s"] > first_wall > 0  # wall time adds up across the resume
 
 
 def test_eval_hook_writes_the_curve_and_best_weights(tmp_path):

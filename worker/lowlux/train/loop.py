@@ -2,7 +2,7 @@
 
 A run lives in one directory:
 
-``checkpoint.pt``   model (with weight norm), optimiser, step, RNG states, config; rewritten
+``checkpoint.pt``   model (with weight norm), optimiser, step, RNG states, config, wall time; rewritten
                     atomically every few minutes, so ``--resume`` loses at most that much.
 ``log.csv``         step, loss, L1, MS-SSIM, lr, seconds per step (every ``log_every`` steps).
 ``eval.csv``        step, PSNR, SSIM on the fixed evaluation set (GT ratio), every ``eval_every``.
@@ -175,13 +175,15 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
                         num_workers=config.workers, persistent_workers=config.workers > 0,
                         prefetch_factor=4 if config.workers > 0 else None)
     loss_fn = RestorationLoss(config.l1_weight, config.msssim_weight)
-    started, last_ckpt = time.time(), time.time()
+    # wall_s in eval.csv counts the whole run, across resumes
+    started = time.time() - (float(state.get("wall_s", 0.0)) if state is not None else 0.0)
+    last_ckpt = time.time()
     window: list[float] = []
     parts: dict[str, float] = {}
     loss_value = float("nan")
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, model, opt, step, config, {"best_psnr": best})
+        save_checkpoint(ckpt_path, model, opt, step, config, {"best_psnr": best, "wall_s": time.time() - started})
         export_weights(model, run / "last.safetensors", {"steps": str(step)})
 
     def evaluate_now() -> None:
