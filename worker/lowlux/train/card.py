@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 import shutil
 from pathlib import Path
 
@@ -47,6 +46,7 @@ def model_card(run_dir: Path, eval_json: Path, hardware: str, notes: str = "") -
     median_sec = sec[len(sec) // 2] if sec else float("nan")
     items = ", ".join(i["name"] for i in results["items"])
     hours = float(eval_rows[-1]["wall_s"]) / 3600 if eval_rows else 0.0
+    last_step = log_rows[-1]["step"] if log_rows else 0
     return f"""# lowlux default weights
 
 `lowlux-default.safetensors`: the restoration net of Lamba & Mitra (CVPR 2021) trained by lowlux's
@@ -59,7 +59,7 @@ none of the authors' weights were used to make it.
   100-300 plus the Sony α7S II physics-based noise model of Wei et al., CVPR 2020) and photographs
   unprocessed into raws (Brooks et al., CVPR 2019); targets rendered the way SID rendered its ground
   truth (LibRaw, camera WB, no auto-brightness). The evaluation images are held out (`lowlux.train.split`).
-- Steps: {meta.get('steps', '?')} (best eval PSNR) of {log_rows[-1]['step'] if log_rows else 0} run so far.
+- Steps: {meta.get('steps', '?')} (best eval PSNR) of {last_step} run so far.
 - Batch {config['batch']}, {config['crop']} px crops, Adam lr {config['lr']:g}, {config['lr_after']:g} from step
   {config['lr_drop_at'] or config['steps'] // 2}, loss {config['l1_weight']:g} L1 + {config['msssim_weight']:g} (1 - MS-SSIM),
   seed {config['seed']}, {config['threads']} intra-op thread(s).

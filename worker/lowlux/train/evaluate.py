@@ -166,16 +166,15 @@ def libraw_render(item: EvalItem, amp: float) -> np.ndarray:
     """The amplified dark raw rendered by LibRaw the way the targets were (float32 sRGB)."""
     import rawpy
 
-    from ..dng import write_dng
+    from .synth import DarkRaw, write_dark_dng
 
     amplified = np.clip(item.dark * np.float32(amp), 0, 1)
     cfa = np.round(noise.SONY_BLACK + amplified * (noise.SONY_WHITE - noise.SONY_BLACK)).astype(np.uint16)
+    raw = DarkRaw(cfa, noise.SONY_BLACK, noise.SONY_WHITE, item.colour.wb, item.colour.xyz_to_cam, item.ratio / amp)
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_dng(Path(tmp) / "amplified.dng", cfa, pattern="RGGB", black=noise.SONY_BLACK,
-                         white=int(noise.SONY_WHITE), color_matrix=item.colour.xyz_to_cam,
-                         as_shot_neutral=item.colour.as_shot_neutral)
-        with rawpy.imread(str(path)) as raw:
-            return raw.postprocess(**LIBRAW_SID_RENDER).astype(np.float32) / 65535
+        path = write_dark_dng(Path(tmp) / "amplified.dng", raw)
+        with rawpy.imread(str(path)) as lr:
+            return lr.postprocess(**LIBRAW_SID_RENDER).astype(np.float32) / 65535
 
 
 def noise_sigma(image: np.ndarray) -> float:
