@@ -61,8 +61,8 @@ none of the authors' weights were used to make it.
   truth (LibRaw, camera WB, no auto-brightness). The evaluation images are held out (`lowlux.train.split`).
 - Steps: {meta.get('steps', '?')} (best eval PSNR) of {last_step} run so far.
 - Batch {config['batch']}, {config['crop']} px crops, Adam lr {config['lr']:g}, {config['lr_after']:g} from step
-  {config['lr_drop_at'] or config['steps'] // 2}, loss {config['l1_weight']:g} L1 + {config['msssim_weight']:g} (1 - MS-SSIM),
-  seed {config['seed']}, {config['threads']} intra-op thread(s).
+  {config['lr_drop_at'] or config['steps'] // 2}, loss {config['l1_weight']:g} L1 +
+  {config['msssim_weight']:g} (1 - MS-SSIM), seed {config['seed']}, {config['threads']} intra-op thread(s).
 - Hardware: {hardware}. Median {median_sec:.2f} s per step; {hours:.1f} h of wall time to the last evaluation.
 
 ## Evaluation (`lowlux eval`)
