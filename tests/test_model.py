@@ -80,3 +80,13 @@ def test_channels_last_matches_within_float_rounding(authors_weights, vectors):
     plain = Engine(EngineConfig(weights=authors_weights, backend="torch")).forward(x)
     cl = Engine(EngineConfig(weights=authors_weights, backend="torch", channels_last=True)).forward(x)
     assert (plain - cl).abs().max() <= 1e-5
+
+
+def test_a_model_in_training_saves_folded_weights(tmp_path):
+    torch.manual_seed(2)
+    net = apply_weight_norm(msra_init(LowLightNet())).train()
+    net(torch.rand(1, 1, 64, 64)).mean().backward()  # parametrised weights with gradients, as mid-training
+    path = save_weights(net, tmp_path / "mid.safetensors")
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), load_model(path)(x))

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import WeightsError
-from .model import LowLightNet, fold_weight_norm
+from .model import LowLightNet
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +142,14 @@ def load_model(path: str | Path) -> LowLightNet:
 
 
 def save_weights(model: LowLightNet, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Save folded weights as safetensors (atomically); the model itself is left untouched."""
+    """Save folded weights as safetensors (atomically); the model itself is left untouched.
+
+    Folding works on the state dict, not on a deep copy of the model: a copy of weight-norm
+    parametrised convs cannot be folded.
+    """
     from safetensors.torch import save_file
 
-    import copy
-
-    folded = fold_weight_norm(copy.deepcopy(model).cpu())
-    state = {k: v.detach().contiguous() for k, v in folded.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in strip_weight_norm_keys(model.state_dict()).items()}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT, **(metadata or {})})

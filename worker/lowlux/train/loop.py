@@ -245,10 +245,7 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
 
 
 def folded_copy(model: LowLightNet) -> LowLightNet:
-    """A plain (weight norm folded) copy of a training model.
-
-    Built from the state dict: a deep copy of weight-norm parametrised convs cannot be folded.
-    """
+    """A plain (weight norm folded) copy of a training model, for evaluation."""
     plain = LowLightNet()
     plain.load_state_dict(strip_weight_norm_keys(model.state_dict()))
     return plain.eval()
@@ -256,7 +253,7 @@ def folded_copy(model: LowLightNet) -> LowLightNet:
 
 def export_weights(model: LowLightNet, path: Path, metadata: dict[str, str]) -> Path:
     """Folded safetensors weights of a training model, loadable by :func:`lowlux.weights.load_model`."""
-    return save_weights(folded_copy(model), path, metadata)
+    return save_weights(model, path, metadata)
 
 
 def checkpoint_model(path: Path) -> LowLightNet:
