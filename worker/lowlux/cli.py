@@ -181,6 +181,7 @@ REGISTRARS: dict[str, Callable] = {
     "demo": _optional(".demo:add_demo_parser"),
     "train": _optional(".train.cli:add_train_parser"),
     "eval": _optional(".train.cli:add_eval_parser"),
+    "export": _optional(".train.cli:add_export_parser"),
     "serve": _optional(".server:add_serve_parser"),
     "client": _optional(".client:add_client_parser"),
     "keys": _optional(".keys:add_keys_parser"),
