@@ -106,6 +106,18 @@ def sample_params(
     )
 
 
+def typical_params(ratio: float, profile: IsoProfile = SONY_A7S2_HIGH_ISO) -> NoiseParams:
+    """The middle of one ISO band, without random spread: a representative camera state (the demo's).
+
+    The high-ISO band is what a night shot at a short exposure uses, hence the default.
+    """
+    log_k = sum(profile.log_k) / 2
+    read, row = ((slope, bias, 0.0) for slope, bias, _ in (profile.read, profile.row))
+    rng = np.random.default_rng(0)  # unused: no spread
+    return NoiseParams(ratio=float(ratio), k=float(np.exp(log_k)), read_scale=_log_linear(read, log_k, rng),
+                       tukey_lambda=profile.tukey_lambda, row_sigma=_log_linear(row, log_k, rng))
+
+
 def tukey_lambda(rng: np.random.Generator, lam: float, scale: float, shape: tuple[int, ...]) -> np.ndarray:
     """Tukey-lambda samples by inverse CDF: Q(u) = (u^lam - (1-u)^lam) / lam (logistic at lam = 0)."""
     u = rng.random(shape, dtype=np.float32)

@@ -56,19 +56,21 @@ def make_dark_raw(
     ratio: float = 100.0,
     rng: np.random.Generator | None = None,
     colour: CameraColour | None = None,
+    params: noise.NoiseParams | None = None,
 ) -> DarkRaw:
     """A photograph -> the raw a Sony α7S II would record ``ratio`` times too dark (noise included).
 
-    Odd sides are trimmed by one pixel so the mosaic is whole RGGB tiles.
+    Odd sides are trimmed by one pixel so the mosaic is whole RGGB tiles. ``params`` fixes the
+    camera state (``ratio`` is then ignored); by default it is drawn like the training data's.
     """
     rng = np.random.default_rng() if rng is None else rng
     rgb = as_float_rgb(image)
     h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
     colour = sony_colour(rng) if colour is None else colour
     clean = unprocess(rgb[:h, :w], colour)
-    params = noise.sample_params(rng, ratio=ratio)
+    params = noise.sample_params(rng, ratio=ratio) if params is None else params
     cfa = noise.to_raw_dn(noise.dark_dn(clean, params, rng), params)
-    return DarkRaw(cfa, params.black, params.white, colour.wb, colour.xyz_to_cam, float(ratio))
+    return DarkRaw(cfa, params.black, params.white, colour.wb, colour.xyz_to_cam, float(params.ratio))
 
 
 def write_dark_dng(path: str | Path, dark: DarkRaw, exif: dict[str, str] | None = None) -> Path:
