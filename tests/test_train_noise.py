@@ -90,3 +90,13 @@ def test_make_dark_raw_round_trips_through_a_dng(tmp_path):
     assert raw.wb == pytest.approx(dark.wb, rel=1e-3)
     # about 1/100 of a mid-grey exposure: dark indeed, but not black
     assert 0.0005 < raw.normalised().mean() < 0.01
+
+
+def test_typical_params_sit_in_the_middle_of_the_high_iso_band():
+    from lowlux.train.noise import SONY_A7S2_HIGH_ISO, typical_params
+
+    a, b = typical_params(100), typical_params(100)
+    assert a == b  # no random spread
+    lo, hi = SONY_A7S2_HIGH_ISO.log_k
+    assert np.log(a.k) == pytest.approx((lo + hi) / 2)
+    assert a.ratio == 100 and a.read_scale > 0 and a.row_sigma > 0
