@@ -1071,9 +1071,11 @@ local function build_widgets()
     label = _("brightness"),
     tooltip = _("the amplifier's brightness m: 0.1 darker ... 0.9 brighter"),
     soft_min = 0.1, soft_max = 0.9, hard_min = 0.1, hard_max = 0.9, step = 0.05, digits = 2,
-    value = M.pref("brightness"),
     reset_callback = function(self) self.value = M.DEFAULTS.brightness end,
   }
+  -- The value only once the range is set: a constructor table's fields are applied in hash order,
+  -- so a value given there may land before the range and be clamped.
+  w.brightness.value = M.pref("brightness")
   w.bracket = dt.new_widget("entry"){
     text = M.pref("bracket"),
     placeholder = "0.3,0.5,0.7",
@@ -1112,8 +1114,8 @@ local function build_widgets()
   w.export_brightness = dt.new_widget("slider"){
     label = _("brightness"),
     soft_min = 0.1, soft_max = 0.9, hard_min = 0.1, hard_max = 0.9, step = 0.05, digits = 2,
-    value = M.pref("export_brightness"),
   }
+  w.export_brightness.value = M.pref("export_brightness")
   w.export_bracket = dt.new_widget("entry"){
     text = M.pref("export_bracket"),
     placeholder = _("bracket, e.g. 0.3,0.5,0.7 (empty: none)"),

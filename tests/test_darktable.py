@@ -195,6 +195,7 @@ LIGHTTABLE_BODY = r"""
     img.creator = "Ann Example"
   end
   dt.gui.selection(images)
+  note(string.format("SLIDER %.2f", api.widgets.brightness.value))
   note("ACTION " .. #dt.gui.action_images)
   dt.gui.action("lua/lowlux: enhance dark", 0, "", "", 1.0)
   if wait_for("the plugin's run", function() return #api.state.finished_runs >= 1 end, 150) then
@@ -350,6 +351,7 @@ def check_tiff(s: Session, path: Path) -> None:
 def test_enhance_dark_in_the_lighttable_imports_grouped_results_with_the_raws_metadata(tmp_path, worker):
     s = run_darktable(tmp_path, worker, LIGHTTABLE_BODY, {})
 
+    s.check("SLIDER 0.50" in s.notes, "the brightness slider does not start at the default m = 0.5")
     s.check("ACTION 3" in s.notes, "the action did not see the three selected images")
     s.check("SUMMARY total=3 done=2 failed=1 cancelled=0" in s.notes, "unexpected outcome")
     ids = s.image_ids()
