@@ -52,17 +52,29 @@ def test_forward_matches_the_net(tmp_path):
     assert (out - ref).abs().max() <= 1e-5
 
 
-def test_small_frames_run_whole_and_large_ones_in_tiles_within_the_budget(engine):
-    assert engine.tiles(2848, 4256) is None  # 12 MP runs whole by default
-    for height, width in [(4000, 6016), (5504, 8256), (9504, 6336)]:
-        tiles = engine.tiles(height, width)
-        assert tiles and len(tiles) > 1
-        from lowlux.backends import bytes_per_pixel
+def test_frames_run_whole_in_two_strips_or_in_tiles_by_their_working_memory(engine):
+    from lowlux.backends import bytes_per_pixel
 
-        per_px = bytes_per_pixel(engine.backend.name, "float32")
+    per_px = bytes_per_pixel(engine.backend.name, "float32")
+    budget = DEFAULT_MEMORY_BUDGET_MB * 2**20
+    assert engine.tiles(1024, 1536) is None  # small frames run whole
+    side = int((1.3 * budget / per_px) ** 0.5) // 32 * 32  # a little over the budget: two full-width strips
+    halves = engine.tiles(side, side)
+    assert len(halves) == 2 and all(t.crop_shape[1] == side for t in halves)
+    assert halves[0].y0 == 0 and halves[0].y1 == halves[1].y0 and halves[1].y1 == side
+    for height, width in [(4000, 6016), (5504, 8256), (9504, 6336)]:  # large frames: small tiles
+        tiles = engine.tiles(height, width)
+        assert tiles and len(tiles) > 2
         for t in tiles:
             h, w = t.crop_shape
-            assert h * w * per_px <= DEFAULT_MEMORY_BUDGET_MB * 2**20 * TILE_BUDGET_FRACTION
+            assert h * w * per_px <= budget * TILE_BUDGET_FRACTION
+
+
+def test_a_12_megapixel_frame_runs_in_two_strips_on_openvino(tiny_weights):
+    pytest.importorskip("openvino")
+    engine = Engine(EngineConfig(weights=tiny_weights, backend="openvino"))
+    tiles = engine.tiles(2848, 4256)
+    assert [t.crop_shape for t in tiles] == [(1536, 4256), (1536, 4256)]
 
 
 def test_tiling_can_be_forced_or_disabled(tiny_weights):
@@ -74,12 +86,25 @@ def test_tiling_can_be_forced_or_disabled(tiny_weights):
         Engine(EngineConfig(weights=tiny_weights, tile=-1))
 
 
-@pytest.mark.parametrize("config", [dict(tile=256), dict(memory_budget_mb=4)])
+def _strip_budget_mb(weights, height: int, width: int) -> float:
+    """A budget the frame exceeds a little (by half of the strip allowance), so it runs as two strips."""
+    from lowlux.backends import bytes_per_pixel
+    from lowlux.engine import STRIP_FACTOR
+
+    backend = Engine(EngineConfig(weights=weights)).backend.name
+    need_mb = height * width * bytes_per_pixel(backend, "float32") / 2**20
+    return need_mb * 2 / (1 + STRIP_FACTOR)
+
+
+@pytest.mark.parametrize("config", [dict(tile=256), dict(memory_budget_mb=4), "strips"])
 def test_tiled_restores_equal_the_whole_frame(tiny_weights, config):
     mosaic = (np.random.default_rng(0).random((416, 544), dtype=np.float32) * 0.05)
     whole = Engine(EngineConfig(weights=tiny_weights, tile=0)).restore(mosaic, 10.0)
+    strips = config == "strips"
+    if strips:
+        config = dict(memory_budget_mb=_strip_budget_mb(tiny_weights, 416, 544))
     tiled_engine = Engine(EngineConfig(weights=tiny_weights, **config))
-    assert tiled_engine.tiles(416, 544)
+    assert len(tiled_engine.tiles(416, 544)) == 2 if strips else tiled_engine.tiles(416, 544)
     tiled = tiled_engine.restore(mosaic, 10.0)
     assert tiled.shape == (416, 544, 3)
     assert np.abs(tiled - whole).max() <= 1e-5

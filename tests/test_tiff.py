@@ -88,3 +88,24 @@ def test_output_folder_that_is_a_file_is_refused(tmp_path):
 def test_wrong_image_type_is_a_programming_error(tmp_path):
     with pytest.raises(ValueError):
         write_tiff(tmp_path / "f.tif", np.zeros((4, 4, 3), np.float32))
+
+
+def test_each_image_is_freed_before_its_metadata_pass(tmp_path, make_dng, monkeypatch):
+    # exiv2 rewrites the whole TIFF in memory: the pixels must not be held alongside it.
+    import weakref
+
+    from lowlux import tiff
+    from lowlux.mosaic import Crop
+    from lowlux.pipeline import Decoded, EnhanceOptions, encode
+
+    source = make_dng("meta.dng")
+    images = [gradient(), gradient()]
+    alive = [weakref.ref(img) for img in images]
+    seen = []
+    copy = tiff.copy_metadata
+    monkeypatch.setattr(tiff, "copy_metadata", lambda s, t: (seen.append([r() is not None for r in alive]), copy(s, t)))
+    outputs = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    decoded = Decoded(source, None, Crop(0, 0, 40, 60), 1, [1.0, 2.0], outputs)
+    assert encode(decoded, images, EnhanceOptions(brightness=(0.3, 0.6))) == outputs
+    assert seen == [[False, True], [False, False]] and images == []
+    assert all(np.array_equal(tifffile.imread(p), gradient()) for p in outputs)

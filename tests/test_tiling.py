@@ -18,6 +18,7 @@ from lowlux.tiling import (
     LocalNet,
     plan_tiles,
     run_tiled,
+    strips,
     tiles_for_budget,
 )
 from lowlux.weights import load_model
@@ -120,6 +121,18 @@ def test_a_crop_without_its_halo_would_be_wrong(net):
         ctx = context(head(x))
         cut = local(x[..., :, :160].contiguous(), ctx[..., :, :5].contiguous())
     assert (cut - whole[:, :, :160]).abs().max() > 1e-3
+
+
+def test_strips_cover_the_frame_with_full_width_crops_and_a_halo_at_each_cut():
+    for height in (2848, 4000, 1024):
+        parts = strips(height, 4256, 2)
+        assert len(parts) == 2
+        assert (parts[0].y0, parts[0].y1, parts[1].y1) == (0, parts[1].y0, height)
+        assert all((t.cx0, t.cx1, t.x0, t.x1) == (0, 4256, 0, 4256) for t in parts)
+        assert parts[0].cy1 - parts[0].y1 >= HALO and parts[1].y0 - parts[1].cy0 >= HALO
+        assert parts[0].crop_shape == parts[1].crop_shape
+    with pytest.raises(ValueError):
+        strips(2848, 4256, 1)
 
 
 def test_budget_tiling_keeps_every_crop_within_the_budget():

@@ -22,19 +22,22 @@ from torch import Tensor
 from .backends import DTYPES, Backend, bytes_per_pixel, choose_backend, create_backend
 from .errors import WeightsError
 from .model import LowLightNet
-from .tiling import MIN_TILE, Tile, plan_tiles, run_tiled, tiles_for_budget
+from .tiling import MIN_TILE, Tile, plan_tiles, run_tiled, strips, tiles_for_budget
 from .weights import default_weights_path, load_model
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DTYPES", "Engine", "EngineConfig", "resolve_device", "resolve_weights"]
 
-DEFAULT_MEMORY_BUDGET_MB = 768
-"""Working memory (beyond input and output) a whole-frame forward may use; larger frames are tiled,
-each tile's crop using at most :data:`TILE_BUDGET_FRACTION` of it. 12 MP runs whole on OpenVINO
-(about 650 MB: fastest), 24 MP and up in tiles of about 3 MP (measured at 60 MP: crops of ~3 MP
-keep the process near 1.2 GB and run no slower than larger ones; 8.5 MP crops reached 1.8 GB)."""
-TILE_BUDGET_FRACTION = 1 / 4
+DEFAULT_MEMORY_BUDGET_MB = 600
+"""Working memory (beyond input and output) a whole-frame forward may use. Frames up to
+:data:`STRIP_FACTOR` times over it run as two full-width strips, larger ones in tiles whose crops
+each use at most :data:`TILE_BUDGET_FRACTION` of it. On OpenVINO fp32 (measured on 2 cores): 12 MP
+whole reached 1080 MB peak RSS at 0.44 s, in two strips 934 MB at 0.46 s (in three, 793 MB at
+0.48 s; in four tiles, 759 MB at 0.51 s); 24 MP and up in tiles of about 3 MP keep the process
+near 0.9-1.2 GB (8.5 MP crops reached 1.8 GB at 60 MP)."""
+STRIP_FACTOR = 1.6
+TILE_BUDGET_FRACTION = 0.32
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -134,8 +137,11 @@ class Engine:
         budget = self.config.memory_budget_mb * 2**20
         if self.device.type == "cuda":
             budget = max(budget, 0.5 * torch.cuda.mem_get_info(self.device)[0])
-        if height * width * per_px <= budget:
+        need = height * width * per_px
+        if need <= budget:
             return None
+        if need <= STRIP_FACTOR * budget:
+            return strips(height, width, 2)
         return tiles_for_budget(height, width, per_px, budget * TILE_BUDGET_FRACTION)
 
     # ---- running the net ---------------------------------------------------------------------------

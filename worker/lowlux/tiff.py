@@ -152,7 +152,11 @@ def write_tiff(
     overwrite: bool = False,
     compression: str = "none",
 ) -> Path:
-    """Write an H x W x 3 uint16 sRGB image as TIFF, atomically, with metadata from ``source``."""
+    """Write an H x W x 3 uint16 sRGB image as TIFF, atomically, with metadata from ``source``.
+
+    The reference to ``rgb`` is dropped once the pixels are written: a caller that passes the only
+    reference frees the image before the metadata pass, which holds the whole file in memory.
+    """
     import tifffile
 
     path = Path(path)
@@ -176,6 +180,7 @@ def write_tiff(
             metadata=None,
             **kwargs,
         )
+        del rgb
         if source is not None:
             copy_metadata(Path(source), tmp)
         _move_into_place(tmp, path, overwrite)
