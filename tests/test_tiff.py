@@ -90,22 +90,27 @@ def test_wrong_image_type_is_a_programming_error(tmp_path):
         write_tiff(tmp_path / "f.tif", np.zeros((4, 4, 3), np.float32))
 
 
-def test_each_image_is_freed_before_its_metadata_pass(tmp_path, make_dng, monkeypatch):
-    # exiv2 rewrites the whole TIFF in memory: the pixels must not be held alongside it.
-    import weakref
 
-    from lowlux import tiff
-    from lowlux.mosaic import Crop
-    from lowlux.pipeline import Decoded, EnhanceOptions, encode
+def test_xmp_and_iptc_are_copied_and_the_image_keeps_its_pixels_and_profile(tmp_path, make_dng):
+    source = make_dng("tagged.dng", make="Sony", model="ILCE-7SM2")
+    with pyexiv2.Image(str(source)) as raw:
+        raw.modify_xmp({"Xmp.dc.title": "lang=\"x-default\" Night market", "Xmp.xmp.Rating": "4"})
+        raw.modify_iptc({"Iptc.Application2.Keywords": ["night", "street"]})
+    out = write_tiff(tmp_path / "t.tif", gradient(), source=source)
+    with pyexiv2.Image(str(out)) as img:
+        xmp, iptc, exif = img.read_xmp(), img.read_iptc(), img.read_exif()
+    assert xmp["Xmp.xmp.Rating"] == "4" and "Night market" in str(xmp["Xmp.dc.title"])
+    assert iptc["Iptc.Application2.Keywords"] == ["night", "street"]
+    assert exif["Exif.Image.Model"] == "ILCE-7SM2"
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].tags["InterColorProfile"].value == srgb_icc_profile()
+    assert np.array_equal(tifffile.imread(out), gradient())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.tif", "tagged.dng"]  # no temporaries
 
-    source = make_dng("meta.dng")
-    images = [gradient(), gradient()]
-    alive = [weakref.ref(img) for img in images]
-    seen = []
-    copy = tiff.copy_metadata
-    monkeypatch.setattr(tiff, "copy_metadata", lambda s, t: (seen.append([r() is not None for r in alive]), copy(s, t)))
-    outputs = [tmp_path / "a.tif", tmp_path / "b.tif"]
-    decoded = Decoded(source, None, Crop(0, 0, 40, 60), 1, [1.0, 2.0], outputs)
-    assert encode(decoded, images, EnhanceOptions(brightness=(0.3, 0.6))) == outputs
-    assert seen == [[False, True], [False, False]] and images == []
-    assert all(np.array_equal(tifffile.imread(p), gradient()) for p in outputs)
+
+def test_a_source_without_readable_metadata_still_gives_the_tiff(tmp_path):
+    source = tmp_path / "odd.raw"
+    source.write_bytes(b"not an image at all")
+    out = write_tiff(tmp_path / "o.tif", gradient(), source=source)
+    assert np.array_equal(tifffile.imread(out), gradient())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "odd.raw"]

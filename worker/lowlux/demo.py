@@ -68,7 +68,7 @@ def run_demo(out_dir: Path, ratio: float, seed: int, engine_config) -> list[Path
     options = EnhanceOptions(out_dir=out_dir, overwrite=True)
     decoded = decode(dng, options)
     images = infer(engine, decoded)
-    (tiff,) = encode(decoded, list(images), options)  # a copy: encode empties the list it gets
+    (tiff,) = encode(decoded, images, options)
     amp = decoded.amplifications[0]
     restored = (images[0] >> 8).astype(np.uint8)
     panel = side_by_side([naive_brightening(dng, amp), restored, photo[: restored.shape[0], : restored.shape[1]]],

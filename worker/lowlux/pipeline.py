@@ -125,13 +125,10 @@ def _restore_uint16(engine, decoded: Decoded, amp: float) -> np.ndarray:
 
 
 def encode(decoded: Decoded, images: list[np.ndarray], options: EnhanceOptions) -> list[Path]:
-    """Write the TIFF(s). Takes each image out of ``images`` as it goes, so an image is freed once its
-    pixels are on disk, before the metadata pass (which rewrites the whole file in memory)."""
-    if len(images) != len(decoded.outputs):
-        raise ValueError(f"{len(images)} images for {len(decoded.outputs)} outputs")
-    return [write_tiff(out, images.pop(0), source=decoded.source, overwrite=options.overwrite,
-                       compression=options.compression)
-            for out in list(decoded.outputs)]
+    return [
+        write_tiff(out, img, source=decoded.source, overwrite=options.overwrite, compression=options.compression)
+        for out, img in zip(decoded.outputs, images)
+    ]
 
 
 def enhance_file(engine, source: str | Path, options: EnhanceOptions = EnhanceOptions()) -> list[Path]:

@@ -1,8 +1,11 @@
 """16-bit sRGB TIFF output: embedded ICC profile, the raw's Exif/XMP/IPTC, atomic writes.
 
-Metadata is copied with exiv2 (through pyexiv2): it is a maintained C++ library that reads the
-metadata of every raw format LibRaw reads, runs in-process (no per-file subprocess as exiftool
-would need, which matters in a batch), and ships as a wheel with no system dependency.
+Metadata is read from the raw with exiv2 (through pyexiv2): a maintained C++ library that reads the
+metadata of every raw format LibRaw reads, runs in-process (no per-file subprocess as exiftool would
+need, which matters in a batch), and ships as a wheel with no system dependency. exiv2 rewrites a
+TIFF in memory to add tags (twice the image's size: 0.7 GB at 60 MP), so it writes them into a
+one-pixel TIFF instead, and tifftools (which copies pixel data in 1 MB chunks) grafts that TIFF's
+tags, Exif IFD included, onto the image's.
 
 Files are written to a temporary name in the target folder and moved into place only when
 complete, so a crash or a cancel never leaves a partial TIFF under the final name. Without
@@ -11,6 +14,7 @@ complete, so a crash or a cancel never leaves a partial TIFF under the final nam
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from functools import lru_cache
@@ -119,29 +123,58 @@ def _modify(setter, items: dict) -> None:
                 log.debug("metadata %s not copied: %s", key, exc)
 
 
-def copy_metadata(source: Path, target: Path) -> None:
-    """Copy the raw's Exif, XMP and IPTC into the TIFF; pixels are already oriented, so Orientation = 1."""
+_PIXEL_LAYOUT_TAGS = frozenset({254, 256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 338, 339})
+"""NewSubfileType, sizes, bits, compression, photometric, strips, samples, planar, predictor, extra
+samples, sample format: the image's own, never taken from the one-pixel carrier."""
+
+
+def metadata_tags(source: Path) -> dict[int, dict]:
+    """The raw's Exif, XMP and IPTC as TIFF IFD0 tags (tifftools' form), Exif IFD included.
+
+    Pixels are already oriented, so Orientation is 1. Empty when the raw's metadata is unreadable
+    (the TIFF is then written without it: losing metadata must not lose the image).
+    """
     import pyexiv2
+    import tifffile
+    import tifftools
 
     try:
         with pyexiv2.Image(str(source)) as src:
             exif, xmp, iptc = src.read_exif(), src.read_xmp(), src.read_iptc()
     except Exception as exc:
         log.warning("%s: metadata not readable, TIFF written without it (%s)", source, exc)
-        return
+        return {}
     exif = _copyable_exif(exif)
     exif.update({"Exif.Image.Orientation": "1", "Exif.Image.Software": f"lowlux {__version__}"})
     xmp = {k: v for k, v in xmp.items() if not k.startswith(_SKIP_XMP_PREFIXES)}
-    with pyexiv2.Image(str(target)) as dst:
+    carrier = io.BytesIO()
+    tifffile.imwrite(carrier, np.zeros((1, 1, 3), dtype=np.uint16), photometric="rgb", metadata=None)
+    with pyexiv2.ImageData(carrier.getvalue()) as dst:
         _modify(dst.modify_exif, exif)
         if xmp:
             _modify(dst.modify_xmp, xmp)
         if iptc:
             _modify(dst.modify_iptc, iptc)
+        tagged = dst.get_bytes()
+    ifd = tifftools.read_tiff(io.BytesIO(tagged))["ifds"][0]
+    return {tag: value for tag, value in ifd["tags"].items() if tag not in _PIXEL_LAYOUT_TAGS}
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.{os.getpid()}.{id(path):x}.tmp.tif")
+def copy_metadata(source: Path, target: Path, dest: Path) -> bool:
+    """Write ``target`` with the raw's metadata added as ``dest``; False (nothing written) if it has none."""
+    import tifftools
+
+    tags = metadata_tags(source)
+    if not tags:
+        return False
+    info = tifftools.read_tiff(str(target))
+    info["ifds"][0]["tags"].update(tags)
+    tifftools.write_tiff(info, str(dest))
+    return True
+
+
+def _temp_name(path: Path, step: str = "") -> Path:
+    return path.with_name(f".{path.stem}.{os.getpid()}.{id(path):x}{step}.tmp.tif")
 
 
 def write_tiff(
@@ -152,11 +185,7 @@ def write_tiff(
     overwrite: bool = False,
     compression: str = "none",
 ) -> Path:
-    """Write an H x W x 3 uint16 sRGB image as TIFF, atomically, with metadata from ``source``.
-
-    The reference to ``rgb`` is dropped once the pixels are written: a caller that passes the only
-    reference frees the image before the metadata pass, which holds the whole file in memory.
-    """
+    """Write an H x W x 3 uint16 sRGB image as TIFF, atomically, with metadata from ``source``."""
     import tifffile
 
     path = Path(path)
@@ -166,7 +195,7 @@ def write_tiff(
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
     check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
+    tmp, tagged = _temp_name(path), _temp_name(path, "m")
     kwargs = {}
     if compression != "none":
         kwargs = {"compression": compression, "predictor": True}
@@ -180,14 +209,16 @@ def write_tiff(
             metadata=None,
             **kwargs,
         )
-        del rgb
-        if source is not None:
-            copy_metadata(Path(source), tmp)
-        _move_into_place(tmp, path, overwrite)
+        done = tmp
+        if source is not None and copy_metadata(Path(source), tmp, tagged):
+            done = tagged
+            tmp.unlink()
+        _move_into_place(done, path, overwrite)
     except OSError as exc:
         raise OutputError(path, f"cannot write ({exc.strerror or exc})") from exc
     finally:
         tmp.unlink(missing_ok=True)
+        tagged.unlink(missing_ok=True)
     return path
 
 
