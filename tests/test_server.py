@@ -199,6 +199,36 @@ def test_clients_are_served_in_turn(engine, endpoint, make_dng, tmp_path):
     assert order.index("b1") <= 6, order
 
 
+def test_large_frames_are_not_decoded_ahead_beyond_the_pixel_bound(engine, endpoint, make_dng, tmp_path):
+    # 96 x 128 frames (padded: 96 x 128): a bound of one frame means one file in flight at a time.
+    gated = GatedEngine(engine)
+    raws = [make_dng(f"p{i}.dng", seed=i) for i in range(3)]
+    with serving(gated, endpoint, max_pixels_in_flight=96 * 128) as server:
+        job = request(endpoint, "submit", files=[str(r) for r in raws], options={"out_dir": str(tmp_path)})["job"]
+        assert gated.entered.wait(30)  # the first file is on the net
+        tasks = server.scheduler.get(job).tasks
+        assert server.scheduler.pixels_in_flight == 96 * 128
+        assert [t.state for t in tasks[1:]] == ["queued", "queued"]  # the next raw waits, undecoded
+        gated.gate.set()
+        status = finished(endpoint, job)
+        assert server.scheduler.pixels_in_flight == 0  # every finished file gave its frame back
+    assert [e["state"] for e in status["files"]] == ["done"] * 3
+
+
+def test_small_frames_are_decoded_ahead_while_the_net_runs(engine, endpoint, make_dng, tmp_path):
+    gated = GatedEngine(engine)
+    raws = [make_dng(f"q{i}.dng", seed=i) for i in range(3)]
+    with serving(gated, endpoint) as server:
+        job = request(endpoint, "submit", files=[str(r) for r in raws], options={"out_dir": str(tmp_path)})["job"]
+        assert gated.entered.wait(30)
+        tasks = server.scheduler.get(job).tasks
+        wait_for(lambda: server.scheduler.pixels_in_flight >= 2 * 96 * 128, what="the next raw decoded ahead")
+        assert tasks[1].state == "running"
+        gated.gate.set()
+        finished(endpoint, job)
+        assert server.scheduler.pixels_in_flight == 0
+
+
 def test_graceful_stop_finishes_the_running_file_and_cancels_the_rest(engine, endpoint, make_dng, tmp_path):
     gated = GatedEngine(engine)
     raws = [make_dng(f"s{i}.dng", seed=i) for i in range(6)]

@@ -262,33 +262,38 @@ def _child_e2e(size: tuple[int, int], runs: int, weights: str | None, device: st
 
 
 def _batch_per_file(engine, raw: Path, options, count: int) -> float:
-    """Seconds per file when a batch overlaps the stages: the next file decodes while the net runs
-    on this one, and TIFFs are written on another thread (as the worker's pipeline does)."""
+    """Seconds per file through the worker's own pipeline (:class:`lowlux.batch.Pipeline`): the next
+    file decodes while the net runs on this one, TIFFs are written on other threads, within the
+    pipeline's bound on frames in flight."""
     import os
-    from concurrent.futures import ThreadPoolExecutor
 
-    from .pipeline import decode, encode, infer
+    from .batch import Pipeline
+    from .jobs import Job, Scheduler
 
     files = []
     for i in range(count):
         f = raw.with_name(f"batch-{i}.dng")
         if not f.exists():
             os.link(raw, f)
-        files.append(f)
-    with ThreadPoolExecutor(1) as decoder, ThreadPoolExecutor(1) as encoder:
+        files.append(str(f))
+    scheduler = Scheduler()
+    pipeline = Pipeline(scheduler, lambda: engine)
+    pipeline.start()
+    job = Job(client="bench", options=options)
+    job.add_files(files)
+    try:
         t0 = time.perf_counter()
-        pending = [decoder.submit(decode, files[0], options)]
-        written = []
-        for i in range(count):
-            d = pending.pop().result()
-            if i + 1 < count:
-                pending.append(decoder.submit(decode, files[i + 1], options))
-            images = infer(engine, d)
-            d.mosaic = None
-            written.append(encoder.submit(encode, d, images, options))
-        for w in written:
-            w.result()
-        return (time.perf_counter() - t0) / count
+        scheduler.add(job)
+        while not job.terminal:
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+    finally:
+        scheduler.stop()
+        pipeline.join(60)
+    failed = [t.error for t in job.tasks if t.state != "done"]
+    if failed:
+        raise RuntimeError(f"batch run failed: {failed[0]}")
+    return elapsed / count
 
 
 def _run_child(kind: str, payload: dict) -> dict:

@@ -19,6 +19,9 @@ from typing import Any
 
 from .protocol import TERMINAL_STATES, new_id
 
+MAX_PIXELS_IN_FLIGHT = 50_000_000
+"""Decoded frames held at once (waiting, on the net, being written) before the next raw is decoded."""
+
 
 @dataclass(eq=False)
 class FileTask:
@@ -39,6 +42,8 @@ class FileTask:
     """False while an upload job waits for this file's bytes; such a file is not yet schedulable."""
     started: float | None = None
     finished: float | None = None
+    pixels: int = 0
+    """The decoded frame's size, counted in flight until the file ends (see Scheduler.next_task)."""
 
     @property
     def terminal(self) -> bool:
@@ -124,6 +129,7 @@ class Scheduler:
         self._turn: collections.deque[str] = collections.deque()
         self._pending = 0
         self._running = 0
+        self._pixels_in_flight = 0
         self._stopping = False
         self._stopping_hard = False
 
@@ -203,12 +209,20 @@ class Scheduler:
 
     # ---- the pipeline ------------------------------------------------------------------------------------
 
-    def next_task(self, timeout: float | None = None) -> FileTask | None:
-        """The next file, one client at a time in turn; None once stopping (or after ``timeout``)."""
+    def next_task(self, timeout: float | None = None, *, room_for: int = 0,
+                  max_pixels_in_flight: int | None = None) -> FileTask | None:
+        """The next file, one client at a time in turn; None once stopping (or after ``timeout``).
+
+        With ``max_pixels_in_flight``, waits while the frames already decoded and not yet finished,
+        plus ``room_for`` (the expected size of the next one), would exceed it, unless none is in
+        flight: decoding ahead must not hold several 60 MP frames at once.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._stopping:
-                task = self._pick_locked()
+                crowded = (max_pixels_in_flight is not None and self._pixels_in_flight > 0
+                           and self._pixels_in_flight + room_for > max_pixels_in_flight)
+                task = None if crowded else self._pick_locked()
                 if task is not None:
                     task.state, task.stage, task.started = "running", "decoding", time.time()
                     self._pending -= 1
@@ -243,6 +257,18 @@ class Scheduler:
                     return task
         return None
 
+    def hold_pixels(self, task: FileTask, pixels: int) -> None:
+        """Count a decoded frame in flight until its file ends (done, failed or cancelled)."""
+        with self._cond:
+            if task.terminal or task.pixels:
+                return
+            task.pixels = pixels
+            self._pixels_in_flight += pixels
+
+    @property
+    def pixels_in_flight(self) -> int:
+        return self._pixels_in_flight
+
     def start_stage(self, task: FileTask, stage: str) -> bool:
         """Enter the next stage, or False (and the file is cancelled) if it should not go on.
 
@@ -273,6 +299,7 @@ class Scheduler:
             self._pending -= 1
         else:
             self._running -= 1
+        self._pixels_in_flight -= task.pixels
         task.state, task.stage, task.finished = state, None, time.time()
         task.outputs = list(outputs or ())
         task.error = error

@@ -36,7 +36,7 @@ from . import __version__
 from . import config as cfg
 from . import protocol as proto
 from .errors import LowluxError
-from .jobs import Job, QueueFull, Scheduler
+from .jobs import MAX_PIXELS_IN_FLIGHT, Job, QueueFull, Scheduler
 from .protocol import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class ServerConfig:
     """``EngineConfig`` used to load the engine (unless one is handed to :class:`Server`)."""
     encode_threads: int = 2
     queue_size: int = 1
+    max_pixels_in_flight: int = MAX_PIXELS_IN_FLIGHT
+    """Decoded frames held at once before decoding the next raw waits (see :mod:`lowlux.batch`)."""
     max_queued_files: int = 10_000
     max_files_per_job: int = proto.MAX_FILES_PER_JOB
     max_upload_bytes: int = 512 * MiB
@@ -158,7 +160,7 @@ class Server:
         from .batch import Pipeline
 
         self.pipeline = Pipeline(self.scheduler, self._get_engine, encode_threads=config.encode_threads,
-                                 queue_size=config.queue_size)
+                                 queue_size=config.queue_size, max_pixels_in_flight=config.max_pixels_in_flight)
         self._ctx: zmq.Context | None = None
         self._sockets: dict[zmq.Socket, Peer] = {}
         self._auth = None
