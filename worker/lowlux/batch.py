@@ -129,6 +129,7 @@ class Pipeline:
                 self._last_pixels = decoded.mosaic.size
                 self.scheduler.hold_pixels(task, self._last_pixels)
                 self._hand_over(task, decoded)
+                del decoded  # not held here while the next file waits for room
         finally:
             self._decoded.put(_STOP)
 
@@ -145,26 +146,29 @@ class Pipeline:
     # ---- net ---------------------------------------------------------------------------------------------
 
     def _net_loop(self) -> None:
-        from .pipeline import infer
-
         while True:
             item = self._decoded.get()
             if item is _STOP:
                 break
-            task, decoded = item
-            if not self.scheduler.start_stage(task, "inferring"):
-                continue
-            try:
-                images = infer(self._engine(), decoded)
-            except Exception as exc:
-                self._fail(task, exc)
-                continue
-            finally:
-                decoded.mosaic = None  # the largest array; free it before waiting for an encoder
-            self._encode_slots.acquire()
-            with self._count_lock:
-                self._in_flight += 1
-            self._encoders.submit(self._encode, task, decoded, images)
+            self._infer(*item)
+            del item  # a file's arrays must not outlive it here while the next one decodes
+
+    def _infer(self, task: FileTask, decoded: Any) -> None:
+        from .pipeline import infer
+
+        if not self.scheduler.start_stage(task, "inferring"):
+            return
+        try:
+            images = infer(self._engine(), decoded)
+        except Exception as exc:
+            self._fail(task, exc)
+            return
+        finally:
+            decoded.mosaic = None  # the largest array; free it before waiting for an encoder
+        self._encode_slots.acquire()
+        with self._count_lock:
+            self._in_flight += 1
+        self._encoders.submit(self._encode, task, decoded, images)
 
     # ---- encode ------------------------------------------------------------------------------------------
 
