@@ -5,8 +5,8 @@ pool of encoder threads (TIFF writing and metadata copying release the GIL for m
 The hand-over queues are bounded, so at most ``1 + queue_size + 1 + encode_slots`` files are in memory
 at once however many are queued: memory stays flat on a 10 000-file batch. Large frames are bounded
 further by their size: the next raw is decoded ahead only while the frames in flight stay within
-``max_pixels_in_flight`` (50 MP: 12 and 24 MP batches overlap; 45 and 60 MP frames go one at a time,
-about 8% slower, 0.7 GB less at 60 MP).
+``max_pixels_in_flight`` (50 MP: 12 and 24 MP batches overlap; 45 and 60 MP frames go one at a time:
+a 60 MP batch peaked at 1.7 GB instead of 2.0-2.2 GB, see docs/benchmarks.md).
 
 A file's result is recorded in the :class:`~lowlux.jobs.Scheduler` the moment it is written, so a
 client polling ``status`` sees files finish one by one. A failing file is recorded as failed with
