@@ -114,3 +114,17 @@ def test_a_source_without_readable_metadata_still_gives_the_tiff(tmp_path):
     out = write_tiff(tmp_path / "o.tif", gradient(), source=source)
     assert np.array_equal(tifffile.imread(out), gradient())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "odd.raw"]
+
+
+def test_metadata_that_cannot_be_carried_over_costs_the_metadata_not_the_image(tmp_path, make_dng, monkeypatch,
+                                                                                caplog):
+    import tifftools
+
+    def broken(*args, **kwargs):
+        raise tifftools.TifftoolsError("odd vendor tag")
+
+    monkeypatch.setattr(tifftools, "write_tiff", broken)
+    out = write_tiff(tmp_path / "b.tif", gradient(), source=make_dng("odd.dng", make="Sony"))
+    assert np.array_equal(tifffile.imread(out), gradient())
+    assert "metadata not copied" in caplog.text and "odd.dng" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif", "odd.dng"]

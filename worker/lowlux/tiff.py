@@ -161,15 +161,23 @@ def metadata_tags(source: Path) -> dict[int, dict]:
 
 
 def copy_metadata(source: Path, target: Path, dest: Path) -> bool:
-    """Write ``target`` with the raw's metadata added as ``dest``; False (nothing written) if it has none."""
+    """Write ``target`` with the raw's metadata added as ``dest``; False (nothing written) if it has
+    none or its tags cannot be carried over (then the image goes out without them, with a warning)."""
     import tifftools
 
-    tags = metadata_tags(source)
-    if not tags:
+    try:
+        tags = metadata_tags(source)
+        if not tags:
+            return False
+        info = tifftools.read_tiff(str(target))
+        info["ifds"][0]["tags"].update(tags)
+        tifftools.write_tiff(info, str(dest), allowExisting=True)
+    except OSError:
+        raise  # the disk, not the metadata: the caller reports it
+    except Exception as exc:  # an odd vendor tag must not cost the image
+        log.warning("%s: metadata not copied, TIFF written without it (%s: %s)", source, exc.__class__.__name__, exc)
+        dest.unlink(missing_ok=True)
         return False
-    info = tifftools.read_tiff(str(target))
-    info["ifds"][0]["tags"].update(tags)
-    tifftools.write_tiff(info, str(dest))
     return True
 
 
