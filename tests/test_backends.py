@@ -105,6 +105,20 @@ def test_exported_backends_match_torch_in_float32(weights, name, tile):
     assert out.shape == ref.shape
     assert (out - ref).abs().max() <= 1e-5
     assert (engine.tiles(352, 480) is None) == (tile == 0)
+    assert torch.equal(engine.forward(x), out)  # the next frame, after the tiled graphs gave memory back
+
+
+def test_a_tiled_restore_gives_back_the_head_and_context_memory_before_the_local_graph(weights, monkeypatch):
+    engine = Engine(EngineConfig(weights=weights, tile=256))
+    calls = []
+    for graph in ("head", "context", "local"):
+        run = getattr(engine.backend, graph)
+        monkeypatch.setattr(engine.backend, graph, lambda *a, _g=graph, _run=run: (calls.append(_g), _run(*a))[1])
+    monkeypatch.setattr(engine.backend, "release", lambda graph: calls.append(f"release {graph}"))
+    engine.forward(torch.rand(1, 1, 352, 480) * 0.5)
+    first_local = calls.index("local")
+    assert calls[first_local - 2 : first_local] == ["release head", "release context"]
+    assert "head" not in calls[first_local:]
 
 
 @pytest.mark.parametrize("name", ["torch", *EXPORTED])
