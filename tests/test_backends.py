@@ -10,6 +10,7 @@ from lowlux import backends, export
 from lowlux.backends import choose_backend, installed, supports
 from lowlux.engine import Engine, EngineConfig
 from lowlux.model import LowLightNet, msra_init
+from lowlux.tiling import strips
 from lowlux.weights import file_digest, load_model, save_weights
 
 CPU = torch.device("cpu")
@@ -108,7 +109,7 @@ def test_exported_backends_match_torch_in_float32(weights, name, tile):
     assert torch.equal(engine.forward(x), out)  # the next frame, after the tiled graphs gave memory back
 
 
-def test_a_tiled_restore_gives_back_the_head_and_context_memory_before_the_local_graph(weights, monkeypatch):
+def test_a_large_tiled_restore_gives_back_the_head_and_context_memory_before_the_local_graph(weights, monkeypatch):
     engine = Engine(EngineConfig(weights=weights, tile=256))
     calls = []
     for graph in ("head", "context", "local"):
@@ -119,6 +120,10 @@ def test_a_tiled_restore_gives_back_the_head_and_context_memory_before_the_local
     first_local = calls.index("local")
     assert calls[first_local - 2 : first_local] == ["release head", "release context"]
     assert "head" not in calls[first_local:]
+    calls.clear()
+    monkeypatch.setattr(engine, "tiles", lambda h, w: strips(h, w, 2))  # 12 MP-like: speed first, memory kept
+    engine.forward(torch.rand(1, 1, 352, 480) * 0.5)
+    assert calls.count("local") == 2 and not [c for c in calls if c.startswith("release")]
 
 
 @pytest.mark.parametrize("name", ["torch", *EXPORTED])

@@ -163,7 +163,8 @@ class Backend:
 
     def release(self, graph: str) -> None:
         """Give back the working memory ``graph`` keeps between runs (tiled restores call it for the
-        head and context graphs before the local graph runs, so their memory is not held alongside)."""
+        head and context graphs of large frames before the local graph runs, so their memory is not held
+        alongside)."""
 
     def close(self) -> None:
         pass

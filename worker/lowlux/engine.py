@@ -167,11 +167,13 @@ class Engine:
             yield slice(0, height), slice(0, width), self._call(self.backend.full, x)
             return
         b = self.backend
+        give_back = len(tiles) > 2  # large frames; at 12 MP (two strips) it saved 80 MB for 6% more time
 
         def context(head: Tensor) -> Tensor:
             out = self._call(b.context, head)
-            b.release("head")  # 0.08 GB at 12 MP that need not sit beside the local graph's
-            b.release("context")
+            if give_back:  # the head and context graphs' memory need not sit beside the local graph's
+                b.release("head")
+                b.release("context")
             return out
 
         run = run_tiled(lambda x: self._call(b.head, x), context, lambda x, c: self._call(b.local, x, c),
