@@ -106,6 +106,60 @@ def test_eval_hook_writes_the_curve_and_best_weights(tmp_path):
     assert read_metadata(cfg.run_dir / "best.safetensors")["steps"] == "4"
 
 
+def test_weight_average_follows_the_trained_weights_by_its_decay(tmp_path):
+    cfg = config(tmp_path, steps=3, ema=0.5)
+    snapshots = []
+
+    def record(model):  # the trained net after each evaluated step
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"psnr": 20.0, "ssim": 0.5}
+
+    train(TrainConfig(**{**cfg.__dict__, "eval_every": 1}), [FixedSource(fixed_pair())], [1.0], eval_fn=record)
+    trained = snapshots[0::2]  # each step scores the trained net, then the average
+    expected = trained[0]  # the average starts at the weights after the first step
+    for weights in trained[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * weights[k] for k in expected}
+    averaged = torch.load(cfg.run_dir / "checkpoint.pt", weights_only=False)["ema"]
+    for key, value in expected.items():
+        assert torch.allclose(averaged[f"module.{key}"], value, atol=1e-6), key
+    assert not torch.allclose(averaged["module.lse.conv.parametrizations.weight.original1"],
+                              trained[-1]["lse.conv.parametrizations.weight.original1"])
+
+
+def test_resume_keeps_the_weight_average(tmp_path):
+    straight = config(tmp_path / "a", steps=6, lr=1e-4, ema=0.9)
+    train(straight, [RandomSource()], [1.0])
+    train(config(tmp_path / "b", steps=3, lr=1e-4, ema=0.9), [RandomSource()], [1.0])
+    rest = config(tmp_path / "b", steps=6, lr=1e-4, ema=0.9)
+    train(rest, [RandomSource()], [1.0], resume=True)
+    a = torch.load(straight.run_dir / "checkpoint.pt", weights_only=False)["ema"]
+    b = torch.load(rest.run_dir / "checkpoint.pt", weights_only=False)["ema"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
+def test_best_weights_are_whichever_of_trained_and_average_scored_higher(tmp_path):
+    from lowlux.weights import read_metadata
+
+    def average_wins(model):
+        is_average = not any(p.grad is not None for p in model.parameters())
+        return {"psnr": 30.0 if is_average else 25.0, "ssim": 0.5}
+
+    cfg = config(tmp_path, steps=2, eval_every=2, ema=0.99)
+    train(cfg, [FixedSource(fixed_pair())], [1.0], eval_fn=average_wins)
+    with open(cfg.run_dir / "eval.csv") as f:
+        row = next(csv.DictReader(f))
+    assert (row["psnr"], row["ema_psnr"]) == ("25.0000", "30.0000")
+    meta = read_metadata(cfg.run_dir / "best.safetensors")
+    assert (meta["weights"], meta["eval_psnr"]) == ("ema 0.99", "30.0000")
+    assert read_metadata(cfg.run_dir / "last.safetensors")["weights"] == "ema 0.99"
+
+
+def test_weight_average_decay_must_lie_between_zero_and_one(tmp_path):
+    with pytest.raises(ValueError, match="ema decay"):
+        train(config(tmp_path, ema=1.5), [FixedSource(fixed_pair())], [1.0])
+
+
 def test_msssim_scales_fit_the_crop():
     assert msssim_levels(256) == 5 and msssim_levels(161) == 5 and msssim_levels(160) == 4
     assert msssim_levels(64) == 3 and msssim_levels(12) == 1

@@ -58,6 +58,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=1000, help="steps between evaluations (0: never)")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep a moving average of the weights with this decay per step (e.g. 0.999) and "
+                        "evaluate it too; 0: none")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--init-weights", type=Path, default=None,
                    help="start a new run from these weights (e.g. weights/lowlux-default.safetensors) "
@@ -117,7 +120,7 @@ def run_train(args) -> int:
         lr_after=args.lr_after, lr_drop_at=args.lr_drop_at, l1_weight=args.l1_weight,
         msssim_weight=args.msssim_weight, seed=args.seed, workers=args.workers, threads=args.threads,
         log_every=args.log_every, eval_every=args.eval_every if items else 0,
-        checkpoint_minutes=args.checkpoint_minutes,
+        checkpoint_minutes=args.checkpoint_minutes, ema=args.ema,
         init_weights=str(args.init_weights) if args.init_weights else None,
         source_names=[f"{s.kind}={s.path}@{s.weight:g}" for s in specs],
     )

@@ -5,8 +5,13 @@ A run lives in one directory:
 ``checkpoint.pt``   model (with weight norm), optimiser, step, RNG states, config, wall time; rewritten
                     atomically every few minutes, so ``--resume`` loses at most that much.
 ``log.csv``         step, loss, L1, MS-SSIM, lr, seconds per step (every ``log_every`` steps).
-``eval.csv``        step, PSNR, SSIM on the fixed evaluation set (GT ratio), every ``eval_every``.
+``eval.csv``        step, PSNR, SSIM on the fixed evaluation set (GT ratio), every ``eval_every``; with
+                    ``ema`` also the averaged weights' scores.
 ``best.safetensors`` / ``last.safetensors``  folded weights: best eval PSNR so far / latest.
+
+With ``ema`` > 0 the loop keeps an exponential moving average of the weights (as BasicSR and most
+restoration work do): late in training, Adam's steps wander around a minimum and the average sits nearer
+its centre. ``last.safetensors`` is then the average, and ``best`` whichever of the two scored higher.
 
 Batches are a pure function of (seed, step) (see :mod:`.data`), and the model is initialised from
 the seed, so a resumed run continues exactly as an uninterrupted one would (same thread count).
@@ -59,6 +64,8 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     init_weights: str | None = None
     """Start a new run from these weights (any format :func:`lowlux.weights.load_state` reads)."""
+    ema: float = 0.0
+    """Decay of the weights' moving average per step (e.g. 0.999); 0 keeps none."""
     source_names: list[str] = field(default_factory=list)
 
     @property
@@ -108,6 +115,15 @@ def save_checkpoint(path: Path, model: LowLightNet, opt: torch.optim.Optimizer, 
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "rng": _rng_state(), "config": config.to_json(), **extra}, tmp)
     tmp.replace(path)
+
+
+def new_ema(model: LowLightNet, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """A moving average of ``model``'s weights, starting at its current weights."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema decay must lie in (0, 1), got {decay}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -165,10 +181,15 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
         log.warning("--resume: no checkpoint in %s, starting from step 0", run)
     else:
         seed_everything(config.seed)
+    ema = new_ema(model, config.ema) if config.ema else None
+    if ema is not None and state is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])
+    elif ema is not None and step > 0:
+        log.info("the checkpoint has no weight average: it starts from the step-%d weights", step)
     (run / "config.json").write_text(json.dumps(config.to_json(), indent=2))
     keep = step if state is not None else None
     train_log = CsvLog(run / "log.csv", ["step", "loss", "l1", "msssim", "lr", "sec_per_step"], keep)
-    eval_log = CsvLog(run / "eval.csv", ["step", "psnr", "ssim", "wall_s"], keep)
+    eval_log = CsvLog(run / "eval.csv", ["step", "psnr", "ssim", "wall_s", "ema_psnr", "ema_ssim"], keep)
 
     dataset = PairDataset(sources, weights, config.crop, config.seed)
     loader = DataLoader(dataset, batch_size=config.batch, sampler=SequentialFrom(step * config.batch),
@@ -183,26 +204,43 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     loss_value = float("nan")
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, model, opt, step, config, {"best_psnr": best, "wall_s": time.time() - started})
-        export_weights(model, run / "last.safetensors", {"steps": str(step)})
+        extra = {"best_psnr": best, "wall_s": time.time() - started}
+        if ema is not None:
+            extra["ema"] = ema.state_dict()
+        save_checkpoint(ckpt_path, model, opt, step, config, extra)
+        export_weights(model if ema is None else ema.module, run / "last.safetensors",
+                       {"steps": str(step), "weights": "trained" if ema is None else f"ema {config.ema:g}"})
+
+    def score(net: LowLightNet) -> dict[str, float]:
+        net.eval()
+        with torch.no_grad():
+            scores = eval_fn(net)
+        net.train()
+        return scores
 
     def evaluate_now() -> None:
         nonlocal best
         if eval_fn is None:
             return
         t = time.time()
-        model.eval()
-        with torch.no_grad():
-            scores = eval_fn(model)
-        model.train()
+        candidates = {"trained": (model, score(model))}
+        if ema is not None:
+            candidates[f"ema {config.ema:g}"] = (ema.module, score(ema.module))
+        scores = candidates["trained"][1]
+        averaged = candidates.get(f"ema {config.ema:g}", (None, {}))[1]
         eval_log.write(step=step, psnr=f"{scores['psnr']:.4f}", ssim=f"{scores['ssim']:.5f}",
-                       wall_s=f"{time.time() - started:.0f}")
-        log.info("step %d: eval PSNR %.3f dB, SSIM %.4f (%.1f s)", step, scores["psnr"], scores["ssim"],
+                       wall_s=f"{time.time() - started:.0f}",
+                       ema_psnr=f"{averaged['psnr']:.4f}" if averaged else "",
+                       ema_ssim=f"{averaged['ssim']:.5f}" if averaged else "")
+        log.info("step %d: eval PSNR %.3f dB, SSIM %.4f%s (%.1f s)", step, scores["psnr"], scores["ssim"],
+                 f"; averaged {averaged['psnr']:.3f} dB, {averaged['ssim']:.4f}" if averaged else "",
                  time.time() - t)
-        if scores["psnr"] > best:
-            best = scores["psnr"]
-            export_weights(model, run / "best.safetensors",
-                         {"steps": str(step), "eval_psnr": f"{best:.4f}", "eval_ssim": f"{scores['ssim']:.5f}"})
+        kind, (net, top) = max(candidates.items(), key=lambda kv: kv[1][1]["psnr"])
+        if top["psnr"] > best:
+            best = top["psnr"]
+            export_weights(net, run / "best.safetensors",
+                           {"steps": str(step), "eval_psnr": f"{best:.4f}", "eval_ssim": f"{top['ssim']:.5f}",
+                            "weights": kind})
 
     model.train()
     bar = _progress(config.steps, step)
@@ -218,6 +256,8 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
