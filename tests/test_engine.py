@@ -10,7 +10,7 @@ import torch
 
 from lowlux.amplifier import estimate_amplification
 from lowlux.engine import DEFAULT_MEMORY_BUDGET_MB, TILE_BUDGET_FRACTION, Engine, EngineConfig
-from lowlux.mosaic import Crop, apply_orientation
+from lowlux.mosaic import Crop, apply_orientation, coded_for_net, pad_for_net
 from lowlux.pipeline import Decoded, infer
 from lowlux.raw import RawImage
 from lowlux.tiff import to_uint16
@@ -140,6 +140,29 @@ def test_the_piecewise_uint16_path_equals_crop_convert_and_turn(tiny_weights, fl
     plain, = infer(RestoreOnly(), decoded)
     assert fast.dtype == np.uint16 and fast.flags.c_contiguous
     assert np.array_equal(fast, expected) and np.array_equal(plain, expected)
+
+
+@pytest.mark.parametrize("pattern", ["RGGB", "GRBG", "GBRG", "BGGR"])
+@pytest.mark.parametrize("tile", [0, 256])
+def test_sensor_codes_restore_exactly_like_the_normalised_mosaic(tiny_weights, pattern, tile):
+    """The pipeline keeps 16-bit codes and normalises crop by crop: nothing may change."""
+    rng = np.random.default_rng(7)
+    cfa = (rng.random((333, 421)) ** 4 * 4000 + 500).astype(np.uint16)
+    raw = RawImage(Path("x"), cfa, np.array([[512, 510], [509, 515]], np.float32), 16383.0, pattern)
+    floats, crop = pad_for_net(raw.normalised(), pattern)
+    codes, same_crop = coded_for_net(raw.cfa, raw.tables(), pattern)
+    assert same_crop == crop and codes.codes.dtype == np.uint16
+    assert np.array_equal(codes.normalised(), floats)
+    assert np.array_equal(codes.normalised(slice(64, 160), slice(2, 98), 37.5),
+                          np.clip(floats[64:160, 2:98] * np.float32(37.5), 0, 1))
+    engine = Engine(EngineConfig(weights=tiny_weights, tile=tile))
+    assert np.array_equal(engine.restore(codes, 37.5), engine.restore(floats, 37.5))
+
+
+def test_crops_of_sensor_codes_must_keep_the_2x2_positions():
+    codes, _ = coded_for_net(np.zeros((64, 64), np.uint16), np.zeros((2, 2, 65536), np.float32), "RGGB")
+    with pytest.raises(ValueError, match="even"):
+        codes.normalised(slice(1, 33), slice(0, 32))
 
 
 def test_normalising_by_table_and_amplifying_from_the_histogram_change_nothing():

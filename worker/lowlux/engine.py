@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from torch import Tensor
 from .backends import DTYPES, Backend, bytes_per_pixel, choose_backend, create_backend
 from .errors import WeightsError
 from .model import LowLightNet
-from .tiling import MIN_TILE, Tile, plan_tiles, run_tiled, strips, tiles_for_budget
+from .mosaic import CodedMosaic
+from .tiling import MIN_TILE, Frame, TensorFrame, Tile, plan_tiles, run_tiled, strips, tiles_for_budget
 from .weights import default_weights_path, load_model
 
 log = logging.getLogger(__name__)
@@ -157,13 +158,13 @@ class Engine:
         they come keeps memory bounded for frames of any size. A tile's piece may share memory with
         the next one's (the backend reuses its buffer): use or copy each before asking for the next.
         """
-        yield from self._pieces(raw.float().contiguous(), None)
+        yield from self._pieces(TensorFrame(raw.float().contiguous()))
 
-    def _pieces(self, raw: Tensor, prepare) -> Iterator[tuple[slice, slice, Tensor]]:
-        height, width = raw.shape[-2:]
+    def _pieces(self, frame: Frame) -> Iterator[tuple[slice, slice, Tensor]]:
+        height, width = frame.shape[-2:]
         tiles = self.tiles(height, width)
         if tiles is None:
-            x = raw if prepare is None else prepare(raw)
+            x = frame.cut(slice(0, height), slice(0, width))
             yield slice(0, height), slice(0, width), self._call(self.backend.full, x)
             return
         b = self.backend
@@ -177,7 +178,7 @@ class Engine:
             return out
 
         run = run_tiled(lambda x: self._call(b.head, x), context, lambda x, c: self._call(b.local, x, c),
-                        raw, tiles, prepare)
+                        frame, tiles)
         for t, rgb in run:
             ys, xs = t.owned
             yield ys, xs, rgb
@@ -198,29 +199,32 @@ class Engine:
             out[:, ys, xs] = rgb
         return out.permute(0, 3, 1, 2)
 
-    def _amplifier(self, amplification: float):
-        """Crop (CPU) -> amplified and clipped crop on the engine's device, a new tensor: never in
-        place, the mosaic is reused for brackets."""
+    def _frame(self, mosaic: np.ndarray | CodedMosaic, amplification: float) -> Frame:
+        """The mosaic as the net's amplified, clipped input, cut crop by crop: the amplified frame
+        is never held whole when tiled, and the mosaic itself is never changed (brackets reuse it)."""
+        if isinstance(mosaic, CodedMosaic):
+            return _CodedFrame(mosaic, float(amplification), self.device)
+        raw = torch.from_numpy(np.ascontiguousarray(mosaic, dtype=np.float32))[None, None]
+
         def amplify(x: Tensor) -> Tensor:
             x = x.to(self.device)
             return torch.mul(x, float(amplification)).clamp_(0.0, 1.0).contiguous()
 
-        return amplify
+        return TensorFrame(raw, amplify)
 
-    def restore_tiles(self, mosaic: np.ndarray, amplification: float) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    def restore_tiles(self, mosaic: np.ndarray | CodedMosaic,
+                      amplification: float) -> Iterator[tuple[slice, slice, np.ndarray]]:
         """Like :meth:`restore`, piece by piece: ``(rows, columns, h x w x 3 float32)``.
 
         One piece for a frame that runs whole, one per tile otherwise, so a caller can convert and
         store each piece without ever holding the whole float image. Use or copy each piece before
         asking for the next (see :meth:`pieces`).
         """
-        # Amplified crop by crop when tiled: the amplified frame is never held whole.
-        raw = torch.from_numpy(np.ascontiguousarray(mosaic, dtype=np.float32))[None, None]
-        for ys, xs, rgb in self._pieces(raw, self._amplifier(amplification)):
+        for ys, xs, rgb in self._pieces(self._frame(mosaic, amplification)):
             yield ys, xs, rgb[0].cpu().numpy()
 
-    def restore(self, mosaic: np.ndarray, amplification: float) -> np.ndarray:
-        """Padded, normalised RGGB mosaic (H x W) -> sRGB (H x W x 3 float32, [0, 1]).
+    def restore(self, mosaic: np.ndarray | CodedMosaic, amplification: float) -> np.ndarray:
+        """Padded RGGB mosaic (H x W, normalised float or sensor codes) -> sRGB (H x W x 3 float32, [0, 1]).
 
         The input is amplified and clipped to [0, 1] as in training (SID clips the same way).
         """
@@ -235,3 +239,15 @@ class Engine:
 
     def close(self) -> None:
         self.backend.close()
+
+
+class _CodedFrame:
+    """A :class:`CodedMosaic` as the net's input: each crop normalised and amplified in one lookup."""
+
+    def __init__(self, mosaic: CodedMosaic, amplification: float, device: torch.device) -> None:
+        self.mosaic, self.amplification, self.device = mosaic, amplification, device
+        self.shape = (1, 1, *mosaic.shape)
+
+    def cut(self, rows: slice, cols: slice) -> Tensor:
+        x = self.mosaic.normalised(rows, cols, self.amplification)
+        return torch.from_numpy(x)[None, None].to(self.device)

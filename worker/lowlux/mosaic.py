@@ -64,6 +64,60 @@ def pad_for_net(mosaic: np.ndarray, pattern: str, multiple: int = NET_MULTIPLE) 
     return np.ascontiguousarray(out), Crop(oy, ox, h, w)
 
 
+@dataclass(frozen=True)
+class CodedMosaic:
+    """A padded RGGB mosaic kept as the sensor's 16-bit codes, normalised crop by crop.
+
+    Half the memory of a float32 mosaic, and the crop's normalisation and amplification are one
+    table lookup: ``tables[r, c, code]`` is the normalised value of ``code`` at 2x2 position
+    ``(r, c)`` of the padded (RGGB-aligned) mosaic.
+    """
+
+    codes: np.ndarray
+    """H x W uint16, both sides multiples of the net's 32."""
+    tables: np.ndarray
+    """2 x 2 x 65536 float32."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape  # type: ignore[return-value]
+
+    @property
+    def size(self) -> int:
+        return self.codes.size
+
+    def normalised(self, rows: slice = slice(None), cols: slice = slice(None),
+                   amplification: float = 1.0) -> np.ndarray:
+        """The crop's values in [0, 1] times ``amplification``, clipped to [0, 1] (float32, new array).
+
+        Crops start on even rows and columns, so the 2x2 positions stay those of the whole mosaic.
+        """
+        codes = self.codes[rows, cols]
+        r0, c0 = (s.start or 0 for s in (rows, cols))
+        if r0 % 2 or c0 % 2 or rows.step not in (None, 1) or cols.step not in (None, 1):
+            raise ValueError("crops of a mosaic must start on even rows and columns, with step 1")
+        table = self.tables
+        if amplification != 1.0:
+            table = np.clip(table * np.float32(amplification), 0.0, 1.0)
+        out = np.empty(codes.shape, dtype=np.float32)
+        for r in range(min(2, out.shape[0])):
+            for c in range(min(2, out.shape[1])):
+                np.take(table[r, c], codes[r::2, c::2], out=out[r::2, c::2])
+        return out
+
+
+def coded_for_net(codes: np.ndarray, tables: np.ndarray, pattern: str,
+                  multiple: int = NET_MULTIPLE) -> tuple[CodedMosaic, Crop]:
+    """:func:`pad_for_net` for sensor codes: the padded codes, with ``tables`` (2 x 2 x 65536, per
+    position of the unpadded mosaic) moved to the padded mosaic's positions."""
+    padded, crop = pad_for_net(codes, pattern, multiple)
+    moved = np.empty_like(tables)
+    for r in range(2):
+        for c in range(2):
+            moved[(r + crop.top) % 2, (c + crop.left) % 2] = tables[r, c]
+    return CodedMosaic(padded, moved), crop
+
+
 def apply_orientation(image: np.ndarray, flip: int) -> np.ndarray:
     """Turn an H x W x C image the way LibRaw's ``sizes.flip`` says.
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .amplifier import DEFAULT_BRIGHTNESS, DEFAULT_VARIANT, check_brightness, estimate_amplification
 from .errors import InputError
-from .mosaic import Crop, apply_orientation, orientation_canvas, pad_for_net
+from .mosaic import CodedMosaic, Crop, apply_orientation, coded_for_net, orientation_canvas
 from .raw import read_raw
 from .tiff import check_output, to_uint16, to_uint16_into, write_tiff
 
@@ -65,7 +65,7 @@ class Decoded:
     """A raw ready for the net: padded mosaic, where to crop, how to turn, how much to amplify."""
 
     source: Path
-    mosaic: np.ndarray
+    mosaic: CodedMosaic
     crop: Crop
     flip: int
     amplifications: list[float]
@@ -82,7 +82,6 @@ def decode(source: str | Path, options: EnhanceOptions) -> Decoded:
             raise InputError(source, "output would replace the source file")
         check_output(out, options.overwrite)
     raw = read_raw(source)
-    normalised = raw.normalised()
     if options.amplification is not None:
         amps = [float(options.amplification)] * len(options.brightness)
     else:
@@ -90,7 +89,8 @@ def decode(source: str | Path, options: EnhanceOptions) -> Decoded:
         # frame's histogram (the same estimate as from its pixels, without a pass over them).
         values, counts = raw.normalised_histogram()
         amps = [estimate_amplification(values, m, options.variant, counts=counts) for m in options.brightness]
-    mosaic, crop = pad_for_net(normalised, raw.pattern)
+    # Kept as 16-bit codes (half a float mosaic): normalised crop by crop as the net takes them.
+    mosaic, crop = coded_for_net(raw.cfa, raw.tables(), raw.pattern)
     log.debug("%s: %s, %dx%d, amplification %s", source.name, raw.pattern, *raw.shape[::-1], amps)
     return Decoded(source, mosaic, crop, raw.flip, amps, outputs, list(options.brightness))
 

@@ -50,6 +50,14 @@ class RawImage:
         lut = (np.arange(65536, dtype=np.float32) - black) * scale
         return np.clip(lut, 0.0, 1.0, out=lut)
 
+    def tables(self) -> np.ndarray:
+        """Normalised value of every sensor code at each 2x2 position: 2 x 2 x 65536 float32."""
+        out = np.empty((2, 2, 65536), dtype=np.float32)
+        for row in range(2):
+            for col in range(2):
+                out[row, col] = self._lookup(row, col)
+        return out
+
     def normalised(self) -> np.ndarray:
         """Black-subtracted, white-scaled mosaic in [0, 1] (float32).
 

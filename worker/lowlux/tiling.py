@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -262,29 +262,50 @@ def tiles_for_budget(height: int, width: int, bytes_per_pixel: float, budget_byt
     return best[1]
 
 
+class Frame(Protocol):
+    """What tiles are cut from: a B x 1 x H x W input that makes each crop on demand."""
+
+    shape: tuple[int, int, int, int]
+
+    def cut(self, rows: slice, cols: slice) -> Tensor:
+        """The net's input for these rows and columns: a new contiguous B x 1 x h x w tensor."""
+        ...
+
+
+@dataclass(frozen=True)
+class TensorFrame:
+    """A frame held as a tensor; ``prepare`` (elementwise, e.g. the amplification) is applied to each
+    crop as it is cut, so the prepared frame never exists whole. It must return a new tensor."""
+
+    raw: Tensor
+    prepare: Callable[[Tensor], Tensor] = Tensor.contiguous
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.raw.shape)  # type: ignore[return-value]
+
+    def cut(self, rows: slice, cols: slice) -> Tensor:
+        return self.prepare(self.raw[..., rows, cols])
+
+
 def run_tiled(head_fn: Callable[[Tensor], Tensor], context_fn: Callable[[Tensor], Tensor],
-              local_fn: Callable[[Tensor, Tensor], Tensor], raw: Tensor,
-              tiles: list[Tile] | None, prepare: Callable[[Tensor], Tensor] | None = None,
-              ) -> Iterator[tuple[Tile, Tensor]]:
+              local_fn: Callable[[Tensor, Tensor], Tensor], raw: Tensor | Frame,
+              tiles: list[Tile] | None) -> Iterator[tuple[Tile, Tensor]]:
     """Yield ``(tile, rgb)`` with ``rgb`` the tile's owned part (B x h x w x 3), exactly as whole-frame.
 
     ``head_fn``, ``context_fn`` and ``local_fn`` run the graphs :class:`HeadNet`,
     :class:`ContextNet` and :class:`LocalNet`. ``tiles`` None (or one tile) runs the whole frame.
-    ``prepare`` (elementwise, e.g. the amplification) is applied to each crop as it is cut, so
-    the prepared frame never exists whole; it must return a new contiguous tensor.
     """
-    batch, _, height, width = raw.shape
-    if prepare is None:
-        prepare = Tensor.contiguous
+    frame = TensorFrame(raw) if isinstance(raw, Tensor) else raw
+    batch, _, height, width = frame.shape
     if not tiles or len(tiles) == 1:
         whole = Tile(0, height, 0, width, 0, height, 0, width)
-        x = prepare(raw)
+        x = frame.cut(slice(0, height), slice(0, width))
         yield whole, local_fn(x, context_fn(head_fn(x)))
         return
     head = None
     for t in tiles:  # the head is local: gather it tile by tile
-        ys, xs = t.crop
-        part = head_fn(prepare(raw[..., ys, xs]))
+        part = head_fn(frame.cut(*t.crop))
         if head is None:
             head = torch.empty((batch, part.shape[1], height // CONTEXT_SCALE, width // CONTEXT_SCALE),
                                dtype=part.dtype, device=part.device)
@@ -294,8 +315,7 @@ def run_tiled(head_fn: Callable[[Tensor], Tensor], context_fn: Callable[[Tensor]
     context = context_fn(head)
     del head
     for t in tiles:
-        ys, xs = t.crop
         cys, cxs = t.context_crop
-        out = local_fn(prepare(raw[..., ys, xs]), context[..., cys, cxs].contiguous())
+        out = local_fn(frame.cut(*t.crop), context[..., cys, cxs].contiguous())
         iy, ix = t.inner
         yield t, out[:, iy, ix]
