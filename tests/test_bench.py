@@ -19,7 +19,8 @@ def test_bench_writes_a_row_per_configuration_with_the_reference_first(tmp_path,
         assert row["peak_rss_mb"] > 0
     net_rows = [r for r in rows[1:] if r["backend"] != "e2e"]
     assert all(r["max_abs_diff"] is not None and r["speedup"] > 0 for r in net_rows)
-    assert any(r["backend"] == "e2e" for r in rows)
+    e2e, = (r for r in rows if r["backend"] == "e2e")
+    assert 0 < e2e["extra"]["one_file_peak_rss_mb"] <= e2e["peak_rss_mb"]  # the batch comes after
     assert "eager fp32 (reference)" in capsys.readouterr().out
 
 

@@ -254,10 +254,11 @@ def _child_e2e(size: tuple[int, int], runs: int, weights: str | None, device: st
                 continue  # warm-up
             for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
                 stages[key].append(value)
+        one_file_peak = _peak_rss_mb()  # files one after another, before the overlapped batch
         stages["batch_per_file_s"] = [_batch_per_file(engine, raw, options, max(runs, 3))]
     tiles = engine.tiles(*(-(-v // 32) * 32 for v in size))
     return {"times": stages["total_s"], "stages": {k: statistics.median(v) for k, v in stages.items()},
-            "peak_rss_mb": _peak_rss_mb(), "maxrss_mb": _maxrss_mb(),
+            "peak_rss_mb": _peak_rss_mb(), "one_file_peak_rss_mb": one_file_peak, "maxrss_mb": _maxrss_mb(),
             "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1}
 
 
@@ -372,9 +373,11 @@ def run_bench(args: argparse.Namespace) -> int:
                 row = Row("file -> TIFF (end to end)", "e2e", "float32", size_s, med,
                           min(res["times"]), max(res["times"]), len(res["times"]), res["peak_rss_mb"], gmacs,
                           speedup=None, extra={**res["stages"], "runtime": res["backend_detail"],
-                                               "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"]})
+                                               "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"],
+                                               "one_file_peak_rss_mb": res["one_file_peak_rss_mb"]})
                 rows.append(row)
-                print(_format(row) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items()), flush=True)
+                print(_format(row) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items())
+                      + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}", flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps([asdict(r) | {"machine": machine} for r in rows], indent=1))
     print(f"results written to {args.json}")
@@ -401,7 +404,8 @@ def markdown_tables(rows: list[Row], machine: str) -> str:
             if r.backend == "e2e":
                 stages = ", ".join(f"{k.removesuffix('_s')} {r.extra[k]:.2f}" for k in
                                    ("decode_s", "net_s", "encode_s", "batch_per_file_s") if k in r.extra)
-                name += f" ({stages})"
+                name += f" ({stages}; one file at a time: peak {r.extra['one_file_peak_rss_mb']:.0f} MB)" \
+                    if "one_file_peak_rss_mb" in r.extra else f" ({stages})"
             out.append(f"| {name} | {r.extra.get('runtime', '')} | {r.median_s:.3f} | {r.min_s:.3f} | {r.max_s:.3f} "
                        f"| {speed} | {r.peak_rss_mb:.0f} | {diff} | {r.extra.get('tiles', '')} |")
         out.append("")
