@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lowlux.amplifier import estimate_amplification
-from lowlux.engine import DEFAULT_MEMORY_BUDGET_MB, TILE_BUDGET_FRACTION, Engine, EngineConfig
+from lowlux.engine import DEFAULT_MEMORY_BUDGET_MB, STRIPS, TILE_BUDGET_FRACTION, Engine, EngineConfig
 from lowlux.mosaic import Crop, apply_orientation, coded_for_net, pad_for_net
 from lowlux.pipeline import Decoded, infer
 from lowlux.raw import RawImage
@@ -52,16 +52,17 @@ def test_forward_matches_the_net(tmp_path):
     assert (out - ref).abs().max() <= 1e-5
 
 
-def test_frames_run_whole_in_two_strips_or_in_tiles_by_their_working_memory(engine):
+def test_frames_run_whole_in_strips_or_in_tiles_by_their_working_memory(engine):
     from lowlux.backends import bytes_per_pixel
 
     per_px = bytes_per_pixel(engine.backend.name, "float32")
     budget = DEFAULT_MEMORY_BUDGET_MB * 2**20
     assert engine.tiles(1024, 1536) is None  # small frames run whole
-    side = int((1.3 * budget / per_px) ** 0.5) // 32 * 32  # a little over the budget: two full-width strips
-    halves = engine.tiles(side, side)
-    assert len(halves) == 2 and all(t.crop_shape[1] == side for t in halves)
-    assert halves[0].y0 == 0 and halves[0].y1 == halves[1].y0 and halves[1].y1 == side
+    side = int((1.3 * budget / per_px) ** 0.5) // 32 * 32  # a little over the budget: full-width strips
+    parts = engine.tiles(side, side)
+    assert len(parts) == STRIPS and all(t.crop_shape[1] == side for t in parts)
+    assert parts[0].y0 == 0 and parts[-1].y1 == side
+    assert all(a.y1 == b.y0 for a, b in zip(parts, parts[1:]))
     for height, width in [(4000, 6016), (5504, 8256), (9504, 6336)]:  # large frames: small tiles
         tiles = engine.tiles(height, width)
         assert tiles and len(tiles) > 2
@@ -70,11 +71,11 @@ def test_frames_run_whole_in_two_strips_or_in_tiles_by_their_working_memory(engi
             assert h * w * per_px <= budget * TILE_BUDGET_FRACTION
 
 
-def test_a_12_megapixel_frame_runs_in_two_strips_on_openvino(tiny_weights):
+def test_a_12_megapixel_frame_runs_in_three_strips_on_openvino(tiny_weights):
     pytest.importorskip("openvino")
     engine = Engine(EngineConfig(weights=tiny_weights, backend="openvino"))
     tiles = engine.tiles(2848, 4256)
-    assert [t.crop_shape for t in tiles] == [(1536, 4256), (1536, 4256)]
+    assert [t.crop_shape for t in tiles] == [(1088, 4256)] * 3
 
 
 def test_tiling_can_be_forced_or_disabled(tiny_weights):
@@ -87,7 +88,7 @@ def test_tiling_can_be_forced_or_disabled(tiny_weights):
 
 
 def _strip_budget_mb(height: int, width: int) -> float:
-    """A budget the frame exceeds a little (by half of the strip allowance), so it runs as two strips."""
+    """A budget the frame exceeds a little (by half of the strip allowance), so it runs in strips."""
     from lowlux.backends import bytes_per_pixel, choose_backend
     from lowlux.engine import STRIP_FACTOR
 
@@ -104,7 +105,7 @@ def test_tiled_restores_equal_the_whole_frame(tiny_weights, config):
     if strips:
         config = dict(memory_budget_mb=_strip_budget_mb(416, 544))
     tiled_engine = Engine(EngineConfig(weights=tiny_weights, **config))
-    assert len(tiled_engine.tiles(416, 544)) == 2 if strips else tiled_engine.tiles(416, 544)
+    assert len(tiled_engine.tiles(416, 544)) == STRIPS if strips else tiled_engine.tiles(416, 544)
     tiled = tiled_engine.restore(mosaic, 10.0)
     assert tiled.shape == (416, 544, 3)
     assert np.abs(tiled - whole).max() <= 1e-5

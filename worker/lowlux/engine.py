@@ -32,12 +32,15 @@ __all__ = ["DTYPES", "Engine", "EngineConfig", "resolve_device", "resolve_weight
 
 DEFAULT_MEMORY_BUDGET_MB = 600
 """Working memory (beyond input and output) a whole-frame forward may use. Frames up to
-:data:`STRIP_FACTOR` times over it run as two full-width strips, larger ones in tiles whose crops
-each use at most :data:`TILE_BUDGET_FRACTION` of it. On OpenVINO fp32 (measured on 2 cores): 12 MP
-whole reached 1080 MB peak RSS at 0.44 s, in two strips 934 MB at 0.46 s (in three, 793 MB at
-0.48 s; in four tiles, 759 MB at 0.51 s); 24 MP and up in tiles of about 3 MP keep the process
-near 0.9-1.2 GB (8.5 MP crops reached 1.8 GB at 60 MP)."""
+:data:`STRIP_FACTOR` times over it run as :data:`STRIPS` full-width strips, larger ones in tiles
+whose crops each use at most :data:`TILE_BUDGET_FRACTION` of it. On OpenVINO fp32 (measured on 2
+cores, engine alone): 12 MP whole reached 1080 MB peak RSS at 0.44 s, in two strips 934 MB at
+0.46 s, in three 793 MB at 0.48 s, in four tiles 759 MB at 0.51 s. End to end (file to TIFF, one
+file at a time) two strips peaked at 1039 MB, three at 835 MB, at the same speed within the noise;
+24 MP and up in tiles of about 3 MP keep the process near 0.85-1.2 GB (8.5 MP crops reached 1.8 GB
+at 60 MP)."""
 STRIP_FACTOR = 1.6
+STRIPS = 3
 TILE_BUDGET_FRACTION = 0.32
 
 
@@ -142,7 +145,7 @@ class Engine:
         if need <= budget:
             return None
         if need <= STRIP_FACTOR * budget:
-            return strips(height, width, 2)
+            return strips(height, width, STRIPS)
         return tiles_for_budget(height, width, per_px, budget * TILE_BUDGET_FRACTION)
 
     # ---- running the net ---------------------------------------------------------------------------
@@ -168,7 +171,8 @@ class Engine:
             yield slice(0, height), slice(0, width), self._call(self.backend.full, x)
             return
         b = self.backend
-        give_back = len(tiles) > 2  # large frames; at 12 MP (two strips) it saved 80 MB for 6% more time
+        # Only for tiles: for 12 MP in strips it saved 80 MB for 6% more time.
+        give_back = any(t.crop_shape[1] != width for t in tiles)
 
         def context(head: Tensor) -> Tensor:
             out = self._call(b.context, head)
