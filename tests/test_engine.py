@@ -154,7 +154,7 @@ def test_sensor_codes_restore_exactly_like_the_normalised_mosaic(tiny_weights, p
     codes, same_crop = coded_for_net(raw.cfa, raw.tables(), pattern)
     assert same_crop == crop and codes.codes.dtype == np.uint16
     assert np.array_equal(codes.normalised(), floats)
-    assert np.array_equal(codes.normalised(slice(64, 160), slice(2, 98), 37.5),
+    assert np.array_equal(codes.amplified(37.5).normalised(slice(64, 160), slice(2, 98)),
                           np.clip(floats[64:160, 2:98] * np.float32(37.5), 0, 1))
     engine = Engine(EngineConfig(weights=tiny_weights, tile=tile))
     assert np.array_equal(engine.restore(codes, 37.5), engine.restore(floats, 37.5))

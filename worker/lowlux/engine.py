@@ -249,9 +249,8 @@ class _CodedFrame:
     """A :class:`CodedMosaic` as the net's input: each crop normalised and amplified in one lookup."""
 
     def __init__(self, mosaic: CodedMosaic, amplification: float, device: torch.device) -> None:
-        self.mosaic, self.amplification, self.device = mosaic, amplification, device
+        self.mosaic, self.device = mosaic.amplified(amplification), device
         self.shape = (1, 1, *mosaic.shape)
 
     def cut(self, rows: slice, cols: slice) -> Tensor:
-        x = self.mosaic.normalised(rows, cols, self.amplification)
-        return torch.from_numpy(x)[None, None].to(self.device)
+        return torch.from_numpy(self.mosaic.normalised(rows, cols))[None, None].to(self.device)

@@ -86,23 +86,25 @@ class CodedMosaic:
     def size(self) -> int:
         return self.codes.size
 
-    def normalised(self, rows: slice = slice(None), cols: slice = slice(None),
-                   amplification: float = 1.0) -> np.ndarray:
-        """The crop's values in [0, 1] times ``amplification``, clipped to [0, 1] (float32, new array).
+    def amplified(self, amplification: float) -> CodedMosaic:
+        """The same codes read as ``amplification`` times their value, clipped to [0, 1] (as the
+        net's input is); only the tables are new."""
+        tables = np.clip(self.tables * np.float32(amplification), 0.0, 1.0)
+        return CodedMosaic(self.codes, tables)
+
+    def normalised(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """The crop's values (float32, a new array).
 
         Crops start on even rows and columns, so the 2x2 positions stay those of the whole mosaic.
         """
-        codes = self.codes[rows, cols]
         r0, c0 = (s.start or 0 for s in (rows, cols))
         if r0 % 2 or c0 % 2 or rows.step not in (None, 1) or cols.step not in (None, 1):
             raise ValueError("crops of a mosaic must start on even rows and columns, with step 1")
-        table = self.tables
-        if amplification != 1.0:
-            table = np.clip(table * np.float32(amplification), 0.0, 1.0)
+        codes = self.codes[rows, cols]
         out = np.empty(codes.shape, dtype=np.float32)
         for r in range(min(2, out.shape[0])):
             for c in range(min(2, out.shape[1])):
-                out[r::2, c::2] = table[r, c][codes[r::2, c::2]]  # faster than np.take(out=) here
+                out[r::2, c::2] = self.tables[r, c][codes[r::2, c::2]]  # faster than np.take(out=) here
         return out
 
 
