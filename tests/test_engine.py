@@ -75,7 +75,7 @@ def test_a_12_megapixel_frame_runs_in_three_strips_on_openvino(tiny_weights):
     pytest.importorskip("openvino")
     engine = Engine(EngineConfig(weights=tiny_weights, backend="openvino"))
     tiles = engine.tiles(2848, 4256)
-    assert [t.crop_shape for t in tiles] == [(1088, 4256)] * 3
+    assert [t.crop_shape for t in tiles] == [(1056, 4256)] * 3
 
 
 def test_tiling_can_be_forced_or_disabled(tiny_weights):

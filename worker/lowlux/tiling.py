@@ -47,7 +47,7 @@ HALO = 64
 """Crop growth per side (full-resolution pixels): a multiple of 32 above :data:`LOCAL_REACH`."""
 LOCAL_REACH = 36
 """How far (full-resolution pixels) a zero-padded crop border spoils the local graph's output."""
-MIN_OVERLAP = 2 * HALO + 2 * CONTEXT_SCALE
+MIN_OVERLAP = 2 * HALO + CONTEXT_SCALE
 """Neighbouring crops overlap by at least this much, so the cut between them can sit on the 32 grid
 with a full halo on both sides."""
 MIN_TILE = MIN_OVERLAP + 2 * CONTEXT_SCALE
@@ -204,7 +204,7 @@ def split_axis(size: int, max_crop: int, halo: int = HALO) -> list[tuple[int, in
         return [(0, size, 0, size)]
     if max_crop < MIN_TILE:
         raise ValueError(f"tiles must be at least {MIN_TILE} px")
-    overlap = 2 * halo + 2 * CONTEXT_SCALE
+    overlap = 2 * halo + CONTEXT_SCALE
     n = -(-(size - overlap) // (max_crop - overlap))
     while True:
         crop = min(_ceil32((size + (n - 1) * overlap) / n), size)
