@@ -200,6 +200,25 @@ def test_export_ships_best_weights_with_a_model_card(tmp_path):
     load_model(shipped)
 
 
+def test_the_model_card_says_when_the_shipped_weights_are_the_average(tmp_path):
+    from lowlux.train.card import model_card
+    from lowlux.train.evaluate import EvalItem, run_eval
+    from lowlux.train.unprocess import sony_colour
+
+    def average_wins(model):
+        return {"psnr": 25.0 if any(p.grad is not None for p in model.parameters()) else 26.0, "ssim": 0.5}
+
+    cfg = config(tmp_path, steps=2, eval_every=2, ema=0.99)
+    train(cfg, [FixedSource(fixed_pair())], [1.0], eval_fn=average_wins)
+    pair = fixed_pair()
+    run_eval([EvalItem("flat", pair.dark, pair.ratio, pair.target, sony_colour())],
+             cfg.run_dir / "best.safetensors", None, tmp_path / "eval", baseline=False)
+    card = model_card(cfg.run_dir, tmp_path / "eval" / "eval.json", "a test machine")
+    assert "moving average of the weights (decay 0.99 per step)" in card
+    assert "the shipped ones are the average" in card
+    assert "| 2 | 25.00 | 0.5000 | 0.00 | 26.00, 0.5000 |" in card
+
+
 def test_a_new_run_can_start_from_shipped_weights(tmp_path):
     first = config(tmp_path / "a", steps=3)
     train(first, [FixedSource(fixed_pair())], [1.0])

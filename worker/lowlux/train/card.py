@@ -21,11 +21,15 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _curve_table(eval_rows: list[dict[str, str]], every: int) -> str:
-    lines = ["| step | eval PSNR (dB) | eval SSIM | hours |", "|---|---|---|---|"]
+    averaged = any(r.get("ema_psnr") for r in eval_rows)
+    head = "| step | eval PSNR (dB) | eval SSIM | hours |" + (" averaged weights: PSNR, SSIM |" if averaged else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     picked = [r for i, r in enumerate(eval_rows) if i % every == 0 or i == len(eval_rows) - 1]
     for r in picked:
-        lines.append(f"| {r['step']} | {float(r['psnr']):.2f} | {float(r['ssim']):.4f} | "
-                     f"{float(r['wall_s']) / 3600:.2f} |")
+        line = f"| {r['step']} | {float(r['psnr']):.2f} | {float(r['ssim']):.4f} | {float(r['wall_s']) / 3600:.2f} |"
+        if averaged:
+            line += f" {float(r['ema_psnr']):.2f}, {float(r['ema_ssim']):.4f} |" if r.get("ema_psnr") else " |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -35,6 +39,15 @@ def _source(spec: str) -> str:
     path, _, weight = rest.rpartition("@")
     p = Path(path)
     return f"`{kind}` ({p.parent.name}/{p.name}, weight {weight})"
+
+
+def _which(meta: dict[str, str], config: dict) -> str:
+    """Which weights were shipped when the run also kept a moving average of them."""
+    if not config.get("ema"):
+        return ""
+    kind = meta.get("weights", "trained")
+    return (f"; the run kept a moving average of the weights (decay {config['ema']:g} per step) beside them, "
+            f"and the shipped ones are the {'average' if kind.startswith('ema') else 'trained weights'}")
 
 
 def model_card(run_dir: Path, eval_json: Path, hardware: str, notes: str = "") -> str:
@@ -59,7 +72,7 @@ none of the authors' weights were used to make it.
   100-300 plus the Sony α7S II physics-based noise model of Wei et al., CVPR 2020) and photographs
   unprocessed into raws (Brooks et al., CVPR 2019); targets rendered the way SID rendered its ground
   truth (LibRaw, camera WB, no auto-brightness). The evaluation images are held out (`lowlux.train.split`).
-- Steps: {meta.get('steps', '?')} (best eval PSNR) of {last_step} run so far.
+- Steps: {meta.get('steps', '?')} (best eval PSNR) of {last_step} run so far{_which(meta, config)}.
 - Batch {config['batch']}, {config['crop']} px crops, Adam lr {config['lr']:g}, {config['lr_after']:g} from step
   {config['lr_drop_at'] or config['steps'] // 2}, loss {config['l1_weight']:g} L1 +
   {config['msssim_weight']:g} (1 - MS-SSIM), seed {config['seed']}, {config['threads']} intra-op thread(s).
