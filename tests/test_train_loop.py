@@ -197,6 +197,7 @@ def test_export_ships_best_weights_with_a_model_card(tmp_path):
     assert "| ours | GT exposure ratio |" in card and "a test machine" in card
     assert "Steps: 4 (best eval PSNR)" in card  # the step with the best score, not the last one
     assert "| 6 | 22.00 | 0.5000 |" in card
+    assert "| 4 | 23.00 | 0.5000 |" in card  # the shipped step is always in the curve
     load_model(shipped)
 
 

@@ -20,11 +20,13 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _curve_table(eval_rows: list[dict[str, str]], every: int) -> str:
+def _curve_table(eval_rows: list[dict[str, str]], every: int, best_step: str = "") -> str:
+    """Every ``every``-th evaluation, the last one and the shipped (best) one."""
     averaged = any(r.get("ema_psnr") for r in eval_rows)
     head = "| step | eval PSNR (dB) | eval SSIM | hours |" + (" averaged weights: PSNR, SSIM |" if averaged else "")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    picked = [r for i, r in enumerate(eval_rows) if i % every == 0 or i == len(eval_rows) - 1]
+    picked = [r for i, r in enumerate(eval_rows)
+              if i % every == 0 or i == len(eval_rows) - 1 or r["step"] == best_step]
     for r in picked:
         line = f"| {r['step']} | {float(r['psnr']):.2f} | {float(r['ssim']):.4f} | {float(r['wall_s']) / 3600:.2f} |"
         if averaged:
@@ -87,7 +89,7 @@ Mean over images; "authors" is their released SID-Sony checkpoint (evaluation on
 {markdown_table(results)}
 Eval PSNR / SSIM against training steps (GT exposure ratio, this model only):
 
-{_curve_table(eval_rows, max(1, len(eval_rows) // 15))}
+{_curve_table(eval_rows, max(1, len(eval_rows) // 15), meta.get('steps', ''))}
 {notes}
 """
 
