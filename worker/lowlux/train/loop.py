@@ -118,7 +118,8 @@ def save_checkpoint(path: Path, model: LowLightNet, opt: torch.optim.Optimizer, 
 
 
 def new_ema(model: LowLightNet, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """A moving average of ``model``'s weights, starting at its current weights."""
+    """A moving average of ``model``'s weights: its first update copies them, each later one moves
+    the average ``1 - decay`` of the way towards them."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     if not 0.0 < decay < 1.0:
@@ -182,6 +183,7 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     else:
         seed_everything(config.seed)
     ema = new_ema(model, config.ema) if config.ema else None
+    ema_name = f"ema {config.ema:g}"
     if ema is not None and state is not None and "ema" in state:
         ema.load_state_dict(state["ema"])
     elif ema is not None and step > 0:
@@ -209,7 +211,7 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
             extra["ema"] = ema.state_dict()
         save_checkpoint(ckpt_path, model, opt, step, config, extra)
         export_weights(model if ema is None else ema.module, run / "last.safetensors",
-                       {"steps": str(step), "weights": "trained" if ema is None else f"ema {config.ema:g}"})
+                       {"steps": str(step), "weights": "trained" if ema is None else ema_name})
 
     def score(net: LowLightNet) -> dict[str, float]:
         net.eval()
@@ -223,11 +225,8 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
         if eval_fn is None:
             return
         t = time.time()
-        candidates = {"trained": (model, score(model))}
-        if ema is not None:
-            candidates[f"ema {config.ema:g}"] = (ema.module, score(ema.module))
-        scores = candidates["trained"][1]
-        averaged = candidates.get(f"ema {config.ema:g}", (None, {}))[1]
+        scores = score(model)
+        averaged = score(ema.module) if ema is not None else None
         eval_log.write(step=step, psnr=f"{scores['psnr']:.4f}", ssim=f"{scores['ssim']:.5f}",
                        wall_s=f"{time.time() - started:.0f}",
                        ema_psnr=f"{averaged['psnr']:.4f}" if averaged else "",
@@ -235,7 +234,8 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
         log.info("step %d: eval PSNR %.3f dB, SSIM %.4f%s (%.1f s)", step, scores["psnr"], scores["ssim"],
                  f"; averaged {averaged['psnr']:.3f} dB, {averaged['ssim']:.4f}" if averaged else "",
                  time.time() - t)
-        kind, (net, top) = max(candidates.items(), key=lambda kv: kv[1][1]["psnr"])
+        candidates = [("trained", model, scores)] + ([(ema_name, ema.module, averaged)] if averaged else [])
+        kind, net, top = max(candidates, key=lambda c: c[2]["psnr"])
         if top["psnr"] > best:
             best = top["psnr"]
             export_weights(net, run / "best.safetensors",
