@@ -34,3 +34,20 @@ def test_bench_writes_a_row_per_configuration_with_the_reference_first(tmp_path,
 def test_mac_count_matches_the_papers_60_gmacs_at_4k():
     # Paper Table 1: 59.8 GMACs for a Sony alpha 7S II frame (4256 x 2848).
     assert abs(count_macs(2848, 4256) / 1e9 - 59.8) < 0.5
+
+
+def test_on_a_gpu_fp16_runs_with_and_without_encoder_streams_and_cuda_graphs_against_an_eager_reference(monkeypatch):
+    # Only the plan is checked here (no GPU needed): the rows a GPU machine would run.
+    import argparse
+
+    import torch
+
+    from lowlux import bench, engine
+
+    monkeypatch.setattr(engine, "resolve_device", lambda device: torch.device("cuda"))
+    configs = bench.default_configs(argparse.Namespace(device="cuda", only=None))
+    reference = configs[0]
+    assert reference.reference and reference.dtype == "float32" and not reference.cuda_graphs
+    fp16 = {(c.concurrent, c.cuda_graphs) for c in configs if c.dtype == "float16"}
+    assert fp16 == {(False, True), (True, True), (False, False), (True, False)}
+    assert all(c.backend == "torch" for c in configs)  # the exported runtimes are CPU-only

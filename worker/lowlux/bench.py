@@ -44,6 +44,8 @@ class Config:
     """As ``EngineConfig.tile``: None automatic (memory budget), 0 whole frame, N crops of at most N x N."""
     large: bool = True
     """Also run at sizes above :data:`LARGE_PIXELS`."""
+    cuda_graphs: bool = True
+    """On CUDA, replay the forward from a captured CUDA graph (as ``EngineConfig.cuda_graphs``)."""
 
 
 @dataclass
@@ -198,7 +200,8 @@ def _child_net(cfg: Config, size: tuple[int, int], runs: int, warmup: int, weigh
 
     engine = _make_engine(EngineConfig(weights=weights, device=device, dtype=cfg.dtype, concurrent=cfg.concurrent,
                                        channels_last=cfg.channels_last, backend=cfg.backend,
-                                       tile=0 if cfg.reference else cfg.tile))
+                                       tile=0 if cfg.reference else cfg.tile,
+                                       cuda_graphs=cfg.cuda_graphs))
     x = torch.from_numpy(_pad32(bench_input(*size)))[None, None].to(engine.device)
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
 
@@ -212,6 +215,8 @@ def _child_net(cfg: Config, size: tuple[int, int], runs: int, warmup: int, weigh
         run()
     sync()
     _reset_peak()
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(engine.device)
     times = []
     out = None
     for _ in range(runs):
@@ -224,6 +229,8 @@ def _child_net(cfg: Config, size: tuple[int, int], runs: int, warmup: int, weigh
     tiles = engine.tiles(*x.shape[-2:])
     result = {"times": times, "peak_rss_mb": peak, "maxrss_mb": _maxrss_mb(), "device": str(engine.device),
               "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1}
+    if engine.device.type == "cuda":
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(engine.device) / 2**20
     if save_out:
         np.save(save_out, out[0].permute(1, 2, 0).cpu().numpy())
     del out
@@ -356,12 +363,15 @@ def default_configs(args: argparse.Namespace) -> list[Config]:
     from .engine import resolve_device
 
     device = resolve_device(getattr(args, "device", "auto"))
-    configs = [Config("eager fp32 (reference)", reference=True, tile=0),
+    configs = [Config("eager fp32 (reference)", reference=True, tile=0, cuda_graphs=False),
                Config("torch channels_last", channels_last=True, tile=0, large=False),
                Config("torch concurrent encoders", concurrent=True, tile=0, large=False)]
-    if device.type == "cuda":
-        configs.append(Config("torch fp16 autocast", dtype="float16", channels_last=True))
-        configs.append(Config("torch fp16 + streams", dtype="float16", channels_last=True, concurrent=True))
+    if device.type == "cuda":  # fp16 with and without the encoders on their own streams, with and without graphs
+        configs.append(Config("torch fp32, CUDA graph", channels_last=True))
+        for graphs, suffix in ((True, ""), (False, ", no CUDA graph")):
+            configs.append(Config("torch fp16 autocast" + suffix, dtype="float16", channels_last=True, cuda_graphs=graphs))
+            configs.append(Config("torch fp16 + streams" + suffix, dtype="float16", channels_last=True, concurrent=True,
+                                  cuda_graphs=graphs))
     elif cpu_has_bf16():
         configs.append(Config("torch bf16 autocast", dtype="bfloat16", channels_last=True, tile=0, large=False))
     for backend, dtype, label in (("openvino", "float32", "openvino fp32"), ("openvino", "bfloat16", "openvino bf16"),
@@ -405,7 +415,8 @@ def run_bench(args: argparse.Namespace) -> int:
                           len(res["times"]), res["peak_rss_mb"], gmacs, res.get("max_abs_diff"),
                           res.get("photo_max_abs_diff"), None if cfg.reference else ref_median / med, cfg.reference,
                           {"device": res["device"], "concurrent": cfg.concurrent, "channels_last": cfg.channels_last,
-                           "runtime": res["backend_detail"], "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"]})
+                           "runtime": res["backend_detail"], "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"]}
+                          | ({"gpu_peak_mb": res["gpu_peak_mb"], "fps": 1 / med} if "gpu_peak_mb" in res else {}))
                 rows.append(row)
                 print(_format(row), flush=True)
             Path(ref_path).unlink(missing_ok=True)
