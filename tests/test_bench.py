@@ -51,3 +51,24 @@ def test_on_a_gpu_fp16_runs_with_and_without_encoder_streams_and_cuda_graphs_aga
     fp16 = {(c.concurrent, c.cuda_graphs) for c in configs if c.dtype == "float16"}
     assert fp16 == {(False, True), (True, True), (False, False), (True, False)}
     assert all(c.backend == "torch" for c in configs)  # the exported runtimes are CPU-only
+
+
+def test_a_configuration_that_fails_costs_its_row_only_and_the_exit_status(tmp_path, tiny_weights, monkeypatch, capsys):
+    from lowlux import bench
+
+    real = bench._run_child
+
+    def flaky(kind, payload):
+        if kind == "net" and payload["cfg"]["name"] == "torch channels_last":
+            raise RuntimeError("bench child failed (net torch channels_last):\nRuntimeError: out of memory")
+        return real(kind, payload)
+
+    monkeypatch.setattr(bench, "_run_child", flaky)
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = ["bench", "--sizes", "64x96", "--runs", "2", "--no-e2e", "--only", "channels_last,concurrent",
+            "--json", str(out), "--markdown", str(md), "--weights", str(tiny_weights)]
+    assert main(args) == 1
+    names = [r["name"] for r in json.loads(out.read_text())]
+    assert names == ["eager fp32 (reference)", "torch concurrent encoders"]
+    assert "torch channels_last at 64x96: RuntimeError: out of memory" in md.read_text()
+    assert "FAILED" in capsys.readouterr().out

@@ -396,6 +396,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(machine)
     print(_header())
     configs = default_configs(args)
+    failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             size_s = f"{size[0]}x{size[1]}"
@@ -405,10 +406,18 @@ def run_bench(args: argparse.Namespace) -> int:
             for cfg in configs:
                 if not cfg.large and size[0] * size[1] > LARGE_PIXELS:
                     continue
-                res = _run_child("net", {"cfg": asdict(cfg), "size": size, "runs": args.runs, "warmup": args.warmup,
-                                         "weights": weights, "device": device,
-                                         "ref_out": None if cfg.reference else ref_path,
-                                         "save_out": ref_path if cfg.reference else None})
+                try:
+                    res = _run_child("net", {"cfg": asdict(cfg), "size": size, "runs": args.runs,
+                                             "warmup": args.warmup, "weights": weights, "device": device,
+                                             "ref_out": None if cfg.reference else ref_path,
+                                             "save_out": ref_path if cfg.reference else None})
+                except RuntimeError as exc:
+                    if cfg.reference:  # every other row is measured against it
+                        raise
+                    # One configuration that fails (a runtime bug, out of memory) costs its row only.
+                    failures.append(f"{cfg.name} at {size_s}: {str(exc).strip().splitlines()[-1]}")
+                    print(f"{cfg.name:28s} {size_s:>10s} FAILED: {failures[-1]}", flush=True)
+                    continue
                 med = statistics.median(res["times"])
                 ref_median = med if cfg.reference else ref_median
                 row = Row(cfg.name, cfg.backend, cfg.dtype, size_s, med, min(res["times"]), max(res["times"]),
@@ -436,8 +445,14 @@ def run_bench(args: argparse.Namespace) -> int:
     args.json.write_text(json.dumps([asdict(r) | {"machine": machine} for r in rows], indent=1))
     print(f"results written to {args.json}")
     if getattr(args, "markdown", None):
-        args.markdown.write_text(markdown_tables(rows, machine))
+        text = markdown_tables(rows, machine)
+        if failures:
+            text += "\nFailed (no row):\n\n" + "".join(f"- {f}\n" for f in failures)
+        args.markdown.write_text(text)
         print(f"tables written to {args.markdown}")
+    if failures:
+        print(f"{len(failures)} configuration(s) failed:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
 
 
