@@ -220,6 +220,11 @@ class TorchBackend(Backend):
         self._graphs: OrderedDict[tuple, _CudaGraph] = OrderedDict()
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+            if dtype == "float32":
+                # cuDNN would otherwise run fp32 convs in TF32 (10-bit mantissa): 5e-4 from fp32 on an
+                # H100. float32 means float32; float16 is the fast GPU path.
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
 
     def describe(self) -> dict[str, str]:
         extra = []

@@ -152,7 +152,7 @@ def _photo_diff(engine) -> float | None:
     x = torch.from_numpy(photo)[None, None].to(engine.device)
     # A copy in the default layout: a channels-last backend must not be its own reference.
     model = copy.deepcopy(engine.model).float().to(memory_format=torch.contiguous_format)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         reference = model(x)
     return float((engine.forward(x) - reference).abs().max())
 
@@ -230,7 +230,8 @@ def _child_net(cfg: Config, size: tuple[int, int], runs: int, warmup: int, weigh
     result = {"times": times, "peak_rss_mb": peak, "maxrss_mb": _maxrss_mb(), "device": str(engine.device),
               "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1}
     if engine.device.type == "cuda":
-        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(engine.device) / 2**20
+        # What the process held on the GPU (allocator reserve: CUDA graphs' pools included).
+        result["gpu_peak_mb"] = torch.cuda.max_memory_reserved(engine.device) / 2**20
     if save_out:
         np.save(save_out, out[0].permute(1, 2, 0).cpu().numpy())
     del out
@@ -367,11 +368,11 @@ def default_configs(args: argparse.Namespace) -> list[Config]:
                Config("torch channels_last", channels_last=True, tile=0, large=False),
                Config("torch concurrent encoders", concurrent=True, tile=0, large=False)]
     if device.type == "cuda":  # fp16 with and without the encoders on their own streams, with and without graphs
-        configs.append(Config("torch fp32, CUDA graph", channels_last=True))
+        configs.append(Config("torch fp32, CUDA graph"))
         for graphs, suffix in ((True, ""), (False, ", no CUDA graph")):
-            configs.append(Config("torch fp16 autocast" + suffix, dtype="float16", channels_last=True, cuda_graphs=graphs))
-            configs.append(Config("torch fp16 + streams" + suffix, dtype="float16", channels_last=True, concurrent=True,
-                                  cuda_graphs=graphs))
+            configs.append(Config("torch fp16 autocast" + suffix, dtype="float16", cuda_graphs=graphs))
+            configs.append(Config("torch fp16 + streams" + suffix, dtype="float16", concurrent=True, cuda_graphs=graphs))
+        configs.append(Config("torch fp16 autocast, channels_last", dtype="float16", channels_last=True))
     elif cpu_has_bf16():
         configs.append(Config("torch bf16 autocast", dtype="bfloat16", channels_last=True, tile=0, large=False))
     for backend, dtype, label in (("openvino", "float32", "openvino fp32"), ("openvino", "bfloat16", "openvino bf16"),
@@ -461,13 +462,15 @@ def markdown_tables(rows: list[Row], machine: str) -> str:
     out = [f"Machine: {machine}", ""]
     for size in dict.fromkeys(r.size for r in rows):
         h, w = (int(v) for v in size.split("x"))
+        gpu = any("gpu_peak_mb" in r.extra for r in rows if r.size == size)
         out += [f"### {size} ({h * w / 1e6:.1f} MP, {next(r.gmacs for r in rows if r.size == size):.1f} GMACs)", "",
                 "| config | runtime | median s | min s | max s | speed-up | peak RSS MB | max abs diff "
-                "| on a photo | tiles |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| on a photo | tiles |" + (" fps | GPU peak MB |" if gpu else ""),
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "")]
         for r in rows:
             if r.size != size:
                 continue
+            cuda = f" {1 / r.median_s:.0f} | {r.extra['gpu_peak_mb']:.0f} |" if "gpu_peak_mb" in r.extra else " | |"
             speed = "reference" if r.reference else (f"{r.speedup:.2f}x" if r.speedup else "")
             diff = "" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
             photo = "" if r.photo_max_abs_diff is None else f"{r.photo_max_abs_diff:.1e}"
@@ -477,10 +480,16 @@ def markdown_tables(rows: list[Row], machine: str) -> str:
                                    ("decode_s", "net_s", "encode_s", "batch_per_file_s") if k in r.extra)
                 name += f" ({stages}; one file at a time: peak {r.extra['one_file_peak_rss_mb']:.0f} MB)" \
                     if "one_file_peak_rss_mb" in r.extra else f" ({stages})"
-            out.append(f"| {name} | {r.extra.get('runtime', '')} | {r.median_s:.3f} | {r.min_s:.3f} | {r.max_s:.3f} "
-                       f"| {speed} | {r.peak_rss_mb:.0f} | {diff} | {photo} | {r.extra.get('tiles', '')} |")
+            out.append(f"| {name} | {r.extra.get('runtime', '')} | {_secs(r.median_s)} | {_secs(r.min_s)} | {_secs(r.max_s)} "
+                       f"| {speed} | {r.peak_rss_mb:.0f} | {diff} | {photo} | {r.extra.get('tiles', '')} |"
+                       + (cuda if gpu else ""))
         out.append("")
     return "\n".join(out)
+
+
+def _secs(value: float) -> str:
+    """Seconds with three decimals, or four significant digits below 0.1 s (GPU times)."""
+    return f"{value:.3f}" if value >= 0.1 else f"{value:.4g}"
 
 
 def machine_line() -> str:
@@ -510,7 +519,7 @@ def _format(r: Row) -> str:
     speed = "ref" if r.reference else (f"{r.speedup:.2f}x" if r.speedup else "")
     diff = "" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
     photo = "" if r.photo_max_abs_diff is None else f"{r.photo_max_abs_diff:.1e}"
-    return (f"{r.name:28s} {r.size:>10s} {r.median_s:9.3f} {r.min_s:7.3f} {r.max_s:7.3f} {speed:>8s} "
+    return (f"{r.name:28s} {r.size:>10s} {_secs(r.median_s):>9s} {_secs(r.min_s):>7s} {_secs(r.max_s):>7s} {speed:>8s} "
             f"{r.peak_rss_mb:11.0f} {r.gmacs:7.1f} {diff:>10s} {photo:>8s} {r.extra.get('tiles', ''):>5}")
 
 
