@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lowlux.amplifier import estimate_amplification
-from lowlux.engine import DEFAULT_MEMORY_BUDGET_MB, STRIPS, TILE_BUDGET_FRACTION, Engine, EngineConfig
+from lowlux.engine import DEFAULT_MEMORY_BUDGET_MB, STRIPS, TILE_BUDGET_FRACTION, Engine, EngineConfig, quantised
 from lowlux.mosaic import Crop, apply_orientation, coded_for_net, pad_for_net
 from lowlux.pipeline import Decoded, infer
 from lowlux.raw import RawImage
@@ -137,10 +137,30 @@ def test_the_piecewise_uint16_path_equals_crop_convert_and_turn(tiny_weights, fl
         def restore(self, m, a):
             return engine.restore(m, a)
 
+    class OnAGpu:  # the pipeline asks a GPU engine for pieces already quantised where the net ran
+        device = torch.device("cuda")
+
+        def restore_tiles(self, m, a, uint16=False):
+            assert uint16
+            return engine.restore_tiles(m, a, uint16=True)
+
     fast, = infer(engine, decoded)
     plain, = infer(RestoreOnly(), decoded)
+    gpu, = infer(OnAGpu(), decoded)
     assert fast.dtype == np.uint16 and fast.flags.c_contiguous
-    assert np.array_equal(fast, expected) and np.array_equal(plain, expected)
+    assert np.array_equal(fast, expected) and np.array_equal(plain, expected) and np.array_equal(gpu, expected)
+
+
+def test_quantising_where_the_net_ran_gives_exactly_the_host_conversion():
+    rng = np.random.default_rng(3)
+    nchw = torch.from_numpy(rng.uniform(-0.1, 1.1, (1, 3, 40, 56)).astype(np.float32))
+    edges = torch.tensor([0.0, 1.0, -0.0, 1e-9, 0.5 / 65535, 32767.5 / 65535, 32768.5 / 65535, 1 - 1e-7])
+    nchw[0, :, 0, : edges.numel()] = edges
+    rgb = nchw.permute(0, 2, 3, 1)[0]  # h x w x 3 view, as the backends hand pieces on
+    out = quantised(rgb)
+    assert out.dtype == np.uint16 and out.flags.c_contiguous
+    assert np.array_equal(out, to_uint16(rgb.numpy()))
+    assert out.min() == 0 and out.max() == 65535
 
 
 @pytest.mark.parametrize("pattern", ["RGGB", "GRBG", "GBRG", "BGGR"])
@@ -158,6 +178,21 @@ def test_sensor_codes_restore_exactly_like_the_normalised_mosaic(tiny_weights, p
                           np.clip(floats[64:160, 2:98] * np.float32(37.5), 0, 1))
     engine = Engine(EngineConfig(weights=tiny_weights, tile=tile))
     assert np.array_equal(engine.restore(codes, 37.5), engine.restore(floats, 37.5))
+
+
+def test_the_gpu_lookup_of_sensor_codes_gives_exactly_the_host_lookup():
+    from lowlux.engine import _CodedFrame
+
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 65536, (64, 96), dtype=np.uint16)
+    codes[0, :4] = [0, 65535, 32767, 32768]
+    mosaic, _ = coded_for_net(codes, rng.random((2, 2, 65536), dtype=np.float32), "RGGB")
+    frame = _CodedFrame(mosaic, 3.0, torch.device("cpu"))  # the gather runs on any device
+    for rows, cols in ((slice(0, 64), slice(0, 96)), (slice(32, 64), slice(2, 50))):
+        expected = frame.mosaic.normalised(rows, cols)
+        assert np.array_equal(frame.gathered(rows, cols)[0, 0].numpy(), expected)
+    with pytest.raises(ValueError, match="even rows"):
+        frame.gathered(slice(1, 33), slice(0, 32))
 
 
 def test_crops_of_sensor_codes_must_keep_the_2x2_positions():

@@ -216,16 +216,18 @@ class Engine:
 
         return TensorFrame(raw, amplify)
 
-    def restore_tiles(self, mosaic: np.ndarray | CodedMosaic,
-                      amplification: float) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    def restore_tiles(self, mosaic: np.ndarray | CodedMosaic, amplification: float, *,
+                      uint16: bool = False) -> Iterator[tuple[slice, slice, np.ndarray]]:
         """Like :meth:`restore`, piece by piece: ``(rows, columns, h x w x 3 float32)``.
 
         One piece for a frame that runs whole, one per tile otherwise, so a caller can convert and
         store each piece without ever holding the whole float image. Use or copy each piece before
-        asking for the next (see :meth:`pieces`).
+        asking for the next (see :meth:`pieces`). ``uint16`` quantises each piece where the net ran
+        (:func:`quantised`): worth it on a GPU, where the host then gets half the bytes and no
+        per-pixel work; on the CPU the caller's banded conversion needs less memory.
         """
         for ys, xs, rgb in self._pieces(self._frame(mosaic, amplification)):
-            yield ys, xs, rgb[0].cpu().numpy()
+            yield ys, xs, quantised(rgb[0]) if uint16 else rgb[0].cpu().numpy()
 
     def restore(self, mosaic: np.ndarray | CodedMosaic, amplification: float) -> np.ndarray:
         """Padded RGGB mosaic (H x W, normalised float or sensor codes) -> sRGB (H x W x 3 float32, [0, 1]).
@@ -245,12 +247,42 @@ class Engine:
         self.backend.close()
 
 
+def quantised(rgb: Tensor) -> np.ndarray:
+    """h x w x 3 sRGB in [0, 1] -> uint16 rounded to nearest (C order), computed on ``rgb``'s device.
+
+    The same float32 operations, one at a time, as :func:`lowlux.tiff.to_uint16`, so the same
+    values. Carried to the host as int16 with the same bits (torch has little uint16 support).
+    """
+    v = rgb.clamp(0.0, 1.0).mul_(65535.0).add_(0.5).to(torch.int32)
+    v = torch.where(v >= 32768, v - 65536, v).to(torch.int16).contiguous()
+    return v.cpu().numpy().view(np.uint16)
+
+
 class _CodedFrame:
-    """A :class:`CodedMosaic` as the net's input: each crop normalised and amplified in one lookup."""
+    """A :class:`CodedMosaic` as the net's input: each crop normalised and amplified in one lookup.
+
+    On a GPU the lookup happens there: the 16-bit codes cross (half the bytes of floats) and the
+    host does no per-pixel work.
+    """
 
     def __init__(self, mosaic: CodedMosaic, amplification: float, device: torch.device) -> None:
         self.mosaic, self.device = mosaic.amplified(amplification), device
         self.shape = (1, 1, *mosaic.shape)
+        self._tables: Tensor | None = None
 
     def cut(self, rows: slice, cols: slice) -> Tensor:
+        if self.device.type == "cuda":
+            return self.gathered(rows, cols)
         return torch.from_numpy(self.mosaic.normalised(rows, cols))[None, None].to(self.device)
+
+    def gathered(self, rows: slice, cols: slice) -> Tensor:
+        """:meth:`CodedMosaic.normalised` as a gather on the engine's device (the same values)."""
+        if (rows.start or 0) % 2 or (cols.start or 0) % 2:
+            raise ValueError("crops of a mosaic must start on even rows and columns")
+        if self._tables is None:
+            self._tables = torch.from_numpy(self.mosaic.tables.reshape(-1)).to(self.device)
+        codes = np.ascontiguousarray(self.mosaic.codes[rows, cols]).view(np.int16)  # torch has no uint16 maths
+        index = torch.from_numpy(codes).to(self.device).to(torch.int64) & 0xFFFF
+        index[1::2] += 2 * 65536  # the table of each 2x2 position: tables[r, c] starts at (2r + c) * 65536
+        index[:, 1::2] += 65536
+        return self._tables[index][None, None]
