@@ -92,3 +92,29 @@ def test_four_clients_with_bad_files_over_several_rounds(runtime, tiny_weights, 
     assert {p: sha256(p) for p in hashes} == hashes
     # memory stays flat once warm: the last round may not need noticeably more than the first
     assert rss[-1] <= rss[0] * 1.10 + 24 * MiB, [r // MiB for r in rss]
+
+
+def test_weights_declare_their_output_space_and_load_into_it(tmp_path):
+    from lowlux.model import LINEAR_CAMERA_WB, LowLightNet
+    from lowlux.weights import load_model, output_space, save_weights
+
+    path = save_weights(LowLightNet(LINEAR_CAMERA_WB), tmp_path / "w.safetensors")
+    assert output_space(path) == LINEAR_CAMERA_WB
+    assert load_model(path).output_space == LINEAR_CAMERA_WB
+    paper = save_weights(LowLightNet(), tmp_path / "p.safetensors")
+    assert load_model(paper).output_space == "srgb"
+
+
+def test_weights_with_an_unknown_output_space_are_refused_by_name(tmp_path):
+    import pytest
+    from safetensors.torch import save_file
+
+    from lowlux.errors import WeightsError
+    from lowlux.model import LowLightNet
+    from lowlux.weights import load_model
+
+    path = tmp_path / "odd.safetensors"
+    save_file({k: v.contiguous() for k, v in LowLightNet().state_dict().items()}, str(path),
+              metadata={"output_space": "xyz"})
+    with pytest.raises(WeightsError, match="odd.safetensors"):
+        load_model(path)

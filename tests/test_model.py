@@ -90,3 +90,26 @@ def test_a_model_in_training_saves_folded_weights(tmp_path):
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(net.eval()(x), load_model(path)(x))
+
+
+def test_linear_net_ends_in_the_tone_curves_inverse_and_keeps_the_parameter_count():
+    import torch
+
+    from lowlux import curves
+    from lowlux.model import LINEAR_CAMERA_WB, LowLightNet, count_parameters
+
+    srgb, linear = LowLightNet(), LowLightNet(LINEAR_CAMERA_WB)
+    linear.load_state_dict(srgb.state_dict())
+    assert count_parameters(linear) == count_parameters(srgb) == 784_768
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(linear(x), curves.decode(srgb(x)), atol=1e-6)
+
+
+def test_an_unknown_output_space_is_refused():
+    import pytest
+
+    from lowlux.model import LowLightNet
+
+    with pytest.raises(ValueError, match="output space"):
+        LowLightNet("xyz")

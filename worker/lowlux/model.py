@@ -1,7 +1,9 @@
 """The restoration net of Lamba & Mitra, "Restoring Extremely Dark Images in Real Time" (CVPR 2021).
 
-The net maps an amplified Bayer mosaic (B x 1 x H x W, RGGB, H and W multiples of 32) to sRGB
-(B x 3 x H x W, in [0, 1]). Three encoders read the packed raw directly, so they are independent
+The net maps an amplified Bayer mosaic (B x 1 x H x W, RGGB, H and W multiples of 32) to an RGB
+image (B x 3 x H x W, in [0, 1]) in one of two output spaces (:data:`OUTPUT_SPACES`): the paper's
+sRGB, or lowlux's linear white-balanced camera RGB, which an exact colour stage turns into any
+output (see :mod:`lowlux.colour`). Three encoders read the packed raw directly, so they are independent
 of one another and may run concurrently (paper Sec. 3.1.2):
 
     LSE  1/2  one 5x5 conv on the packed raw           -> low-level detail
@@ -18,8 +20,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from . import curves
+
 LEAKY_SLOPE = 0.2
 """LeakyReLU slope used throughout, as in SID and the paper (Sec. 3.1)."""
+
+SRGB = "srgb"
+LINEAR_CAMERA_WB = "linear-camera-wb"
+OUTPUT_SPACES = (SRGB, LINEAR_CAMERA_WB)
+"""What the net's output means. ``srgb``: display-ready sRGB (the paper; the authors' weights).
+``linear-camera-wb``: linear light in the camera's own RGB, white-balanced with the shot's
+multipliers (the input mosaic is white-balanced the same way)."""
 
 
 def conv(in_ch: int, out_ch: int, kernel: int, *, bias: bool = True, groups: int = 1) -> nn.Conv2d:
@@ -167,7 +178,11 @@ class FuseBlock1(nn.Module):
 
 
 class FuseBlock2(nn.Module):
-    """Fuses LSE with Fuse Block 1 at 1/2 and produces the full-resolution sRGB image."""
+    """Fuses LSE with Fuse Block 1 at 1/2 and produces the full-resolution image, clamped to [0, 1].
+
+    The clamp stays for the linear output too: the input is clipped at 1 after white balance, so
+    anything the net might say above 1 would be a guess, and [0, 1] is exactly a DNG's white level.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -178,16 +193,32 @@ class FuseBlock2(nn.Module):
         return F.pixel_shuffle(x, 2).clamp(0.0, 1.0)
 
 
-class LowLightNet(nn.Module):
-    """The whole net (paper Fig. 3): amplified Bayer mosaic in, sRGB out."""
+class LinearLight(nn.Module):
+    """Output stage of the linear nets: the net predicts values on lowlux's tone curve and this
+    parameter-free stage turns them into linear light.
 
-    def __init__(self) -> None:
+    Predicting on the curve spends the last conv's precision where the eye does (the curve is
+    what the loss compares on), and keeps the architecture the paper's.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return curves.decode(x)
+
+
+class LowLightNet(nn.Module):
+    """The whole net (paper Fig. 3): amplified Bayer mosaic in, RGB in ``output_space`` out."""
+
+    def __init__(self, output_space: str = SRGB) -> None:
         super().__init__()
+        if output_space not in OUTPUT_SPACES:
+            raise ValueError(f"output space {output_space!r} is not one of {', '.join(OUTPUT_SPACES)}")
+        self.output_space = output_space
         self.lse = LSE()
         self.mse = MSE()
         self.hse = HSE()
         self.fb1 = FuseBlock1()
         self.fb2 = FuseBlock2()
+        self.output = LinearLight() if output_space == LINEAR_CAMERA_WB else nn.Identity()
 
     @staticmethod
     def pack(raw: Tensor) -> Tensor:
@@ -199,7 +230,7 @@ class LowLightNet(nn.Module):
         lse = self.lse(packed)
         mse = self.mse(packed)
         hse = self.hse(packed)
-        return self.fb2(lse, self.fb1(mse, hse))
+        return self.output(self.fb2(lse, self.fb1(mse, hse)))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import WeightsError
-from .model import LowLightNet
+from .model import SRGB, LowLightNet
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,19 @@ def strip_weight_norm_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def output_space(path: str | Path) -> str:
+    """What a weights file's net outputs (metadata ``output_space``); files without it, the authors'
+    checkpoint included, are the paper's sRGB nets."""
+    return read_metadata(path).get("output_space", SRGB)
+
+
 def load_model(path: str | Path) -> LowLightNet:
-    """A ready-to-run net (eval mode, folded weights) from a weights file."""
+    """A ready-to-run net (eval mode, folded weights) from a weights file, in its declared output space."""
     state = load_state(path)
-    model = LowLightNet()
+    try:
+        model = LowLightNet(output_space(path))
+    except ValueError as exc:
+        raise WeightsError(f"{path}: {exc}") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -152,7 +161,8 @@ def save_weights(model: LowLightNet, path: str | Path, metadata: dict[str, str] 
     state = {k: v.detach().cpu().contiguous() for k, v in strip_weight_norm_keys(model.state_dict()).items()}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT, **(metadata or {})})
+    meta = {"format": FORMAT, "output_space": getattr(model, "output_space", SRGB), **(metadata or {})}
+    save_file(state, str(tmp), metadata=meta)
     tmp.replace(path)
     return path
 

@@ -14,9 +14,9 @@ balance), then :func:`mosaic` keeps one colour per pixel in RGGB order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
-
 import numpy as np
+
+from .. import curves
 
 # sRGB (D65) -> XYZ, as in Brooks et al. and LibRaw's xyz_rgb.
 RGB_TO_XYZ = np.array(
@@ -38,8 +38,7 @@ RED_GAIN_RANGE = (1.9, 2.4)
 BLUE_GAIN_RANGE = (1.5, 1.9)
 """White-balance gain ranges of Brooks et al. (green gain 1)."""
 
-LIBRAW_GAMMA = (1 / 2.222, 4.5)
-"""rawpy's default ``gamma=(2.222, 4.5)``: LibRaw's power and toe slope."""
+LIBRAW_GAMMA = (curves.POWER, curves.TOE)
 
 
 @dataclass(frozen=True)
@@ -84,32 +83,14 @@ def sony_colour(rng: np.random.Generator | None = None) -> CameraColour:
     return CameraColour(SONY_A7S2_XYZ_TO_CAM, wb)
 
 
-@cache
-def _gamma_constants(power: float, toe: float) -> tuple[float, float]:
-    """LibRaw's ``gamma_curve``: the linear/power junction g3 and offset g4, found by bisection."""
-    lo, hi = (0.0, 1.0)
-    bnd = [lo, hi]
-    g2 = 0.0
-    for _ in range(48):
-        g2 = (bnd[0] + bnd[1]) / 2
-        bnd[int(((g2 / toe) ** -power - 1) / power - 1 / g2 > -1)] = g2
-    return g2 / toe, g2 * (1 / power - 1)
-
-
 def gamma_encode(linear: np.ndarray, power: float = LIBRAW_GAMMA[0], toe: float = LIBRAW_GAMMA[1]) -> np.ndarray:
-    """Linear [0, 1] -> LibRaw's gamma-encoded output (toe slope ``toe`` below the junction)."""
-    g3, g4 = _gamma_constants(power, toe)
-    x = np.clip(linear, 0.0, 1.0)
-    return np.where(x < g3, x * toe, (1 + g4) * np.power(np.maximum(x, g3), power) - g4).astype(np.float32)
+    """Linear [0, 1] -> LibRaw's gamma-encoded output (see :mod:`lowlux.curves`)."""
+    return curves.encode(linear, power, toe)
 
 
 def gamma_decode(encoded: np.ndarray, power: float = LIBRAW_GAMMA[0], toe: float = LIBRAW_GAMMA[1]) -> np.ndarray:
     """Inverse of :func:`gamma_encode`."""
-    g3, g4 = _gamma_constants(power, toe)
-    y = np.clip(encoded, 0.0, 1.0)
-    return np.where(y < g3 * toe, y / toe, np.power((np.maximum(y, g3 * toe) + g4) / (1 + g4), 1 / power)).astype(
-        np.float32
-    )
+    return curves.decode(encoded, power, toe)
 
 
 def tone_curve(x: np.ndarray) -> np.ndarray:
