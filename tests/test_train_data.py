@@ -148,5 +148,10 @@ def test_source_spec_parsing():
 
 def test_shared_clean_folder_split():
     folder = need(SHARED / "data" / "clean", "the shared photographs")
+    from lowlux.train.split import eval_group
+
     train, held = split_photos(folder)
-    assert len(held) == 7 and len(train) == 35
+    assert len(held) == 27 and len(train) == 149
+    assert not set(train) & set(held)
+    # the comparable group is the seven photographs every earlier evaluation used
+    assert sum(eval_group(p) == "comparable" for p in held) == 7

@@ -112,11 +112,15 @@ def test_shared_eval_set_layout():
     need(SHARED / "data" / "clean", "the shared photographs")
     pytest.importorskip("rawpy")
     # the split is documented in lowlux.train.split; this pins its size so a change is deliberate
-    from lowlux.train.split import list_raws, raw_is_eval_only, split_photos
+    from lowlux.train.split import eval_group, list_raws, raw_is_eval_only, split_photos
 
     raws = list_raws(SHARED / "data" / "raw")
-    assert sum(raw_is_eval_only(p) for p in raws) == 1
-    assert len(split_photos(SHARED / "data" / "clean")[1]) == 7
+    assert len(raws) == 5 and sum(raw_is_eval_only(p) for p in raws) == 1
+    held = split_photos(SHARED / "data" / "clean")[1]
+    comparable = [p for p in held if eval_group(p) == "comparable"]
+    # the 12 images every earlier evaluation used: 5 raws + 7 photographs (Kodak, McMaster)
+    assert len(comparable) == 7 and {p.parent.name for p in comparable} == {"kodak24", "mcmaster"}
+    assert len(held) - len(comparable) == 20
 
 
 def test_noise_sigma_estimate():

@@ -21,12 +21,12 @@ import numpy as np
 
 from ..mosaic import rggb_offset
 from ..raw import read_raw
-from .unprocess import RGB_TO_XYZ, CameraColour
+from ..colour import CameraColour, from_libraw
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("LOWLUX_CACHE", Path.home() / ".cache" / "lowlux")) / "train"
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 LIBRAW_SID_RENDER = dict(use_camera_wb=True, no_auto_bright=True, output_bps=16, user_flip=0)
 """SID's ground-truth rendering (``user_flip=0`` keeps the sensor orientation so pixels align)."""
@@ -43,6 +43,28 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     with open(tmp, "wb") as f:
         np.save(f, array)
     tmp.replace(path)
+
+
+LIBRAW_LINEAR_RENDER = dict(use_camera_wb=True, no_auto_bright=True, output_bps=16, user_flip=0, gamma=(1, 1),
+                            adjust_maximum_thr=0.0)
+"""The linear nets' target: demosaiced (AHD), white-balanced camera RGB in linear light, no brightening
+and no rescaling to the frame's own maximum (``adjust_maximum_thr=0``: LibRaw otherwise rescales a raw
+whose brightest pixel passes 75 % of the white level, which would shift the exposure)."""
+
+
+def linear_render(lr, colour: CameraColour) -> np.ndarray:
+    """LibRaw's demosaic of a clean raw as white-balanced linear camera RGB (H x W x 3 uint16).
+
+    LibRaw divides the multipliers by the smallest; lowlux's are normalised to green = 1, which is
+    the same unless red or blue is below green (then the render is scaled back)."""
+    import rawpy
+
+    out = lr.postprocess(output_color=rawpy.ColorSpace.raw, demosaic_algorithm=rawpy.DemosaicAlgorithm.AHD,
+                         **LIBRAW_LINEAR_RENDER)
+    lowest = min(colour.wb)
+    if lowest < 1.0:
+        out = np.round(out * lowest).astype(np.uint16)
+    return out
 
 
 @dataclass(frozen=True)
@@ -62,18 +84,18 @@ class CachedRaw:
         """LibRaw sRGB render, H x W x 3 uint16, pixel-aligned with :meth:`mosaic`."""
         return np.load(self.target_path, mmap_mode="r")
 
+    @property
+    def linear_path(self) -> Path:
+        return self.target_path.with_name(self.target_path.name.replace(".target.npy", ".linear.npy"))
+
+    def linear(self) -> np.ndarray:
+        """White-balanced linear camera RGB (:func:`linear_render`), H x W x 3 uint16, aligned likewise."""
+        return np.load(self.linear_path, mmap_mode="r")
+
 
 def colour_from_libraw(raw) -> CameraColour:
-    """The camera's colour as LibRaw applies it, as a DNG ColorMatrix1 + white balance.
-
-    rawpy exposes LibRaw's final camera -> sRGB matrix (rows sum to 1); inverting it gives the
-    normalised sRGB -> camera matrix, and XYZ -> camera follows by undoing sRGB -> XYZ.
-    """
-    rgb_cam = np.asarray(raw.color_matrix, dtype=np.float64)[:3, :3]
-    xyz_to_cam = np.linalg.inv(rgb_cam) @ np.linalg.inv(RGB_TO_XYZ)
-    wb = np.asarray(raw.camera_whitebalance[:3], dtype=np.float64)
-    wb = wb / wb[1] if np.all(wb > 0) else np.ones(3)
-    return CameraColour(xyz_to_cam, (float(wb[0]), 1.0, float(wb[2])))
+    """The camera's colour as LibRaw applies it (see :func:`lowlux.colour.from_libraw`)."""
+    return from_libraw(raw)
 
 
 def cache_raw(path: str | Path, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> CachedRaw:
@@ -87,22 +109,35 @@ def cache_raw(path: str | Path, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Ca
     mosaic_path, target_path, meta_path = (folder / f"{key}.{s}" for s in ("mosaic.npy", "target.npy", "json"))
     if meta_path.is_file() and mosaic_path.is_file() and target_path.is_file():
         meta = json.loads(meta_path.read_text())
-        colour = CameraColour(np.array(meta["xyz_to_cam"]), tuple(meta["wb"]))
-        return CachedRaw(path.name, mosaic_path, target_path, colour)
+        cached = CachedRaw(path.name, mosaic_path, target_path,
+                           CameraColour(np.array(meta["xyz_to_cam"]), tuple(meta["wb"])))
+        if not cached.linear_path.is_file():  # an entry from before the linear targets
+            raw = read_raw(path)
+            with rawpy.imread(str(path)) as lr:
+                _save_atomic(cached.linear_path, _aligned(linear_render(lr, cached.colour), raw))
+        return cached
     log.info("decoding %s into the training cache", path.name)
     raw = read_raw(path)
     with rawpy.imread(str(path)) as lr:
         target = lr.postprocess(**LIBRAW_SID_RENDER)
         colour = colour_from_libraw(lr)
-    if target.shape[:2] != raw.shape:
+        linear = linear_render(lr, colour)
+    if target.shape[:2] != raw.shape or linear.shape[:2] != raw.shape:
         raise ValueError(f"{path}: LibRaw renders {target.shape[:2]} but the mosaic is {raw.shape}")
-    oy, ox = rggb_offset(raw.pattern)
-    h, w = (raw.shape[0] - oy) // 2 * 2, (raw.shape[1] - ox) // 2 * 2
-    _save_atomic(mosaic_path, np.ascontiguousarray(raw.normalised()[oy : oy + h, ox : ox + w]))
-    _save_atomic(target_path, np.ascontiguousarray(target[oy : oy + h, ox : ox + w]))
+    cached = CachedRaw(path.name, mosaic_path, target_path, colour)
+    _save_atomic(mosaic_path, _aligned(raw.normalised(), raw))
+    _save_atomic(target_path, _aligned(target, raw))
+    _save_atomic(cached.linear_path, _aligned(linear, raw))
     meta_path.write_text(json.dumps({"source": str(path), "xyz_to_cam": colour.xyz_to_cam.tolist(),
                                      "wb": list(colour.wb)}))
-    return CachedRaw(path.name, mosaic_path, target_path, colour)
+    return cached
+
+
+def _aligned(image: np.ndarray, raw) -> np.ndarray:
+    """The part of a full-frame array that starts on the mosaic's red pixel, with even sides."""
+    oy, ox = rggb_offset(raw.pattern)
+    h, w = (raw.shape[0] - oy) // 2 * 2, (raw.shape[1] - ox) // 2 * 2
+    return np.ascontiguousarray(image[oy : oy + h, ox : ox + w])
 
 
 def read_photo(path: Path) -> np.ndarray:

@@ -61,6 +61,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep a moving average of the weights with this decay per step (e.g. 0.999) and "
                         "evaluate it too; 0: none")
+    p.add_argument("--output-space", choices=("srgb", "linear-camera-wb"), default="linear-camera-wb",
+                   help="what the net learns to output: linear white-balanced camera RGB (lowlux's nets; "
+                        "colour comes from the raw's own matrices) or the paper's sRGB (default: %(default)s)")
+    p.add_argument("--eld-noise", type=Path, default=_existing(SHARED_DATA / "noise" / "eld"),
+                   help="folder of ELD camera noise parameters (*_params.npy) to draw noise from "
+                        "(linear space; default: the shared data, if present)")
+    p.add_argument("--no-darktable-noise", action="store_true",
+                   help="do not draw noise from darktable's noise profiles (read where darktable is installed)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--init-weights", type=Path, default=None,
                    help="start a new run from these weights (e.g. weights/lowlux-default.safetensors) "
@@ -112,7 +120,12 @@ def run_train(args) -> int:
     if not specs:
         log.error("no data: pass --source KIND=PATH (the shared data folder is not here)")
         return 2
-    sources, weights = open_sources(specs, args.cache_dir)
+    bank = None
+    if args.output_space == "linear-camera-wb":
+        from .noise import NoiseBank, darktable_profiles_path
+
+        bank = NoiseBank.load(args.eld_noise, None if args.no_darktable_noise else darktable_profiles_path())
+    sources, weights = open_sources(specs, args.cache_dir, args.output_space, bank)
     items = _eval_items(args) if args.eval_every else None
     eval_fn = (lambda model: quick_scores(model, items)) if items else None
     config = TrainConfig(
@@ -121,7 +134,7 @@ def run_train(args) -> int:
         msssim_weight=args.msssim_weight, seed=args.seed, workers=args.workers, threads=args.threads,
         log_every=args.log_every, eval_every=args.eval_every if items else 0,
         checkpoint_minutes=args.checkpoint_minutes, ema=args.ema,
-        init_weights=str(args.init_weights) if args.init_weights else None,
+        init_weights=str(args.init_weights) if args.init_weights else None, output_space=args.output_space,
         source_names=[f"{s.kind}={s.path}@{s.weight:g}" for s in specs],
     )
     _stop_on_sigterm()

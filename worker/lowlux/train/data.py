@@ -1,4 +1,9 @@
-"""Training pairs: (amplified dark RGGB mosaic, SID-style sRGB target), from three kinds of source.
+"""Training pairs: (amplified dark RGGB mosaic, target), from three kinds of source.
+
+Targets come in the net's output space (:data:`lowlux.model.OUTPUT_SPACES`): the paper's sRGB
+(rendered as SID rendered its ground truth), or lowlux's linear white-balanced camera RGB, for
+which the dark mosaic is white-balanced with the shot's multipliers before amplification. Noise
+is always added in the sensor's domain, before white balance, so its statistics are the sensor's.
 
 ``raw``
     Real raw files, made dark synthetically: the clean mosaic divided by an exposure ratio plus the
@@ -30,11 +35,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..colour import rggb_gains
+from ..model import LINEAR_CAMERA_WB, OUTPUT_SPACES, SRGB
 from . import noise
 from .augment import dihedral, random_geometry
 from .cache import DEFAULT_CACHE_DIR, CachedRaw, cache_photo, cache_raw
 from .split import list_raws, raw_is_eval_only, raw_training_rows, split_photos
-from .unprocess import mosaic, process, random_colour, sony_colour, unprocess_rgb
+from .unprocess import REAL_XYZ_TO_CAMS, camera_colour, mosaic, process, random_colour, sony_colour, unprocess_rgb
+from .unprocess import white_balanced
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +57,14 @@ class Pair:
     """Normalised dark mosaic (H x W float32, RGGB), not yet amplified."""
     ratio: float
     target: np.ndarray
-    """sRGB target, H x W x 3 float32 in [0, 1]."""
+    """Target in the source's output space, H x W x 3 float32 in [0, 1]."""
+    wb: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """White balance the input gets before amplification (linear space; ones for sRGB)."""
 
 
 class Source(Protocol):
     name: str
+    space: str
 
     def sample(self, rng: np.random.Generator, size: int) -> Pair: ...
 
@@ -64,27 +75,34 @@ class RawSource:
 
     raws: list[CachedRaw]
     name: str = "raw"
+    space: str = SRGB
+    bank: noise.NoiseBank | None = None
+    """Noise of many cameras (linear space); None: the SID camera's alone, as the paper's nets were trained."""
     _arrays: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_folder(cls, folder: Path, cache_dir: Path) -> RawSource:
+    def from_folder(cls, folder: Path, cache_dir: Path, space: str = SRGB,
+                    bank: noise.NoiseBank | None = None) -> RawSource:
         raws = [cache_raw(p, cache_dir) for p in list_raws(folder) if not raw_is_eval_only(p)]
         if not raws:
             raise ValueError(f"{folder}: no training raws (eval-only files are skipped)")
-        return cls(raws)
+        return cls(raws, space=space, bank=bank)
 
     def _open(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if i not in self._arrays:  # opened lazily, once per worker process
-            self._arrays[i] = (self.raws[i].mosaic(), self.raws[i].target())
+            raw = self.raws[i]
+            self._arrays[i] = (raw.mosaic(), raw.linear() if self.space == LINEAR_CAMERA_WB else raw.target())
         return self._arrays[i]
 
     def sample(self, rng: np.random.Generator, size: int) -> Pair:
-        mos, tgt = self._open(int(rng.integers(len(self.raws))))
+        i = int(rng.integers(len(self.raws)))
+        mos, tgt = self._open(i)
         geo = random_geometry(rng, raw_training_rows(mos.shape[0]), mos.shape[1], size)
         clean = geo.apply(mos).astype(np.float32)
         target = geo.apply(tgt).astype(np.float32) / np.float32(65535)
-        params = noise.sample_params(rng)
-        return Pair(noise.make_dark(clean, params, rng), params.ratio, target)
+        params = self.bank.sample(rng) if self.bank is not None else noise.sample_params(rng)
+        wb = self.raws[i].colour.wb if self.space == LINEAR_CAMERA_WB else (1.0, 1.0, 1.0)
+        return Pair(noise.make_dark(clean, params, rng), params.ratio, target, wb)
 
 
 @dataclass
@@ -93,16 +111,22 @@ class CleanSource:
 
     photos: list[Path]
     sony_share: float = 0.25
-    """Fraction of samples given the SID camera's colour matrix instead of a random Brooks one."""
+    """sRGB space: fraction of samples given the SID camera's colour matrix instead of a random Brooks one."""
     name: str = "clean"
+    space: str = SRGB
+    bank: noise.NoiseBank | None = None
+    matrices: tuple = REAL_XYZ_TO_CAMS
+    """Linear space: the real cameras' XYZ -> camera matrices photographs are unprocessed with."""
     _arrays: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_folder(cls, folder: Path, cache_dir: Path) -> CleanSource:
+    def from_folder(cls, folder: Path, cache_dir: Path, space: str = SRGB, bank: noise.NoiseBank | None = None,
+                    matrices: Sequence[np.ndarray] = ()) -> CleanSource:
         train, _ = split_photos(folder)
         if not train:
             raise ValueError(f"{folder}: no training photographs")
-        return cls([cache_photo(p, cache_dir) for p in train])
+        return cls([cache_photo(p, cache_dir) for p in train], space=space, bank=bank,
+                   matrices=(*REAL_XYZ_TO_CAMS, *matrices))
 
     def sample(self, rng: np.random.Generator, size: int) -> Pair:
         i = int(rng.integers(len(self.photos)))
@@ -114,6 +138,12 @@ class CleanSource:
             raise ValueError(f"{self.photos[i]}: {w}x{h} is smaller than the crop {size}")
         top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
         rgb = dihedral(photo[top : top + size, left : left + size], rng).astype(np.float32) / np.float32(65535)
+        if self.space == LINEAR_CAMERA_WB:
+            colour = camera_colour(rng, self.matrices)
+            cam = unprocess_rgb(rgb, colour)
+            params = self.bank.sample(rng) if self.bank is not None else noise.sample_params(rng)
+            return Pair(noise.make_dark(mosaic(cam), params, rng), params.ratio, white_balanced(cam, colour),
+                        colour.wb)
         colour = sony_colour(rng) if rng.random() < self.sony_share else random_colour(rng)
         cam = unprocess_rgb(rgb, colour)
         params = noise.sample_params(rng)
@@ -153,6 +183,7 @@ class SidSource:
 
     pairs: list[tuple[CachedRaw, CachedRaw, float]]
     name: str = "sid"
+    space: str = SRGB
     _arrays: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -194,11 +225,14 @@ class SourceSpec:
         path, _, weight = rest.partition("@")
         return cls(kind, Path(path).expanduser(), float(weight) if weight else 1.0)
 
-    def open(self, cache_dir: Path) -> Source:
+    def open(self, cache_dir: Path, space: str = SRGB, bank: noise.NoiseBank | None = None,
+             matrices: Sequence[np.ndarray] = ()) -> Source:
         if self.kind == "raw":
-            return RawSource.from_folder(self.path, cache_dir)
+            return RawSource.from_folder(self.path, cache_dir, space, bank)
         if self.kind == "clean":
-            return CleanSource.from_folder(self.path, cache_dir)
+            return CleanSource.from_folder(self.path, cache_dir, space, bank, matrices)
+        if space != SRGB:
+            raise ValueError("SID pairs are rendered to sRGB only: use them with --output-space srgb")
         return SidSource.from_list(self.path, cache_dir)
 
 
@@ -229,7 +263,10 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.pair(index)
-        x = np.clip(p.dark * np.float32(p.ratio), 0.0, 1.0)  # GT-ratio amplification, clipped as SID does
+        dark = p.dark
+        if p.wb != (1.0, 1.0, 1.0):
+            dark = dark * np.tile(rggb_gains(p.wb), (dark.shape[0] // 2, dark.shape[1] // 2))
+        x = np.clip(dark * np.float32(p.ratio), 0.0, 1.0)  # GT-ratio amplification, clipped as SID does
         return torch.from_numpy(x[None]), torch.from_numpy(np.ascontiguousarray(p.target.transpose(2, 0, 1)))
 
 
@@ -246,8 +283,16 @@ class SequentialFrom(Sampler[int]):
             i += 1
 
 
-def open_sources(specs: Sequence[SourceSpec], cache_dir: Path = DEFAULT_CACHE_DIR) -> tuple[list[Source], list[float]]:
-    sources = [s.open(Path(cache_dir)) for s in specs]
+def open_sources(specs: Sequence[SourceSpec], cache_dir: Path = DEFAULT_CACHE_DIR, space: str = SRGB,
+                 bank: noise.NoiseBank | None = None) -> tuple[list[Source], list[float]]:
+    """Open every source; in linear space the photographs are also unprocessed with the colour
+    matrices of the training raws (real cameras beyond the built-in ones)."""
+    if space not in OUTPUT_SPACES:
+        raise ValueError(f"output space {space!r} is not one of {', '.join(OUTPUT_SPACES)}")
+    raws = [s.open(Path(cache_dir), space, bank) for s in specs if s.kind == "raw"]
+    matrices = [r.colour.xyz_to_cam for src in raws for r in src.raws]
+    by_kind = iter(raws)
+    sources = [next(by_kind) if s.kind == "raw" else s.open(Path(cache_dir), space, bank, matrices) for s in specs]
     for spec, src in zip(specs, sources):
         log.info("source %s: %s (weight %g)", spec.kind, spec.path, spec.weight)
     return sources, [s.weight for s in specs]

@@ -33,10 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from ..amplifier import estimate_amplification
+from ..colour import render_srgb, white_balance_mosaic
+from ..model import LINEAR_CAMERA_WB, SRGB
 from . import noise
 from .cache import DEFAULT_CACHE_DIR, LIBRAW_SID_RENDER, cache_photo, cache_raw
 from .metrics import gt_gc, psnr, ssim
-from .split import HOLDOUT_ROWS, list_raws, raw_is_eval_only, split_photos
+from .split import EVAL_GROUPS, HOLDOUT_ROWS, eval_group, list_raws, raw_is_eval_only, split_photos
 from .unprocess import CameraColour, process, sony_colour, unprocess_rgb
 from .unprocess import mosaic as to_mosaic
 
@@ -105,9 +107,13 @@ def raw_items(folder: Path, cache_dir: Path) -> list[tuple[str, np.ndarray, np.n
     return out
 
 
-def photo_items(folder: Path, cache_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray, CameraColour]]:
+def photo_items(folder: Path, cache_dir: Path,
+                group: str = "comparable") -> list[tuple[str, np.ndarray, np.ndarray, CameraColour]]:
+    """(name, clean mosaic, target, colour) per held-out photograph of one evaluation group."""
     out = []
-    for i, path in enumerate(split_photos(folder)[1]):
+    held = [p for p in split_photos(folder)[1] if eval_group(p) == group]
+    first = 0 if group == "comparable" else 1000  # the comparable group keeps the seeds it always had
+    for i, path in enumerate(held, start=first):
         photo = np.load(cache_photo(path, cache_dir)).astype(np.float32) / 65535
         h, w = photo.shape[:2]
         size = min(PHOTO_CROP, h // 32 * 32, w // 32 * 32)
@@ -119,15 +125,22 @@ def photo_items(folder: Path, cache_dir: Path) -> list[tuple[str, np.ndarray, np
 
 
 def build_eval_set(raw_dir: Path | None, clean_dir: Path | None,
-                   cache_dir: Path = DEFAULT_CACHE_DIR) -> list[EvalItem]:
-    """The fixed evaluation items (deterministic: fixed seeds and ratios)."""
+                   cache_dir: Path = DEFAULT_CACHE_DIR, group: str = "comparable") -> list[EvalItem]:
+    """The fixed evaluation items of one group (deterministic: fixed seeds and ratios).
+
+    ``comparable``: the raws and the photographs every earlier evaluation used; ``new``: held-out
+    photographs of the folders added since (no raws).
+    """
+    if group not in EVAL_GROUPS:
+        raise ValueError(f"evaluation group {group!r} is not one of {', '.join(EVAL_GROUPS)}")
     clean = []
-    if raw_dir is not None:
+    if raw_dir is not None and group == "comparable":
         clean += raw_items(Path(raw_dir), Path(cache_dir))
     if clean_dir is not None:
-        clean += photo_items(Path(clean_dir), Path(cache_dir))
+        clean += photo_items(Path(clean_dir), Path(cache_dir), group)
     items = []
-    for i, (name, mos, target, colour) in enumerate(clean):
+    first = 0 if group == "comparable" else 10_000
+    for i, (name, mos, target, colour) in enumerate(clean, start=first):
         ratio = EVAL_RATIOS[i % len(EVAL_RATIOS)]
         items.append(EvalItem(name, _darken(mos, i, ratio), ratio, target, colour))
     if not items:
@@ -142,22 +155,35 @@ def build_eval_set(raw_dir: Path | None, clean_dir: Path | None,
 Restorer = Callable[[EvalItem, float], np.ndarray]
 
 
+def net_input(item: EvalItem, space: str) -> np.ndarray:
+    """The item's dark mosaic as a net of ``space`` reads it (white-balanced for the linear nets)."""
+    return white_balance_mosaic(item.dark, item.colour.wb) if space == LINEAR_CAMERA_WB else item.dark
+
+
+def as_srgb(out: np.ndarray, item: EvalItem, space: str) -> np.ndarray:
+    """A net's output rendered to sRGB like the targets: the colour stage with the item's own colour."""
+    return render_srgb(out, item.colour) if space == LINEAR_CAMERA_WB else out
+
+
 def net_restorer(weights: Path, threads: int | None = None) -> Restorer:
     """A restorer running lowlux's own inference engine with the given weights (CPU)."""
     from ..engine import Engine, EngineConfig
 
     engine = Engine(EngineConfig(weights=weights, device="cpu", threads=threads))
-    return lambda item, amp: engine.restore(item.dark, amp)
+    space = engine.model.output_space
+    return lambda item, amp: as_srgb(engine.restore(net_input(item, space), amp), item, space)
 
 
 def model_restorer(model) -> Restorer:
     """A restorer for an in-memory model (training's periodic evaluation)."""
     import torch
 
+    space = getattr(model, "output_space", SRGB)
+
     def restore(item: EvalItem, amp: float) -> np.ndarray:
-        x = torch.from_numpy(item.dark)[None, None].mul(float(amp)).clamp_(0, 1)
+        x = torch.from_numpy(net_input(item, space))[None, None].mul(float(amp)).clamp_(0, 1)
         with torch.no_grad():
-            return model(x)[0].permute(1, 2, 0).numpy()
+            return as_srgb(model(x)[0].permute(1, 2, 0).numpy(), item, space)
 
     return restore
 

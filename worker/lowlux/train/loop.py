@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..model import LowLightNet, apply_weight_norm, msra_init
+from ..model import LINEAR_CAMERA_WB, SRGB, LowLightNet, apply_weight_norm, msra_init
 from ..weights import load_state, save_weights, strip_weight_norm_keys
 from .data import PairDataset, SequentialFrom, Source
 from .loss import RestorationLoss
@@ -66,6 +66,8 @@ class TrainConfig:
     """Start a new run from these weights (any format :func:`lowlux.weights.load_state` reads)."""
     ema: float = 0.0
     """Decay of the weights' moving average per step (e.g. 0.999); 0 keeps none."""
+    output_space: str = SRGB
+    """What the net learns to output (:data:`lowlux.model.OUTPUT_SPACES`)."""
     source_names: list[str] = field(default_factory=list)
 
     @property
@@ -90,10 +92,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def new_model(seed: int, init_weights: str | Path | None = None) -> LowLightNet:
-    """MSRA-initialised net (or given weights) with weight norm on every conv, reproducible from the seed."""
+def new_model(seed: int, init_weights: str | Path | None = None, output_space: str = SRGB) -> LowLightNet:
+    """MSRA-initialised net (or given weights) with weight norm on every conv, reproducible from the seed.
+
+    Weights of another output space are a fine start: the architecture is the same and most of what
+    the net knows (denoising, demosaicking) carries over."""
     torch.manual_seed(seed)
-    model = msra_init(LowLightNet())
+    model = msra_init(LowLightNet(output_space))
     if init_weights is not None:
         model.load_state_dict(load_state(init_weights))
     return apply_weight_norm(model)
@@ -168,7 +173,8 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     if config.threads:
         torch.set_num_threads(config.threads)
     ckpt_path = run / CHECKPOINT
-    model = new_model(config.seed, None if resume and ckpt_path.is_file() else config.init_weights)
+    model = new_model(config.seed, None if resume and ckpt_path.is_file() else config.init_weights,
+                      config.output_space)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step, best, state = 0, -math.inf, None
     if resume and ckpt_path.is_file():
@@ -197,7 +203,7 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     loader = DataLoader(dataset, batch_size=config.batch, sampler=SequentialFrom(step * config.batch),
                         num_workers=config.workers, persistent_workers=config.workers > 0,
                         prefetch_factor=4 if config.workers > 0 else None)
-    loss_fn = RestorationLoss(config.l1_weight, config.msssim_weight)
+    loss_fn = RestorationLoss(config.l1_weight, config.msssim_weight, on_curve=config.output_space == LINEAR_CAMERA_WB)
     # wall_s in eval.csv counts the whole run, across resumes
     started = time.time() - (float(state.get("wall_s", 0.0)) if state is not None else 0.0)
     last_ckpt = time.time()
@@ -286,7 +292,7 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
 
 def folded_copy(model: LowLightNet) -> LowLightNet:
     """A plain (weight norm folded) copy of a training model, for evaluation."""
-    plain = LowLightNet()
+    plain = LowLightNet(model.output_space)
     plain.load_state_dict(strip_weight_norm_keys(model.state_dict()))
     return plain.eval()
 
@@ -298,6 +304,7 @@ def export_weights(model: LowLightNet, path: Path, metadata: dict[str, str]) -> 
 
 def checkpoint_model(path: Path) -> LowLightNet:
     """The folded net of a run's checkpoint."""
-    model = new_model(0)
-    model.load_state_dict(load_checkpoint(path)["model"])
+    state = load_checkpoint(path)
+    model = new_model(0, output_space=state.get("config", {}).get("output_space", SRGB))
+    model.load_state_dict(state["model"])
     return folded_copy(model)

@@ -50,8 +50,13 @@ def fewer_scales_msssim(x: Tensor, y: Tensor, levels: int) -> Tensor:
 
 @dataclass
 class RestorationLoss:
+    """The paper's loss. With ``on_curve`` (linear nets) both images are first encoded with lowlux's
+    tone curve (:mod:`lowlux.curves`), so an error in the shadows counts as the eye sees it, not as
+    its tiny linear value."""
+
     l1_weight: float = 0.8
     msssim_weight: float = 0.2
+    on_curve: bool = False
 
     def __post_init__(self) -> None:
         self._levels_logged: int | None = None
@@ -70,6 +75,10 @@ class RestorationLoss:
         return fewer_scales_msssim(out, target, levels)
 
     def __call__(self, out: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
+        if self.on_curve:
+            from .. import curves
+
+            out, target = curves.encode(out), curves.encode(target)
         l1 = (out - target).abs().mean()
         total = self.l1_weight * l1
         parts = {"l1": float(l1.detach())}

@@ -22,9 +22,15 @@ Two ISO profiles exist; their log K ranges are used together (a lower and an upp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SONY_BLACK = 512.0
 SONY_WHITE = 16383.0
@@ -73,6 +79,8 @@ class NoiseParams:
     read: bool = True
     row: bool = True
     quantise: bool = True
+    gaussian_read: bool = False
+    """Gaussian read noise of standard deviation ``read_scale`` instead of Tukey lambda."""
     black: float = SONY_BLACK
     white: float = SONY_WHITE
 
@@ -150,7 +158,9 @@ def dark_dn(clean: np.ndarray, params: NoiseParams, rng: np.random.Generator) ->
         out = electrons * np.float32(params.k)
     else:
         out = signal.copy()
-    if params.read:
+    if params.read and params.gaussian_read:
+        out += rng.normal(0.0, params.read_scale, out.shape).astype(np.float32)
+    elif params.read:
         out += tukey_lambda(rng, params.tukey_lambda, params.read_scale, out.shape)
     if params.row:
         out += rng.normal(0.0, params.row_sigma, (out.shape[0], 1)).astype(np.float32)
@@ -172,3 +182,116 @@ def normalise_dn(dark: np.ndarray, params: NoiseParams) -> np.ndarray:
 def make_dark(clean: np.ndarray, params: NoiseParams, rng: np.random.Generator) -> np.ndarray:
     """Clean normalised mosaic -> the normalised dark mosaic lowlux would read (before amplification)."""
     return normalise_dn(dark_dn(clean, params, rng), params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Many cameras: training draws its noise from every calibration at hand, not one camera's.
+
+
+@dataclass(frozen=True)
+class EldCamera:
+    """One camera of the ELD release: log K range, log-linear fits, measured Tukey-lambda shapes."""
+
+    name: str
+    log_k: tuple[float, float]
+    read: tuple[float, float, float]
+    row: tuple[float, float, float]
+    tukey_lambdas: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PoissonGaussian:
+    """A darktable noise profile: variance = a * x + b for x normalised to [0, 1] (one ISO)."""
+
+    name: str
+    iso: int
+    a: float
+    b: float
+
+
+def read_eld_cameras(folder: str | Path) -> list[EldCamera]:
+    """The ``*_params.npy`` files of the ELD release (numpy pickles of dicts; their fits of Profile-1)."""
+    cameras = []
+    for path in sorted(Path(folder).glob("*_params.npy")):
+        d = np.load(path, allow_pickle=True).item()
+        fit = d["Profile-1"]
+
+        def coeffs(key: str) -> tuple[float, float, float]:
+            return (float(fit[key]["slope"]), float(fit[key]["bias"]), float(fit[key]["sigma"]))
+
+        cameras.append(EldCamera(
+            name=path.name.removesuffix("_params.npy"),
+            log_k=(float(np.log(d["Kmin"])), float(np.log(d["Kmax"]))),
+            read=coeffs("G_scale"), row=coeffs("R_scale"),
+            tukey_lambdas=tuple(float(v) for v in np.ravel(d["G_shape"])),
+        ))
+    return cameras
+
+
+DARKTABLE_MIN_ISO = 800
+"""Only profiles from this ISO up: extremely dark shots are taken at high ISO."""
+
+
+def darktable_profiles_path() -> Path | None:
+    """darktable's ``noiseprofiles.json`` where darktable is installed ($LOWLUX_DARKTABLE_DATA or the
+    usual data folders); read at run time, never copied."""
+    folders = [os.environ.get("LOWLUX_DARKTABLE_DATA", ""), "/usr/share/darktable", "/usr/local/share/darktable",
+               "/opt/homebrew/share/darktable", "/Applications/darktable.app/Contents/Resources/share/darktable"]
+    for folder in filter(None, folders):
+        path = Path(folder) / "noiseprofiles.json"
+        if path.is_file():
+            return path
+    return None
+
+
+def read_darktable_profiles(path: str | Path, min_iso: int = DARKTABLE_MIN_ISO) -> list[PoissonGaussian]:
+    """darktable's Poisson-Gaussian fits from ``min_iso`` up, green channel.
+
+    darktable measures after white balance; green is the channel white balance leaves as the sensor
+    recorded it, so its fit is the sensor's. Negative b (a fitting artefact) counts as no read noise.
+    """
+    data = json.loads(Path(path).read_text())
+    out = []
+    for maker in data["noiseprofiles"]:
+        for model in maker.get("models", []):
+            for p in model.get("profiles", []):
+                a, b = float(p["a"][1]), float(p["b"][1])
+                if int(p.get("iso", 0)) >= min_iso and a > 0:
+                    out.append(PoissonGaussian(f"{maker['maker']} {model['model']}", int(p["iso"]), a, max(b, 0.0)))
+    return out
+
+
+@dataclass
+class NoiseBank:
+    """Noise of many real cameras: the SID camera's calibration, the ELD cameras, darktable's profiles.
+
+    Each draw picks a family (equal shares among those present), then a camera (and an ISO) in it.
+    """
+
+    eld: list[EldCamera] = field(default_factory=list)
+    darktable: list[PoissonGaussian] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, eld_folder: str | Path | None = None, darktable: str | Path | None = None) -> NoiseBank:
+        bank = cls(read_eld_cameras(eld_folder) if eld_folder and Path(eld_folder).is_dir() else [],
+                   read_darktable_profiles(darktable) if darktable else [])
+        log.info("noise: SID camera + %d ELD cameras + %d darktable profiles (ISO >= %d)",
+                 len(bank.eld), len(bank.darktable), DARKTABLE_MIN_ISO)
+        return bank
+
+    def sample(self, rng: np.random.Generator, ratio: float | None = None) -> NoiseParams:
+        families = ["sid"] + (["eld"] if self.eld else []) + (["darktable"] if self.darktable else [])
+        family = families[int(rng.integers(len(families)))]
+        if family == "sid":
+            return sample_params(rng, ratio)
+        ratio = float(rng.uniform(*RATIO_RANGE)) if ratio is None else float(ratio)
+        if family == "eld":
+            cam = self.eld[int(rng.integers(len(self.eld)))]
+            log_k = float(rng.uniform(*cam.log_k))
+            return NoiseParams(ratio=ratio, k=float(np.exp(log_k)), read_scale=_log_linear(cam.read, log_k, rng),
+                               tukey_lambda=float(rng.choice(cam.tukey_lambdas)),
+                               row_sigma=_log_linear(cam.row, log_k, rng))
+        prof = self.darktable[int(rng.integers(len(self.darktable)))]
+        full = SONY_WHITE - SONY_BLACK
+        return NoiseParams(ratio=ratio, k=prof.a * full, read_scale=float(np.sqrt(prof.b)) * full,
+                           tukey_lambda=0.0, row_sigma=0.0, row=False, gaussian_read=True)

@@ -4,7 +4,10 @@
   other raw gives its bottom :data:`HOLDOUT_ROWS` rows to evaluation; training crops come only
   from the rows above (a crop window never reaches into the band).
 * Photographs: in each folder, sorted by name, every :data:`CLEAN_HOLDOUT_EVERY`-th file
-  (the 6th, 12th, ...) is held out whole.
+  (the 6th, 12th, ...) is held out whole. The held-out photographs of :data:`COMPARABLE_FOLDERS`
+  (every folder but :data:`NEW_FOLDERS`; with the shared data: the raws and the Kodak and McMaster
+  photographs, 12 images) are the evaluation set every weights' numbers are compared on; those of
+  the folders added later form a second group, reported beside it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ EVAL_RAWS = frozenset({"canon-550d-colorchart"})
 HOLDOUT_ROWS = 768
 CLEAN_HOLDOUT_EVERY = 6
 RAW_SUFFIXES = frozenset({".dng", ".arw", ".cr2", ".cr3", ".nef", ".orf", ".rw2", ".raf", ".pef", ".srw"})
+NEW_FOLDERS = frozenset({"cid22-training-pexels", "cid22-validation", "clic2025-test", "clic2025-validation", "gb82"})
+EVAL_GROUPS = ("comparable", "new")
 PHOTO_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
 
 
@@ -50,3 +55,8 @@ def split_photos(folder: Path) -> tuple[list[Path], list[Path]]:
     photos = list_photos(folder)
     held = [p for p in photos if photo_is_held_out(p)]
     return [p for p in photos if p not in held], held
+
+
+def eval_group(path: Path) -> str:
+    """Which evaluation group a held-out photograph belongs to (see the module docstring)."""
+    return "new" if Path(path).parent.name in NEW_FOLDERS else "comparable"

@@ -13,15 +13,10 @@ balance), then :func:`mosaic` keeps one colour per pixel in RGGB order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import numpy as np
 
 from .. import curves
-
-# sRGB (D65) -> XYZ, as in Brooks et al. and LibRaw's xyz_rgb.
-RGB_TO_XYZ = np.array(
-    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
-)
+from ..colour import RGB_TO_XYZ, CameraColour
 
 # XYZ -> camera matrices used by Brooks et al. for random colour matrices.
 BROOKS_XYZ_TO_CAMS = np.array([
@@ -41,37 +36,40 @@ BLUE_GAIN_RANGE = (1.5, 1.9)
 LIBRAW_GAMMA = (curves.POWER, curves.TOE)
 
 
-@dataclass(frozen=True)
-class CameraColour:
-    """How a (possibly virtual) camera's raw RGB relates to sRGB, and the shot's white balance."""
-
-    xyz_to_cam: np.ndarray
-    """3 x 3 XYZ -> camera (a DNG ColorMatrix1; rows need not be normalised)."""
-    wb: tuple[float, float, float]
-    """White-balance multipliers R, G, B (what LibRaw's camera WB applies; G = 1)."""
-
-    @property
-    def rgb_to_cam(self) -> np.ndarray:
-        """sRGB -> camera with rows summing to 1, as LibRaw normalises it (white stays white)."""
-        m = self.xyz_to_cam @ RGB_TO_XYZ
-        return m / m.sum(axis=1, keepdims=True)
-
-    @property
-    def cam_to_rgb(self) -> np.ndarray:
-        return np.linalg.inv(self.rgb_to_cam)
-
-    @property
-    def as_shot_neutral(self) -> tuple[float, float, float]:
-        """The DNG AsShotNeutral that makes LibRaw apply ``wb``."""
-        return tuple(float(1.0 / g) for g in self.wb)  # type: ignore[return-value]
-
-
 def random_colour(rng: np.random.Generator) -> CameraColour:
     """Brooks et al.: a random convex combination of camera matrices and random R/B gains."""
     weights = rng.uniform(1e-8, 1.0, len(BROOKS_XYZ_TO_CAMS))
     xyz_to_cam = np.tensordot(weights / weights.sum(), BROOKS_XYZ_TO_CAMS, axes=1)
     wb = (float(rng.uniform(*RED_GAIN_RANGE)), 1.0, float(rng.uniform(*BLUE_GAIN_RANGE)))
     return CameraColour(xyz_to_cam, wb)
+
+
+REAL_XYZ_TO_CAMS = (SONY_A7S2_XYZ_TO_CAM, *BROOKS_XYZ_TO_CAMS)
+"""Real cameras' matrices built in: the SID camera and the four of Brooks et al. Training adds the
+matrices of its raws (:class:`~.data.CleanSource`); the Canon 550D's never enters training."""
+
+REAL_CAMERA_SHARE = 0.75
+"""Fraction of photographs given one real camera's matrix (the rest: a Brooks mixture)."""
+
+
+def illuminant_wb(daylight: tuple[float, float, float], rng: np.random.Generator) -> tuple[float, float, float]:
+    """As-shot multipliers for a random light: the camera's daylight balance moved along a warm-cool
+    axis (tungsten needs less red gain and more blue; shade the opposite) with a little tint."""
+    t = rng.uniform(-0.6, 1.0)  # > 0 warmer than daylight: night scenes are often lit by lamps
+    red = daylight[0] * np.exp(-0.35 * t + rng.normal(0.0, 0.05))
+    blue = daylight[2] * np.exp(0.55 * t + rng.normal(0.0, 0.05))
+    return (float(red), 1.0, float(blue))
+
+
+def camera_colour(rng: np.random.Generator, matrices=REAL_XYZ_TO_CAMS) -> CameraColour:
+    """A colour for unprocessing a photograph: a real camera's matrix (or a Brooks mixture) and the
+    as-shot white balance of a random light for that camera."""
+    if rng.random() < REAL_CAMERA_SHARE:
+        xyz_to_cam = np.asarray(matrices[int(rng.integers(len(matrices)))], dtype=np.float64)
+    else:
+        xyz_to_cam = random_colour(rng).xyz_to_cam
+    daylight = CameraColour(xyz_to_cam, (1.0, 1.0, 1.0)).daylight_wb
+    return CameraColour(xyz_to_cam, illuminant_wb(daylight, rng))
 
 
 def sony_colour(rng: np.random.Generator | None = None) -> CameraColour:
@@ -138,6 +136,11 @@ def mosaic(cam: np.ndarray) -> np.ndarray:
 def unprocess(srgb: np.ndarray, colour: CameraColour, invert_tone: bool = True) -> np.ndarray:
     """sRGB photograph -> the clean normalised RGGB raw a camera with ``colour`` would record."""
     return mosaic(unprocess_rgb(srgb, colour, invert_tone))
+
+
+def white_balanced(cam: np.ndarray, colour: CameraColour) -> np.ndarray:
+    """Linear camera RGB (before WB) -> the linear white-balanced camera RGB lowlux's nets predict."""
+    return np.clip(np.asarray(cam, dtype=np.float32) * np.asarray(colour.wb, dtype=np.float32), 0.0, 1.0)
 
 
 def process(cam: np.ndarray, colour: CameraColour, apply_tone: bool = False) -> np.ndarray:
