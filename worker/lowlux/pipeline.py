@@ -1,4 +1,9 @@
-"""One raw file to its TIFF(s): decode -> amplify -> net -> encode.
+"""One raw file to its TIFF(s) or DNG(s): decode -> white balance, amplify -> net -> colour -> encode.
+
+What the net outputs decides the colour stage: the paper's sRGB nets are written as they are;
+lowlux's linear nets read a white-balanced mosaic and their linear camera RGB goes through the
+raw's own colour (:mod:`lowlux.colour`) to sRGB for a TIFF, or back to camera-native linear
+values for a scene-referred DNG.
 
 The stages are separate functions so a batch runner (the worker) can overlap them: decode the
 next file while the net runs on this one, encode on a thread pool. :func:`enhance_file` chains
@@ -15,7 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from .amplifier import DEFAULT_BRIGHTNESS, DEFAULT_VARIANT, check_brightness, estimate_amplification
+from .colour import CameraColour, render_srgb, rggb_gains
 from .errors import InputError
+from .model import LINEAR_CAMERA_WB, SRGB
 from .mosaic import CodedMosaic, Crop, apply_orientation, coded_for_net, orientation_canvas
 from .raw import read_raw
 from .tiff import check_output, to_uint16, to_uint16_into, write_tiff
@@ -23,6 +30,7 @@ from .tiff import check_output, to_uint16, to_uint16_into, write_tiff
 log = logging.getLogger(__name__)
 
 SUFFIX = "_lowlux"
+FORMATS = ("tiff", "dng")
 
 
 @dataclass(frozen=True)
@@ -38,8 +46,12 @@ class EnhanceOptions:
     """Folder for the TIFFs; None writes next to the raw."""
     overwrite: bool = False
     compression: str = "none"
+    format: str = "tiff"
+    """``tiff``: 16-bit sRGB; ``dng``: scene-referred linear DNG (lowlux's linear weights only)."""
 
     def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r} is not one of {', '.join(FORMATS)}")
         if not self.brightness:
             raise ValueError("at least one brightness value is needed")
         for m in self.brightness:
@@ -71,6 +83,8 @@ class Decoded:
     amplifications: list[float]
     outputs: list[Path]
     brightness: list[float] = field(default_factory=list)
+    colour: CameraColour | None = None
+    """The raw's colour (white balance before the net, the colour stage after it)."""
 
 
 def decode(source: str | Path, options: EnhanceOptions) -> Decoded:
@@ -92,30 +106,64 @@ def decode(source: str | Path, options: EnhanceOptions) -> Decoded:
     # Kept as 16-bit codes (half a float mosaic): normalised crop by crop as the net takes them.
     mosaic, crop = coded_for_net(raw.cfa, raw.tables(), raw.pattern)
     log.debug("%s: %s, %dx%d, amplification %s", source.name, raw.pattern, *raw.shape[::-1], amps)
-    return Decoded(source, mosaic, crop, raw.flip, amps, outputs, list(options.brightness))
+    return Decoded(source, mosaic, crop, raw.flip, amps, outputs, list(options.brightness), raw.colour)
 
 
-def infer(engine, decoded: Decoded) -> list[np.ndarray]:
-    """sRGB images (uint16, oriented, exactly the visible frame), one per amplification."""
+def output_space(engine) -> str:
+    """What an engine's net outputs (the paper's sRGB unless it says otherwise)."""
+    model = getattr(engine, "model", None)
+    return getattr(model, "output_space", getattr(engine, "output_space", SRGB))
+
+
+def _finisher(decoded: Decoded, space: str, fmt: str):
+    """The colour stage for one output, applied band by band before quantisation (None: as is)."""
+    if space == SRGB:
+        if fmt != "tiff":
+            raise InputError(decoded.source, "a DNG needs lowlux's linear weights; these weights output sRGB "
+                                             "(the paper's mode): write a TIFF, or use the default weights")
+        return None
+    colour = decoded.colour
+    if fmt == "tiff":
+        return lambda band: render_srgb(band, colour)
+    undo = np.float32(1.0) / np.asarray(colour.wb, dtype=np.float32)
+    return lambda band: band * undo  # camera-native linear: a DNG reader applies the white balance
+
+
+def _net_mosaic(decoded: Decoded, space: str) -> CodedMosaic:
+    """The mosaic as the net reads it: white-balanced for the linear nets (only the tables change)."""
+    if space != LINEAR_CAMERA_WB or decoded.colour is None:
+        return decoded.mosaic
+    gains = rggb_gains(decoded.colour.wb)  # the padded mosaic starts on red
+    return CodedMosaic(decoded.mosaic.codes, decoded.mosaic.tables * gains[..., None])
+
+
+def infer(engine, decoded: Decoded, fmt: str = "tiff") -> list[np.ndarray]:
+    """Output images (uint16, oriented, exactly the visible frame), one per amplification."""
+    space = output_space(engine)
+    finish = _finisher(decoded, space, fmt)
+    mosaic = _net_mosaic(decoded, space)
     images = []
     for amp in decoded.amplifications:
         if hasattr(engine, "restore_tiles"):
-            images.append(_restore_uint16(engine, decoded, amp))
+            images.append(_restore_uint16(engine, decoded, mosaic, amp, finish))
         else:  # any object with restore() will do (the worker wraps engines)
-            rgb = decoded.crop.apply(engine.restore(decoded.mosaic, amp))
-            images.append(apply_orientation(to_uint16(rgb), decoded.flip))
+            rgb = decoded.crop.apply(engine.restore(mosaic, amp))
+            out = np.empty(rgb.shape, dtype=np.uint16)
+            to_uint16_into(rgb, out, transform=finish)
+            images.append(apply_orientation(out, decoded.flip))
     return images
 
 
-def _restore_uint16(engine, decoded: Decoded, amp: float) -> np.ndarray:
-    """The engine's output piece by piece (whole, or tile by tile), cropped, converted to uint16
-    and written straight into the turned image: the float image is never held whole."""
+def _restore_uint16(engine, decoded: Decoded, mosaic: CodedMosaic, amp: float, finish) -> np.ndarray:
+    """The engine's output piece by piece (whole, or tile by tile), cropped, through the colour stage,
+    converted to uint16 and written straight into the turned image: the float image is never held whole."""
     crop, flip = decoded.crop, decoded.flip
     shape = (crop.width, crop.height, 3) if flip & 4 else (crop.height, crop.width, 3)
     image = np.empty(shape, dtype=np.uint16)
     canvas = orientation_canvas(image, flip)
-    on_gpu = engine.device.type == "cuda"  # quantised there: half the bytes to copy back, no host pass
-    for ys, xs, rgb in engine.restore_tiles(decoded.mosaic, amp, uint16=on_gpu):
+    # quantised on the GPU (half the bytes to copy back, no host pass) when no colour stage follows
+    on_gpu = engine.device.type == "cuda" and finish is None
+    for ys, xs, rgb in engine.restore_tiles(mosaic, amp, uint16=on_gpu):
         y0, y1 = max(ys.start, crop.top), min(ys.stop, crop.top + crop.height)
         x0, x1 = max(xs.start, crop.left), min(xs.stop, crop.left + crop.width)
         if y0 >= y1 or x0 >= x1:
@@ -125,7 +173,7 @@ def _restore_uint16(engine, decoded: Decoded, amp: float) -> np.ndarray:
         if src.dtype == np.uint16:
             np.copyto(dst, src)
         else:
-            to_uint16_into(src, dst)
+            to_uint16_into(src, dst, transform=finish)
     return image
 
 
@@ -139,4 +187,4 @@ def encode(decoded: Decoded, images: list[np.ndarray], options: EnhanceOptions) 
 def enhance_file(engine, source: str | Path, options: EnhanceOptions = EnhanceOptions()) -> list[Path]:
     """Restore one raw file and write its TIFF(s); returns the paths written."""
     decoded = decode(source, options)
-    return encode(decoded, infer(engine, decoded), options)
+    return encode(decoded, infer(engine, decoded, options.format), options)

@@ -2,7 +2,8 @@
 
 Only what the net needs is kept: the visible Bayer mosaic, its per-channel black levels and white
 level *from the file* (never a camera's hard-coded values), the CFA pattern at the visible origin,
-the orientation, and a little metadata for logs and training. Everything that cannot be read as a
+the orientation, and the raw's own colour: its as-shot white balance and colour matrix, as LibRaw
+applies them (:mod:`lowlux.colour`). Everything that cannot be read as a
 2x2 RGB Bayer mosaic is refused with a reason that names the file and the sensor layout.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .colour import RGB_TO_XYZ, CameraColour, from_libraw
 from .errors import InputError, UnsupportedSensor
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,18 @@ class RawImage:
     """Colours of the 2x2 tile at the visible origin, row-major, e.g. 'RGGB' or 'GBRG'."""
     flip: int = 0
     """LibRaw orientation code: bit 4 transpose, then bit 2 flip rows, bit 1 flip columns."""
-    wb: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """As-shot white balance multipliers for R, G, B (G = 1)."""
+    colour: CameraColour = CameraColour(np.linalg.inv(RGB_TO_XYZ), (1.0, 1.0, 1.0))
+    """The raw's colour matrix and as-shot white balance (G = 1); by default a camera whose RGB is
+    linear sRGB, with no white balance."""
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.cfa.shape  # type: ignore[return-value]
+
+    @property
+    def wb(self) -> tuple[float, float, float]:
+        """As-shot white balance multipliers for R, G, B (G = 1)."""
+        return self.colour.wb
 
     def _lookup(self, row: int, col: int) -> np.ndarray:
         """The normalised value of every possible sensor value at one 2x2 position (65536 float32).
@@ -126,13 +134,6 @@ def _message(exc: Exception) -> str:
     return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
-def _white_balance(raw) -> tuple[float, float, float]:
-    wb = np.asarray(raw.camera_whitebalance[:3], dtype=np.float64)
-    if not np.all(wb > 0):
-        return (1.0, 1.0, 1.0)
-    return tuple(float(v) for v in wb / wb[1])  # type: ignore[return-value]
-
-
 def read_raw(path: str | Path) -> RawImage:
     """Read a raw file; raises InputError / UnsupportedSensor naming the file and the reason."""
     import rawpy
@@ -148,7 +149,7 @@ def read_raw(path: str | Path) -> RawImage:
             black = per_channel[colors]
             white = float(raw.white_level)
             flip = int(raw.sizes.flip)
-            wb = _white_balance(raw)
+            colour = from_libraw(raw, path)
     except (InputError, UnsupportedSensor):
         raise
     except rawpy.LibRawFileUnsupportedError as exc:
@@ -166,6 +167,6 @@ def read_raw(path: str | Path) -> RawImage:
         white=white,
         pattern=pattern,
         flip=flip,
-        wb=wb,
+        colour=colour,
     )
 

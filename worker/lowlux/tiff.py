@@ -75,14 +75,15 @@ def to_uint16(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_uint16_into(rgb: np.ndarray, out: np.ndarray, rows: int = 256) -> None:
+def to_uint16_into(rgb: np.ndarray, out: np.ndarray, rows: int = 256, transform=None) -> None:
     """:func:`to_uint16` written into ``out`` (any view, e.g. a turned one), in bands of rows
-    so the float temporaries stay small and in cache."""
+    so the float temporaries stay small and in cache. ``transform`` (band -> band), if given, is
+    applied to each band first (the colour stage)."""
     if rgb.shape != out.shape:
         raise ValueError(f"shape mismatch: {rgb.shape} into {out.shape}")
     tmp = np.empty((min(rows, rgb.shape[0]), *rgb.shape[1:]), dtype=np.float32)
     for y in range(0, rgb.shape[0], rows):
-        src = rgb[y : y + rows]
+        src = rgb[y : y + rows] if transform is None else transform(rgb[y : y + rows])
         t = tmp[: src.shape[0]]
         np.clip(src, 0.0, 1.0, out=t)
         t *= np.float32(65535.0)
