@@ -105,3 +105,113 @@ def write_dng(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Scene-referred linear DNG: lowlux's restoration as a raw-like file for darktable's
+# scene-referred workflow (as darktable's own neural denoise and other raw denoisers deliver).
+
+_LINEAR_RAW = 34892
+_COLOUR_TAGS = {50721: "ColorMatrix1", 50722: "ColorMatrix2", 50778: "CalibrationIlluminant1",
+                50779: "CalibrationIlluminant2", 50964: "ForwardMatrix1", 50965: "ForwardMatrix2"}
+PREVIEW_SIDE = 256
+
+
+def source_colour_tags(source: str | Path) -> list[tuple]:
+    """The source DNG's own colour matrices and illuminants, as tifffile extratags; [] for other raws."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(source) as tif:
+            tags = tif.pages[0].tags
+            if 50706 not in tags:  # not a DNG
+                return []
+            out = []
+            for code in _COLOUR_TAGS:
+                if code in tags:
+                    value = np.asarray(tags[code].value, dtype=np.float64).ravel()
+                    if code in (50778, 50779):
+                        out.append((code, "H", 1, int(value[0]), True))
+                    else:
+                        out.append((code, "2i", value.size // 2, tuple(int(v) for v in value), True))
+            return out if any(t[0] == 50721 for t in out) else []
+    except (tifffile.TiffFileError, OSError, ValueError, KeyError):
+        return []
+
+
+def _preview(linear_camera: np.ndarray, colour) -> np.ndarray:
+    """An 8-bit sRGB thumbnail of the restored image (what file browsers and darktable show first)."""
+    from .colour import render_srgb
+
+    step = max(1, -(-max(linear_camera.shape[:2]) // PREVIEW_SIDE))
+    small = linear_camera[::step, ::step].astype(np.float32) / np.float32(65535)
+    rgb = render_srgb(small * np.asarray(colour.wb, dtype=np.float32), colour)
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def write_linear_dng(
+    path: str | Path,
+    linear_camera: np.ndarray,
+    colour,
+    *,
+    source: str | Path | None = None,
+    overwrite: bool = False,
+    compression: str = "none",
+) -> Path:
+    """Write a restoration as a scene-referred linear DNG, atomically, with the raw's metadata.
+
+    ``linear_camera`` is H x W x 3 uint16 linear camera RGB with the white balance *undone*, so a
+    reader applies the shot's white balance (AsShotNeutral) as for any raw. The colour matrices are
+    the source DNG's own (illuminants included); for other raws, LibRaw's D65 matrix. The values are
+    already at the restored exposure, so BaselineExposure is 0. IFD0 holds an sRGB thumbnail of the
+    restoration; the image itself is a LinearRaw sub-IFD (3 samples, 16 bits, no demosaic needed).
+    """
+    import tifffile
+
+    from . import __version__
+    from .tiff import COMPRESSIONS, _move_into_place, _temp_name, check_output, copy_metadata
+    from .errors import OutputError
+
+    path = Path(path)
+    if linear_camera.dtype != np.uint16 or linear_camera.ndim != 3 or linear_camera.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 uint16 image, got {linear_camera.dtype} {linear_camera.shape}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
+    check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour_tags = source_colour_tags(source) if source is not None else []
+    if not colour_tags:
+        colour_tags = [(50721, "2i", 9, tuple(_rational(np.asarray(colour.xyz_to_cam).ravel())), True),
+                       (50778, "H", 1, _D65_ILLUMINANT, True)]
+    tags = [
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+        (50708, "s", 0, "lowlux linear", True),  # UniqueCameraModel
+        (50728, "2I", 3, tuple(_rational(colour.as_shot_neutral, 1_000_000)), True),  # AsShotNeutral
+        (50730, "2i", 1, (0, 1), True),  # BaselineExposure: the values are already at the restored exposure
+        (50970, "I", 1, 2, True),  # PreviewColorSpace: sRGB
+        *colour_tags,
+    ]
+    image_tags = [
+        (50714, "I", 3, (0, 0, 0), True),  # BlackLevel
+        (50717, "I", 1, 65535, True),  # WhiteLevel
+    ]
+    kwargs = {"compression": compression, "predictor": True} if compression != "none" else {}
+    tmp, tagged = _temp_name(path), _temp_name(path, "m")
+    try:
+        with tifffile.TiffWriter(tmp) as tif:
+            tif.write(_preview(linear_camera, colour), photometric="rgb", subfiletype=1, subifds=1,
+                      software=f"lowlux {__version__}", extratags=tags, metadata=None)
+            tif.write(np.ascontiguousarray(linear_camera), photometric=_LINEAR_RAW, planarconfig="contig",
+                      subfiletype=0, extratags=image_tags, metadata=None, **kwargs)
+        done = tmp
+        if source is not None and copy_metadata(Path(source), tmp, tagged):
+            done = tagged
+            tmp.unlink()
+        _move_into_place(done, path, overwrite)
+    except OSError as exc:
+        raise OutputError(path, f"cannot write ({exc.strerror or exc})") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        tagged.unlink(missing_ok=True)
+    return path
