@@ -1,4 +1,5 @@
-"""Shared fixtures: the read-only ../shared folder, tiny weights, synthetic DNGs."""
+"""Shared fixtures (the read-only ../shared folder, tiny weights, shared engines, synthetic DNGs)
+and the ``slow`` marks."""
 
 from __future__ import annotations
 
@@ -34,6 +35,54 @@ def _graph_cache(tmp_path_factory):
         os.environ.pop("LOWLUX_CACHE_DIR", None)
     else:
         os.environ["LOWLUX_CACHE_DIR"] = old
+
+
+SLOW = {
+    # A module name marks all its tests; "module::test" one test, with all its parameters.
+    # Chosen by measuring (--durations, on the project's 2-core machine, darktable tests excluded):
+    # over about 2 s, or a whole process or worker started for one test. Measure again before adding.
+    "test_darktable.py": "a real darktable under Xvfb",
+    "test_bench.py::test_bench_writes_a_row_per_configuration_with_the_reference_first": "17-32 s, a child per row",
+    "test_bench.py::test_a_configuration_that_fails_costs_its_row_only_and_the_exit_status": "5 s, a child per row",
+    "test_cli.py::test_darkened_real_raws_are_restored_to_about_their_exposure": "18 s",
+    "test_cli.py::test_console_script_runs": "1.8 s, the installed entry point in its own process",
+    "test_load.py::test_four_clients_with_bad_files_over_several_rounds": "4.1 s",
+    "test_client.py::test_a_killed_worker_leaves_no_partial_tiff_and_the_next_call_restarts_it": "3.5 s",
+    "test_client.py::test_sigterm_finishes_the_file_on_the_net_and_cancels_the_rest": "2.6 s",
+    "test_client.py::test_concurrent_clients_start_exactly_one_worker": "2.1 s",
+    "test_server.py::test_unauthenticated_peers_are_refused": "2.2 s",
+    "test_backends.py::test_a_damaged_cache_file_is_exported_again": "2.2 s",
+    "test_train_loop.py::test_twenty_steps_lower_the_loss_on_a_fixed_batch": "2.1 s",
+}
+"""Tests marked ``slow``, with what they cost: ``pytest -m "not slow"`` is the quick loop. Kept
+here, in one table, rather than as marks spread over the test files."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.name
+        if module in SLOW or f"{module}::{getattr(item, 'originalname', item.name)}" in SLOW:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def engine_factory():
+    """``engine_factory(**EngineConfig fields)`` -> an engine shared by the module's tests that ask for
+    the same configuration, built once and closed after the module. Only for tests that use an
+    engine as it is: a test of building one, or one that patches or closes it, builds its own."""
+    from lowlux.engine import Engine, EngineConfig
+
+    engines: dict = {}
+
+    def get(**fields) -> Engine:
+        config = EngineConfig(**fields)
+        if config not in engines:
+            engines[config] = Engine(config)
+        return engines[config]
+
+    yield get
+    for engine in engines.values():
+        engine.close()
 
 
 @pytest.fixture(scope="session")

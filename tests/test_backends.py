@@ -128,11 +128,11 @@ def test_a_large_tiled_restore_gives_back_the_head_and_context_memory_before_the
 
 @pytest.mark.parametrize("name", ["torch", *EXPORTED])
 @pytest.mark.parametrize("vector", ["rand", "grad"])
-def test_every_float32_backend_reproduces_the_authors_outputs(authors_weights, vectors, name, vector):
+def test_every_float32_backend_reproduces_the_authors_outputs(authors_weights, vectors, engine_factory, name, vector):
     need_backend(name)
     x = torch.from_numpy(np.load(vectors / f"input_{vector}.npy"))
     expected = torch.from_numpy(np.load(vectors / f"output_{vector}.npy"))
-    out = Engine(EngineConfig(weights=authors_weights, backend=name)).forward(x)
+    out = engine_factory(weights=authors_weights, backend=name).forward(x)
     assert (out - expected).abs().max() <= 1e-5
 
 

@@ -21,11 +21,14 @@ def test_bench_writes_a_row_per_configuration_with_the_reference_first(tmp_path,
     assert all(r["max_abs_diff"] is not None and r["speedup"] > 0 for r in net_rows)
     assert rows[0]["photo_max_abs_diff"] is None  # the reference is what the others are compared with
     # On a photograph too, fp32 rows match the eager net (random weights: large activations, so
-    # summation order shows at 1e-5) and reduced precision rows deviate by orders of magnitude more.
+    # summation order shows at 1e-5) and reduced precision rows deviate by far more. The floor is
+    # fixed, ten times the fp32 bound, whatever the hardware's summation order: with these weights
+    # rounding the photograph alone to fp16 (11-bit mantissa) moves the output by 5e-3, to bf16 by
+    # 5e-2, and fp16 / bf16 autocast by 3e-2 / 2e-1.
     fp32 = [r["photo_max_abs_diff"] for r in net_rows if r["dtype"] == "float32"]
     reduced = [r["photo_max_abs_diff"] for r in net_rows if r["dtype"] != "float32"]
     assert fp32 and max(fp32) <= 1e-4
-    assert all(d > 100 * max(fp32) for d in reduced)
+    assert all(d > 1e-3 for d in reduced)
     e2e, = (r for r in rows if r["backend"] == "e2e")
     assert 0 < e2e["extra"]["one_file_peak_rss_mb"] <= e2e["peak_rss_mb"]  # the batch comes after
     assert "eager fp32 (reference)" in capsys.readouterr().out
@@ -54,16 +57,16 @@ def test_on_a_gpu_fp16_runs_with_and_without_encoder_streams_and_cuda_graphs_aga
 
 
 def test_a_configuration_that_fails_costs_its_row_only_and_the_exit_status(tmp_path, tiny_weights, monkeypatch, capsys):
-    from lowlux import bench
+    from lowlux.bench import child
 
-    real = bench._run_child
+    real = child.run_child
 
     def flaky(kind, payload):
-        if kind == "net" and payload["cfg"]["name"] == "torch channels_last":
+        if kind == "net" and payload["config"]["name"] == "torch channels_last":
             raise RuntimeError("bench child failed (net torch channels_last):\nRuntimeError: out of memory")
         return real(kind, payload)
 
-    monkeypatch.setattr(bench, "_run_child", flaky)
+    monkeypatch.setattr(child, "run_child", flaky)
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     args = ["bench", "--sizes", "64x96", "--runs", "2", "--no-e2e", "--only", "channels_last,concurrent",
             "--json", str(out), "--markdown", str(md), "--weights", str(tiny_weights)]

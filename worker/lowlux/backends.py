@@ -20,7 +20,7 @@ Every backend offers these calls on torch tensors (float32, the backend's device
     The same graphs on ONNX Runtime's CPU provider, f32.
 
 :func:`choose_backend` picks the fastest one installed that supports the device and precision
-(on this project's 2-core AVX-512 machines: OpenVINO, then ONNX Runtime, then torch), unless one
+(:data:`AUTO_ORDER`, measured in docs/benchmarks.md, "Why the defaults are what they are"), unless one
 is named (``EngineConfig.backend`` or the ``LOWLUX_BACKEND`` environment variable).
 """
 
@@ -366,8 +366,8 @@ class OpenVinoBackend(_ExportedBackend):
         key = (graph, shapes)
         request = self._compiled.get(key)
         if request is None:
-            # One compiled shape per graph: each holds its working memory (~650 MB for a whole
-            # 12 MP frame), and a batch from one camera keeps one shape anyway.
+            # One compiled shape per graph: each holds its working memory (docs/benchmarks.md,
+            # "Why the defaults are what they are"), and a batch from one camera keeps one shape anyway.
             for old in [k for k in self._compiled if k[0] == graph]:
                 del self._compiled[old]
             model = self.models[graph].clone()

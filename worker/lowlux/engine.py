@@ -33,12 +33,8 @@ __all__ = ["DTYPES", "Engine", "EngineConfig", "resolve_device", "resolve_weight
 DEFAULT_MEMORY_BUDGET_MB = 600
 """Working memory (beyond input and output) a whole-frame forward may use. Frames up to
 :data:`STRIP_FACTOR` times over it run as :data:`STRIPS` full-width strips, larger ones in tiles
-whose crops each use at most :data:`TILE_BUDGET_FRACTION` of it. On OpenVINO fp32 (measured on 2
-cores, engine alone): 12 MP whole reached 1080 MB peak RSS at 0.44 s, in two strips 934 MB at
-0.46 s, in three 793 MB at 0.48 s, in four tiles 759 MB at 0.51 s. End to end (file to TIFF, one
-file at a time) two strips peaked at 1039 MB, three at 835 MB, at the same speed within the noise;
-24 MP and up in tiles of about 3 MP keep the process near 0.85-1.2 GB (8.5 MP crops reached 1.8 GB
-at 60 MP)."""
+whose crops each use at most :data:`TILE_BUDGET_FRACTION` of it. The measurements behind these
+values: docs/benchmarks.md, "Why the defaults are what they are"."""
 STRIP_FACTOR = 1.6
 STRIPS = 3
 TILE_BUDGET_FRACTION = 0.32

@@ -1,0 +1,127 @@
+"""The ``lowlux bench`` command: its arguments, and the run over sizes and configurations.
+
+This is the parent process. It measures nothing itself: each configuration runs in a child
+(:mod:`.child`), against the reference row run first at the same size, and the rows go to the
+console, a JSON file and optionally Markdown tables (:mod:`.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from . import child
+from .configs import Config, default_configs
+from .report import Row, format_row, header, machine_line, markdown_tables
+from .workload import count_macs
+
+DEFAULT_SIZES = "512x512,1024x1024,2848x4256,6000x4000,5504x8256,9504x6336"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'2848x4256' -> (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH, got {text!r}") from None
+    if h < 32 or w < 32 or h % 2 or w % 2:
+        raise argparse.ArgumentTypeError(f"size {text!r}: sides must be even and at least 32")
+    return h, w
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", default=DEFAULT_SIZES, help=f"HxW list (default {DEFAULT_SIZES})")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per row, after warm-up (default 5)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-e2e", action="store_true", help="skip the file -> TIFF end-to-end rows")
+    p.add_argument("--only", help="comma-separated config names (substrings) to run besides the reference")
+    p.add_argument("--json", type=Path, default=Path("bench-results.json"), help="results file (JSON list of rows)")
+    p.add_argument("--markdown", type=Path, help="also write the results as Markdown tables")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+    weights = str(args.weights) if args.weights else None
+    device = getattr(args, "device", "auto")
+    rows: list[Row] = []
+    machine = machine_line()
+    print(machine)
+    print(header())
+    configs = default_configs(args)
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            size_s = f"{size[0]}x{size[1]}"
+            gmacs = count_macs(*size) / 1e9
+            ref_path = str(Path(tmp) / f"ref-{size_s}.npy")
+            ref_median = None
+            for config in configs:
+                if not config.runs_at(size):
+                    continue
+                try:
+                    res = child.run_child("net", {"config": asdict(config), "size": size, "runs": args.runs,
+                                                  "warmup": args.warmup, "weights": weights, "device": device,
+                                                  "ref_out": None if config.reference else ref_path,
+                                                  "save_out": ref_path if config.reference else None})
+                except RuntimeError as exc:
+                    if config.reference:  # every other row is measured against it
+                        raise
+                    # One configuration that fails (a runtime bug, out of memory) costs its row only.
+                    failures.append(f"{config.name} at {size_s}: {str(exc).strip().splitlines()[-1]}")
+                    print(f"{config.name:28s} {size_s:>10s} FAILED: {failures[-1]}", flush=True)
+                    continue
+                med = statistics.median(res["times"])
+                ref_median = med if config.reference else ref_median
+                rows.append(_net_row(config, size_s, gmacs, res, ref_median))
+                print(format_row(rows[-1]), flush=True)
+            Path(ref_path).unlink(missing_ok=True)
+            if not args.no_e2e:
+                res = child.run_child("e2e", {"size": size, "runs": max(args.runs // 2, 2), "weights": weights,
+                                              "device": device})
+                rows.append(_e2e_row(size_s, gmacs, res))
+                print(format_row(rows[-1]) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items())
+                      + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}", flush=True)
+    _write_results(args, rows, machine, failures)
+    if failures:
+        print(f"{len(failures)} configuration(s) failed:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _net_row(config: Config, size_s: str, gmacs: float, res: dict, ref_median: float | None) -> Row:
+    """A net row from a child's result; its speed-up is against the reference's median."""
+    med = statistics.median(res["times"])
+    return Row(config.name, config.backend, config.dtype, size_s, med, min(res["times"]), max(res["times"]),
+               len(res["times"]), res["peak_rss_mb"], gmacs, res.get("max_abs_diff"),
+               res.get("photo_max_abs_diff"), None if config.reference else ref_median / med, config.reference,
+               {"device": res["device"], "concurrent": config.concurrent, "channels_last": config.channels_last,
+                "runtime": res["backend_detail"], "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"]}
+               | ({"gpu_peak_mb": res["gpu_peak_mb"], "fps": 1 / med} if "gpu_peak_mb" in res else {}))
+
+
+def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
+    """The end-to-end row from its child's result (stage medians in ``extra``)."""
+    med = statistics.median(res["times"])
+    return Row("file -> TIFF (end to end)", "e2e", "float32", size_s, med,
+               min(res["times"]), max(res["times"]), len(res["times"]), res["peak_rss_mb"], gmacs,
+               speedup=None, extra={**res["stages"], "runtime": res["backend_detail"],
+                                    "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"],
+                                    "one_file_peak_rss_mb": res["one_file_peak_rss_mb"]})
+
+
+def _write_results(args: argparse.Namespace, rows: list[Row], machine: str, failures: list[str]) -> None:
+    """The JSON rows (each with the machine line), and the Markdown tables when asked for."""
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps([asdict(r) | {"machine": machine} for r in rows], indent=1))
+    print(f"results written to {args.json}")
+    if getattr(args, "markdown", None):
+        text = markdown_tables(rows, machine)
+        if failures:
+            text += "\nFailed (no row):\n\n" + "".join(f"- {f}\n" for f in failures)
+        args.markdown.write_text(text)
+        print(f"tables written to {args.markdown}")

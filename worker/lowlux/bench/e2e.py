@@ -1,0 +1,94 @@
+"""The end-to-end row of ``lowlux bench``: a raw file to a TIFF through the worker's own code.
+
+The net rows time the net alone; this row times what a user waits for (decode, net, encode, one
+file at a time) and what a batch costs per file when the worker overlaps those stages, so the
+figures include everything around the net that the net rows leave out.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from .child import make_engine
+from .memory import maxrss_mb, peak_rss_mb, reset_peak
+from .workload import bench_input
+
+
+def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto") -> dict:
+    """In the child: a synthetic DNG of this size through decode -> net -> TIFF, default engine."""
+    import numpy as np
+
+    from ..dng import write_dng
+    from ..engine import EngineConfig
+    from ..pipeline import EnhanceOptions, decode, encode, infer
+
+    engine = make_engine(EngineConfig(weights=weights, device=device))
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "bench.dng"
+        cfa = bench_input(*size)
+        cfa *= np.float32(16383 / 100)
+        cfa += np.float32(512)
+        write_dng(raw, cfa.astype(np.uint16), black=512, white=16383)
+        del cfa
+        options = EnhanceOptions(out_dir=Path(tmp), overwrite=True)
+        stages: dict[str, list[float]] = {"decode_s": [], "net_s": [], "encode_s": [], "total_s": []}
+        for i in range(runs + 1):
+            if i == 1:
+                reset_peak()
+            t0 = time.perf_counter()
+            d = decode(raw, options)
+            t1 = time.perf_counter()
+            images = infer(engine, d)
+            d.mosaic = None
+            t2 = time.perf_counter()
+            encode(d, images, options)
+            del images, d
+            t3 = time.perf_counter()
+            if i == 0:
+                continue  # warm-up
+            for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                stages[key].append(value)
+        one_file_peak = peak_rss_mb()  # files one after another, before the overlapped batch
+        stages["batch_per_file_s"] = [batch_per_file(engine, raw, options, max(runs, 3))]
+    tiles = engine.tiles(*(-(-v // 32) * 32 for v in size))
+    return {"times": stages["total_s"], "stages": {k: statistics.median(v) for k, v in stages.items()},
+            "peak_rss_mb": peak_rss_mb(), "one_file_peak_rss_mb": one_file_peak, "maxrss_mb": maxrss_mb(),
+            "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1}
+
+
+def batch_per_file(engine, raw: Path, options, count: int) -> float:
+    """Seconds per file through the worker's own pipeline (:class:`lowlux.batch.Pipeline`): the next
+    file decodes while the net runs on this one, TIFFs are written on other threads, within the
+    pipeline's bound on frames in flight."""
+    import os
+
+    from ..batch import Pipeline
+    from ..jobs import Job, Scheduler
+
+    files = []
+    for i in range(count):
+        f = raw.with_name(f"batch-{i}.dng")
+        if not f.exists():
+            os.link(raw, f)
+        files.append(str(f))
+    scheduler = Scheduler()
+    pipeline = Pipeline(scheduler, lambda: engine)
+    pipeline.start()
+    job = Job(client="bench", options=options)
+    job.add_files(files)
+    try:
+        t0 = time.perf_counter()
+        scheduler.add(job)
+        while not job.terminal:
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+    finally:
+        scheduler.stop()
+        pipeline.join(60)
+    failed = [t.error for t in job.tasks if t.state != "done"]
+    if failed:
+        raise RuntimeError(f"batch run failed: {failed[0]}")
+    return elapsed / count

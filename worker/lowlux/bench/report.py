@@ -1,0 +1,102 @@
+"""What ``lowlux bench`` reports: its rows, as console lines, JSON and Markdown tables.
+
+Kept apart from the measuring so that the output formats can change (and be read) without touching
+how anything is timed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Row:
+    name: str
+    backend: str
+    dtype: str
+    size: str
+    median_s: float
+    min_s: float
+    max_s: float
+    runs: int
+    peak_rss_mb: float
+    gmacs: float
+    max_abs_diff: float | None = None
+    photo_max_abs_diff: float | None = None
+    """Deviation from the eager fp32 net on a photograph (:func:`lowlux.bench.accuracy.photo_input`),
+    None where not measured."""
+    speedup: float | None = None
+    reference: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def markdown_tables(rows: list[Row], machine: str) -> str:
+    """One table per size: every row with its ratio to the reference."""
+    out = [f"Machine: {machine}", ""]
+    for size in dict.fromkeys(r.size for r in rows):
+        h, w = (int(v) for v in size.split("x"))
+        gpu = any("gpu_peak_mb" in r.extra for r in rows if r.size == size)
+        out += [f"### {size} ({h * w / 1e6:.1f} MP, {next(r.gmacs for r in rows if r.size == size):.1f} GMACs)", "",
+                "| config | runtime | median s | min s | max s | speed-up | peak RSS MB | max abs diff "
+                "| on a photo | tiles |" + (" fps | GPU peak MB |" if gpu else ""),
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "")]
+        for r in rows:
+            if r.size != size:
+                continue
+            cuda = f" {1 / r.median_s:.0f} | {r.extra['gpu_peak_mb']:.0f} |" if "gpu_peak_mb" in r.extra else " | |"
+            speed = "reference" if r.reference else (f"{r.speedup:.2f}x" if r.speedup else "")
+            diff = "" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
+            photo = "" if r.photo_max_abs_diff is None else f"{r.photo_max_abs_diff:.1e}"
+            name = r.name
+            if r.backend == "e2e":
+                stages = ", ".join(f"{k.removesuffix('_s')} {r.extra[k]:.2f}" for k in
+                                   ("decode_s", "net_s", "encode_s", "batch_per_file_s") if k in r.extra)
+                name += f" ({stages}; one file at a time: peak {r.extra['one_file_peak_rss_mb']:.0f} MB)" \
+                    if "one_file_peak_rss_mb" in r.extra else f" ({stages})"
+            out.append(f"| {name} | {r.extra.get('runtime', '')} | {secs(r.median_s)} | {secs(r.min_s)} | {secs(r.max_s)} "
+                       f"| {speed} | {r.peak_rss_mb:.0f} | {diff} | {photo} | {r.extra.get('tiles', '')} |"
+                       + (cuda if gpu else ""))
+        out.append("")
+    return "\n".join(out)
+
+
+def secs(value: float) -> str:
+    """Seconds with three decimals, or four significant digits below 0.1 s (GPU times)."""
+    return f"{value:.3f}" if value >= 0.1 else f"{value:.4g}"
+
+
+def machine_line() -> str:
+    """CPU, cores, memory, GPU and torch threads: printed first and stored with every row."""
+    import psutil
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {psutil.cpu_count(logical=False) or os.cpu_count()} cores, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB{gpu}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def header() -> str:
+    """The console table's heading, matching :func:`format_row`."""
+    return (f"{'config':28s} {'size':>10s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'speed-up':>8s} "
+            f"{'peak RSS MB':>11s} {'GMACs':>7s} {'max |diff|':>10s} {'photo':>8s} {'tiles':>5s}")
+
+
+def format_row(r: Row) -> str:
+    """One row as a console line."""
+    speed = "ref" if r.reference else (f"{r.speedup:.2f}x" if r.speedup else "")
+    diff = "" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
+    photo = "" if r.photo_max_abs_diff is None else f"{r.photo_max_abs_diff:.1e}"
+    return (f"{r.name:28s} {r.size:>10s} {secs(r.median_s):>9s} {secs(r.min_s):>7s} {secs(r.max_s):>7s} {speed:>8s} "
+            f"{r.peak_rss_mb:11.0f} {r.gmacs:7.1f} {diff:>10s} {photo:>8s} {r.extra.get('tiles', ''):>5}")
