@@ -21,6 +21,7 @@ import numpy as np
 
 from .amplifier import DEFAULT_BRIGHTNESS, DEFAULT_VARIANT, check_brightness, estimate_amplification
 from .colour import CameraColour, render_srgb, rggb_gains
+from .dng import write_linear_dng
 from .errors import InputError
 from .model import LINEAR_CAMERA_WB, SRGB
 from .mosaic import CodedMosaic, Crop, apply_orientation, coded_for_net, orientation_canvas
@@ -67,9 +68,10 @@ class EnhanceOptions:
 def output_paths(source: Path, options: EnhanceOptions) -> list[Path]:
     """``<stem>_lowlux.tif``, or ``<stem>_lowlux_m0.5.tif`` per bracket value."""
     folder = options.out_dir if options.out_dir is not None else source.parent
+    ext = ".dng" if options.format == "dng" else ".tif"
     if not options.bracketed:
-        return [folder / f"{source.stem}{SUFFIX}.tif"]
-    return [folder / f"{source.stem}{SUFFIX}_m{m:g}.tif" for m in options.brightness]
+        return [folder / f"{source.stem}{SUFFIX}{ext}"]
+    return [folder / f"{source.stem}{SUFFIX}_m{m:g}{ext}" for m in options.brightness]
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Decoded:
     brightness: list[float] = field(default_factory=list)
     colour: CameraColour | None = None
     """The raw's colour (white balance before the net, the colour stage after it)."""
+    format: str = "tiff"
 
 
 def decode(source: str | Path, options: EnhanceOptions) -> Decoded:
@@ -106,7 +109,8 @@ def decode(source: str | Path, options: EnhanceOptions) -> Decoded:
     # Kept as 16-bit codes (half a float mosaic): normalised crop by crop as the net takes them.
     mosaic, crop = coded_for_net(raw.cfa, raw.tables(), raw.pattern)
     log.debug("%s: %s, %dx%d, amplification %s", source.name, raw.pattern, *raw.shape[::-1], amps)
-    return Decoded(source, mosaic, crop, raw.flip, amps, outputs, list(options.brightness), raw.colour)
+    return Decoded(source, mosaic, crop, raw.flip, amps, outputs, list(options.brightness), raw.colour,
+                   options.format)
 
 
 def output_space(engine) -> str:
@@ -137,10 +141,10 @@ def _net_mosaic(decoded: Decoded, space: str) -> CodedMosaic:
     return CodedMosaic(decoded.mosaic.codes, decoded.mosaic.tables * gains[..., None])
 
 
-def infer(engine, decoded: Decoded, fmt: str = "tiff") -> list[np.ndarray]:
+def infer(engine, decoded: Decoded) -> list[np.ndarray]:
     """Output images (uint16, oriented, exactly the visible frame), one per amplification."""
     space = output_space(engine)
-    finish = _finisher(decoded, space, fmt)
+    finish = _finisher(decoded, space, decoded.format)
     mosaic = _net_mosaic(decoded, space)
     images = []
     for amp in decoded.amplifications:
@@ -178,6 +182,12 @@ def _restore_uint16(engine, decoded: Decoded, mosaic: CodedMosaic, amp: float, f
 
 
 def encode(decoded: Decoded, images: list[np.ndarray], options: EnhanceOptions) -> list[Path]:
+    if options.format == "dng":
+        return [
+            write_linear_dng(out, img, decoded.colour, source=decoded.source, overwrite=options.overwrite,
+                             compression=options.compression)
+            for out, img in zip(decoded.outputs, images)
+        ]
     return [
         write_tiff(out, img, source=decoded.source, overwrite=options.overwrite, compression=options.compression)
         for out, img in zip(decoded.outputs, images)
@@ -187,4 +197,4 @@ def encode(decoded: Decoded, images: list[np.ndarray], options: EnhanceOptions) 
 def enhance_file(engine, source: str | Path, options: EnhanceOptions = EnhanceOptions()) -> list[Path]:
     """Restore one raw file and write its TIFF(s); returns the paths written."""
     decoded = decode(source, options)
-    return encode(decoded, infer(engine, decoded, options.format), options)
+    return encode(decoded, infer(engine, decoded), options)
