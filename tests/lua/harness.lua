@@ -96,6 +96,14 @@ function T.sandbox()
   return dir
 end
 
+-- A fresh folder with a plain path (lua-scripts' script_manager runs `find` on it unquoted).
+function T.plain_sandbox()
+  local root = sh("mktemp -d /tmp/lowlux-lua.XXXXXX"):gsub("%s+$", "")
+  assert(root ~= "", "mktemp failed")
+  sandboxes[#sandboxes + 1] = root
+  return root
+end
+
 function T.mkdir(dir)
   assert(os.execute("mkdir -p " .. T.q(dir)))
 end
