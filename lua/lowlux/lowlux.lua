@@ -202,12 +202,13 @@ local function build_widgets()
   local w = {}
   w.brightness = brightness_slider({
     label = _("brightness"),
-    tooltip = _("the amplifier's brightness m: 0.1 darker ... 0.9 brighter"),
+    tooltip = string.format(_("the amplifier's brightness m: %s darker ... %s brighter"),
+      M.BRIGHTNESS.min, M.BRIGHTNESS.max),
     reset_callback = function(self) self.value = M.BRIGHTNESS.default end,
   }, M.pref("brightness"))
   w.bracket = dt.new_widget("entry"){
     text = M.pref("bracket"),
-    placeholder = "0.3,0.5,0.7",
+    placeholder = M.DEFAULTS.bracket,
     tooltip = _("brightness values of the bracket, one result each"),
     editable = true,
     sensitive = M.pref("bracket_on"),
