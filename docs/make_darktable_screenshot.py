@@ -28,7 +28,7 @@ PHOTOS = ["astronaut", "coffee", "chelsea", "rocket"]
 
 DRIVER = r"""
 local dt = require "darktable"
-local api = package.loaded["lowlux"].api
+local api = package.loaded["lowlux/lowlux"].api
 dt.database.import(%(folder)s)
 for _ = 1, 600 do if #dt.database >= %(count)d then break end dt.control.sleep(100) end
 local images = {}
@@ -40,7 +40,7 @@ end
 dt.gui.libs["lowlux"].expanded = true
 dt.gui.selection(images)
 dt.gui.action("lua/lowlux: enhance dark", 0, "", "", 1.0)
-for _ = 1, 3000 do if #api.state.finished_runs >= 1 then break end dt.control.sleep(100) end
+for _ = 1, 3000 do if api.state.last_summary then break end dt.control.sleep(100) end
 dt.gui.selection({})
 os.execute("xdotool mousemove 900 560 2>/dev/null") -- Xvfb's pointer sits mid-screen, on a thumbnail
 dt.control.sleep(4000) -- thumbnails
@@ -73,11 +73,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lowlux-shot-") as tmp:
         tmp = Path(tmp)
         config, cache, raws = tmp / "config", tmp / "cache", tmp / "dark raws"
-        (config / "lua").mkdir(parents=True)
+        config.mkdir(parents=True)
         cache.mkdir()
-        shutil.copy(REPO / "lua" / "lowlux.lua", config / "lua")
-        (config / "lua" / "lowlux.path").write_text(f"{LOWLUX}\n")
-        (config / "luarc").write_text('require "lowlux"\n')
+        # the plugin as install.sh installs it (lua/lowlux/, luarc requires lowlux/lowlux)
+        subprocess.run(["bash", str(REPO / "install.sh"), "--darktable-only"], check=True, capture_output=True,
+                       env=dict(os.environ, DARKTABLE_CONFIG=str(config), LOWLUX_EXECUTABLE=str(LOWLUX)))
         make_raws(raws)
         shot = tmp / "shot.png"
         (tmp / "driver.lua").write_text(DRIVER % {"folder": lua_string(raws), "count": len(PHOTOS),

@@ -1,7 +1,8 @@
 """The darktable plugin in a real darktable (4.2 from Debian), headless under Xvfb.
 
-A fresh darktable configuration whose luarc requires lua/lowlux.lua; a Lua driver (passed with
---luacmd) plays the photographer: it imports a folder of small synthetic DNGs plus a corrupt
+A fresh darktable configuration with the plugin installed by install.sh (lua/lowlux/, and luarc
+requiring it; or, in the script_manager session, started by a test double of lua-scripts'
+script_manager, tests/lua/lua-scripts/); a Lua driver (passed with --luacmd) plays the photographer: it imports a folder of small synthetic DNGs plus a corrupt
 file, selects them, fires the plugin's action (or an export to its storage), waits until the
 plugin has finished, and quits. Everything is then checked from outside, in darktable's sqlite
 library (library.db + data.db) and on disk. The test runs its own lowlux worker on a free port
@@ -35,7 +36,8 @@ pytestmark = [
 ]
 
 LOWLUX = Path(sys.executable).with_name("lowlux")
-PLUGIN = REPO / "lua" / "lowlux.lua"
+PLUGIN = REPO / "lua" / "lowlux" / "lowlux.lua"
+LUA_SCRIPTS = REPO / "tests" / "lua" / "lua-scripts"  # the test double of lua-scripts' script_manager and lib/
 GOOD = ["night one.dng", "it's two.dng"]  # a space and a quote: paths must survive the shell
 CORRUPT = "corrupt.dng"
 DARKTABLE_TIMEOUT = 240  # seconds for one darktable session; a safety net, never an assertion
@@ -172,9 +174,8 @@ local real_print = dt.print
 dt.print = function(msg) note("PRINT " .. tostring(msg)) return real_print(msg) end
 
 local ok, err = pcall(function()
-  local api = package.loaded["lowlux"] and package.loaded["lowlux"].api
-  if not api then error("the lowlux plugin did not load") end
-  note("PLUGIN loaded")
+  local api = type(package.loaded["lowlux/lowlux"]) == "table" and package.loaded["lowlux/lowlux"].api
+  note(api and "PLUGIN loaded" or "PLUGIN missing")
   dt.database.import(%(folder)s)
   if not wait_for("import", function() return #dt.database >= %(count)d end, 60) then return end
   local images = {}
@@ -187,6 +188,7 @@ quit()
 
 # lighttable: give the sources metadata to be copied, select all, fire the plugin's shortcut action
 LIGHTTABLE_BODY = r"""
+  if not api then error("the lowlux plugin did not load") end
   for _, img in ipairs(images) do
     dt.tags.attach(dt.tags.create("places|harbour"), img)
     img.rating = 4
@@ -198,22 +200,99 @@ LIGHTTABLE_BODY = r"""
   note(string.format("SLIDER %.2f", api.widgets.brightness.value))
   note("ACTION " .. #dt.gui.action_images)
   dt.gui.action("lua/lowlux: enhance dark", 0, "", "", 1.0)
-  if wait_for("the plugin's run", function() return #api.state.finished_runs >= 1 end, 150) then
-    local s = api.state.finished_runs[1]
+  if wait_for("the plugin's run", function() return api.state.last_summary ~= nil end, 150) then
+    local s = api.state.last_summary
     note(string.format("SUMMARY total=%d done=%d failed=%d cancelled=%d", s.total, s.done, s.failed, s.cancelled))
   end
 """
 
 # export: select all and press the export module's button; the storage was chosen by --conf
 EXPORT_BODY = r"""
+  if not api then error("the lowlux plugin did not load") end
   dt.gui.selection(images)
   note("EXPORT " .. #images)
   dt.gui.action("lib/export/export", 0, "", "", 1.0)
-  if wait_for("the storage's finalize", function() return #api.state.finished_runs >= 1 end, 150) then
-    local s = api.state.finished_runs[1]
+  if wait_for("the storage's finalize", function() return api.state.last_summary ~= nil end, 150) then
+    local s = api.state.last_summary
     note(string.format("SUMMARY total=%d done=%d failed=%d cancelled=%d", s.total, s.done, s.failed, s.cancelled))
   end
 """
+
+# script_manager: stop lowlux and start it again through script_manager, require it once more (as
+# a luarc line would), counting what is registered at each step; then the lighttable flow
+SCRIPT_MANAGER_BODY = r"""
+  local sm = package.loaded["tools/script_manager"]
+  if type(sm) ~= "table" then error("script_manager did not start") end
+  local script = sm.find_script("lowlux", "lowlux")
+  local n = LOWLUX_TEST_COUNTS
+  local function counts(step)
+    note(string.format("%s libs=%d storages=%d shortcuts=%d visible=%s", step, n.lib, n.storage - n.storage_gone,
+      n.shortcut - n.shortcut_gone, tostring(dt.gui.libs["lowlux"].visible)))
+  end
+  counts("STARTED")
+  sm.deactivate(script)
+  counts("STOPPED")
+  sm.activate(script)
+  counts("RESTARTED")
+  require "lowlux/lowlux"
+  counts("REQUIRED")
+""" + LIGHTTABLE_BODY
+
+# the old layout: nothing to do but tell what started
+OLD_LAYOUT_BODY = r"""
+  note("SCRIPT_MANAGER " .. type(package.loaded["tools/script_manager"]))
+"""
+
+# luarc's first lines: a marker (darktable's start-up can hang before luarc, see run_darktable)
+# and counters of what is registered under lowlux's name
+LUARC_PRELUDE = r"""
+local f = io.open(%(result)s, "a") f:write("LUARC\n") f:close()
+do
+  local dt = require "darktable"
+  local n = {lib = 0, storage = 0, storage_gone = 0, shortcut = 0, shortcut_gone = 0}
+  LOWLUX_TEST_COUNTS = n
+  local register_lib, register_storage, destroy_storage = dt.register_lib, dt.register_storage, dt.destroy_storage
+  local register_event, destroy_event = dt.register_event, dt.destroy_event
+  dt.register_lib = function(name, ...) if name == "lowlux" then n.lib = n.lib + 1 end return register_lib(name, ...) end
+  dt.register_storage = function(name, ...)
+    if name == "lowlux" then n.storage = n.storage + 1 end
+    return register_storage(name, ...)
+  end
+  dt.destroy_storage = function(name, ...)
+    if name == "lowlux" then n.storage_gone = n.storage_gone + 1 end
+    return destroy_storage(name, ...)
+  end
+  dt.register_event = function(index, event, ...)
+    if index == "lowlux" and event == "shortcut" then n.shortcut = n.shortcut + 1 end
+    return register_event(index, event, ...)
+  end
+  dt.destroy_event = function(index, event, ...)
+    if index == "lowlux" and event == "shortcut" then n.shortcut_gone = n.shortcut_gone + 1 end
+    return destroy_event(index, event, ...)
+  end
+end
+"""
+
+
+def install_plugin(config: Path, layout: str, result: Path) -> None:
+    """The plugin into a fresh darktable configuration.
+
+    layout "luarc": install.sh (luarc requires lowlux/lowlux); "script_manager": the lua-scripts
+    double in lua/, luarc requires tools/script_manager, then install.sh; "old": the double and
+    the plugin where install.sh put it before (lua/lowlux.lua, `require "lowlux"` in luarc).
+    """
+    luarc = LUARC_PRELUDE % {"result": lua_string(result)}
+    if layout in ("script_manager", "old"):
+        for part in ("tools", "lib"):
+            shutil.copytree(LUA_SCRIPTS / part, config / "lua" / part)
+        luarc += 'require "tools/script_manager"\n'
+    if layout == "old":
+        shutil.copy(PLUGIN, config / "lua" / "lowlux.lua")  # (its place is what matters)
+        luarc += 'require "lowlux"\n'
+    (config / "luarc").write_text(luarc)
+    if layout != "old":
+        subprocess.run(["bash", str(REPO / "install.sh"), "--darktable-only"], check=True, capture_output=True,
+                       env=dict(os.environ, DARKTABLE_CONFIG=str(config), LOWLUX_EXECUTABLE=str(LOWLUX)))
 
 
 @dataclass
@@ -253,8 +332,9 @@ class Session:
             "SELECT t.name FROM tagged_images ti JOIN data.tags t ON t.id = ti.tagid WHERE ti.imgid = ?", (image_id,))}
 
 
-def darktable_session(folder: Path, worker: Worker, body: str, conf: dict[str, str]) -> tuple[Session, bool]:
-    """One darktable run in `folder`: a fresh config with the plugin installed as install.sh does.
+def darktable_session(folder: Path, worker: Worker, body: str, conf: dict[str, str],
+                      layout: str) -> tuple[Session, bool]:
+    """One darktable run in `folder`: a fresh config with the plugin installed (install_plugin).
 
     Returns the session and whether darktable hung in its own start-up, before running luarc.
     """
@@ -262,12 +342,8 @@ def darktable_session(folder: Path, worker: Worker, body: str, conf: dict[str, s
     config, cache, raws, tmpdir = (folder / n for n in ("dtconfig", "dtcache", "raws dir", "tmp"))
     for d in (config / "lua", cache, tmpdir):
         d.mkdir(parents=True)
-    shutil.copy(PLUGIN, config / "lua" / "lowlux.lua")
-    (config / "lua" / "lowlux.path").write_text(f"{LOWLUX}\n")  # what install.sh writes
     result = folder / "driver-notes.txt"
-    # the marker tells darktable's start-up (which can hang, see below) from ours
-    (config / "luarc").write_text(f'local f = io.open({lua_string(result)}, "a") f:write("LUARC\\n") f:close()\n'
-                                  'require "lowlux"\n')
+    install_plugin(config, layout, result)
     hashes = write_raws(raws)
     driver = folder / "driver.lua"
     driver.write_text(DRIVER_PRELUDE % {"result": lua_string(result), "folder": lua_string(raws),
@@ -309,7 +385,8 @@ def darktable_session(folder: Path, worker: Worker, body: str, conf: dict[str, s
     return session, hung_in_startup
 
 
-def run_darktable(tmp_path: Path, worker: Worker, body: str, conf: dict[str, str]) -> Session:
+def run_darktable(tmp_path: Path, worker: Worker, body: str, conf: dict[str, str], *, layout: str = "luarc",
+                  plugin: bool = True) -> Session:
     """Run the driver in darktable; fail with darktable's log unless it ran through and quit.
 
     darktable 4.2.1 itself hangs now and then (about 1 start in 15 here, with or without any
@@ -318,7 +395,7 @@ def run_darktable(tmp_path: Path, worker: Worker, body: str, conf: dict[str, str
     """
     hangs = []
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
-        session, hung_in_startup = darktable_session(tmp_path / f"attempt{attempt}", worker, body, conf)  # (xvfb-run: no space in $TMPDIR)
+        session, hung_in_startup = darktable_session(tmp_path / f"attempt{attempt}", worker, body, conf, layout)  # (xvfb-run: no space in $TMPDIR)
         if not hung_in_startup:
             break
         hangs.append(session.log[-2000:])
@@ -327,10 +404,13 @@ def run_darktable(tmp_path: Path, worker: Worker, body: str, conf: dict[str, str
                     + hangs[-1], pytrace=False)
     session.check(session.returncode is not None, f"darktable did not quit within {DARKTABLE_TIMEOUT} s")
     session.check(session.returncode == 0, f"darktable exited with {session.returncode}")
-    session.check("PLUGIN loaded" in session.notes, "the plugin did not load in darktable")
     problems = [n for n in session.notes if n.startswith(("ERROR", "TIMEOUT"))]
     session.check(not problems, f"the driver hit {problems}")
     session.check("QUIT" in session.notes, "the driver did not finish")
+    if plugin:
+        session.check("PLUGIN loaded" in session.notes, "the plugin did not load in darktable")
+        lua_errors = [line for line in session.log.splitlines() if "LUA ERROR" in line]
+        session.check(not lua_errors, f"Lua errors in darktable's log: {lua_errors}")
     return session
 
 
@@ -403,3 +483,35 @@ def test_export_to_the_lowlux_storage_writes_results_to_the_target_and_imports_t
         s.check(group == ids[raw], f"{tif} is not grouped with {raw}")
         s.check("lowlux|enhanced" in s.tags(ids[tif]), f"{tif} tags: {s.tags(ids[tif])}")
     check_sources_untouched(s)
+
+
+def test_with_lua_scripts_script_manager_starts_stops_and_restarts_lowlux_which_enhances(tmp_path, worker):
+    s = run_darktable(tmp_path, worker, SCRIPT_MANAGER_BODY, {"lua/script_manager/lowlux/lowlux": "TRUE"},
+                      layout="script_manager")
+
+    luarc = (s.config / "luarc").read_text()
+    s.check('require "tools/script_manager"' in luarc and "lowlux/lowlux" not in luarc,
+            f"install.sh should leave starting lowlux to script_manager:\n{luarc}")
+    s.check((s.config / "lua" / "lowlux" / "lowlux.lua").is_file() and not (s.config / "lua" / "lowlux.lua").exists(),
+            "the plugin is not in lua/lowlux/")
+    for step, visible in (("STARTED", "true"), ("STOPPED", "false"), ("RESTARTED", "true"), ("REQUIRED", "true")):
+        live = 0 if step == "STOPPED" else 1
+        expected = f"{step} libs=1 storages={live} shortcuts={live} visible={visible}"
+        s.check(expected in s.notes, f"expected {expected!r}")
+    s.check("SUMMARY total=3 done=2 failed=1 cancelled=0" in s.notes, "unexpected outcome after the restart")
+    ids = s.image_ids()
+    for name in GOOD:
+        tif = name.replace(".dng", "_lowlux.tif")
+        check_tiff(s, s.raws / tif)
+        s.check(tif in ids, f"{tif} was not imported")
+    s.check(not [line for line in s.log.splitlines() if "failed to load" in line], "script_manager could not start a script")
+    check_sources_untouched(s)
+
+
+def test_the_old_layout_lua_lowlux_lua_stops_script_managers_start_up(tmp_path, worker):
+    """What install.sh used to do (lua/lowlux.lua, `require "lowlux"`) with lua-scripts installed:
+    script_manager fails while scanning and neither starts. (Proves the double reproduces it.)"""
+    s = run_darktable(tmp_path, worker, OLD_LAYOUT_BODY, {}, layout="old", plugin=False)
+
+    s.check("PLUGIN missing" in s.notes and "SCRIPT_MANAGER nil" in s.notes, "script_manager or lowlux started")
+    s.check("attempt to concatenate a nil value (local 'category')" in s.log, "not the scan's failure")

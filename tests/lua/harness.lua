@@ -4,7 +4,7 @@ local T = {tests = {}, here = nil, root = nil}
 
 T.here = debug.getinfo(1, "S").source:sub(2):match("^(.*)/[^/]*$") or "."
 T.root = T.here .. "/../.."
-T.plugin = T.root .. "/lua/lowlux.lua"
+T.plugin = T.root .. "/lua/lowlux/lowlux.lua"
 
 package.path = T.here .. "/?.lua;" .. package.path
 local mock = require "mock_darktable"
@@ -96,6 +96,14 @@ function T.sandbox()
   return dir
 end
 
+-- A fresh folder with a plain path (lua-scripts' script_manager runs `find` on it unquoted).
+function T.plain_sandbox()
+  local root = sh("mktemp -d /tmp/lowlux-lua.XXXXXX"):gsub("%s+$", "")
+  assert(root ~= "", "mktemp failed")
+  sandboxes[#sandboxes + 1] = root
+  return root
+end
+
 function T.mkdir(dir)
   assert(os.execute("mkdir -p " .. T.q(dir)))
 end
@@ -171,17 +179,21 @@ function T.fake_worker(dir, scenario)
   return w
 end
 
--- Load lua/lowlux.lua into a fresh mocked darktable. opts: has_gui, api_version, dtutils (a
--- table to stand for lib/dtutils), conf (darktablerc entries "lua/lowlux/<key>" = value),
--- config_dir, view. Returns script_data, dt (the mock), api (script_data.api).
+-- Load lua/lowlux/lowlux.lua into a fresh mocked darktable. opts: has_gui, api_version,
+-- running_os, dtutils / dtutils_file / dtutils_system (tables to stand for lua-scripts'
+-- lib/dtutils, lib/dtutils.file, lib/dtutils.system), conf (darktablerc entries
+-- "lua/lowlux/<key>" = value), config_dir, view. Returns script_data, dt (the mock), api.
 function T.load(opts)
   opts = opts or {}
-  local dt = mock.new{has_gui = opts.has_gui, api_version = opts.api_version,
+  local dt = mock.new{has_gui = opts.has_gui, api_version = opts.api_version, running_os = opts.running_os,
                       config_dir = opts.config_dir, view = opts.view}
   for k, v in pairs(opts.conf or {}) do dt._conf[k] = v end
   package.loaded["darktable"] = dt
-  package.loaded["lib/dtutils"] = opts.dtutils
-  package.preload["lib/dtutils"] = nil
+  for name, key in pairs({["lib/dtutils"] = "dtutils", ["lib/dtutils.file"] = "dtutils_file",
+                          ["lib/dtutils.system"] = "dtutils_system"}) do
+    package.loaded[name] = opts[key]
+    package.preload[name] = nil
+  end
   local chunk = assert(loadfile(T.plugin))
   local script_data = chunk()
   if script_data and script_data.api then

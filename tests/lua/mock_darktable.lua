@@ -1,5 +1,5 @@
 -- A stand-in for darktable's `darktable` Lua module (API 9.0.0, darktable 4.2), enough for
--- lua/lowlux.lua: it records what the script does and lets a test play the user or darktable.
+-- lua/lowlux/lowlux.lua: it records what the script does and lets a test play the user or darktable.
 --
 --   local mock = require "mock_darktable"
 --   local dt = mock.new{has_gui = true, config_dir = dir}
@@ -31,7 +31,7 @@ function mock.new(opts)
   dt.configuration = {
     api_version_string = opts.api_version or "9.0.0",
     has_gui = opts.has_gui ~= false,
-    running_os = "linux",
+    running_os = opts.running_os or "linux",
     config_dir = opts.config_dir or "/nonexistent-config",
     tmp_dir = "/tmp",
   }

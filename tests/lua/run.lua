@@ -5,7 +5,8 @@ local here = debug.getinfo(1, "S").source:sub(2):match("^(.*)/[^/]*$") or "."
 package.path = here .. "/?.lua;" .. package.path
 local T = require "harness"
 
-local FILES = {"test_protocol.lua", "test_loading.lua", "test_enhance.lua", "test_storage.lua"}
+local FILES = {"test_protocol.lua", "test_loading.lua", "test_enhance.lua", "test_storage.lua",
+               "test_script_manager.lua"}
 for _, file in ipairs(FILES) do
   T.current_file = file
   dofile(here .. "/" .. file)

@@ -14,7 +14,7 @@ end
 local function press_shortcut(ctx, images)
   ctx.dt.gui.selection(images)
   ctx.dt._event("shortcut").fn("shortcut", "lowlux: enhance dark")
-  return ctx.api.state.finished_runs[#ctx.api.state.finished_runs]
+  return ctx.api.state.last_summary
 end
 
 local function basename(p) return p:match("([^/]*)$") end

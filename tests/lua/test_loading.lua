@@ -110,15 +110,15 @@ end)
 
 T.test("the executable: preference, else lowlux.path from install.sh, else PATH", function()
   local config = T.sandbox()
-  T.mkdir(config .. "/lua")
+  T.mkdir(config .. "/lua/lowlux")
   local installed = T.write(config .. "/venv lowlux", "")
   local _, _, api = T.load{config_dir = config}
   T.eq(api.find_executable(), "lowlux", "nothing configured: lowlux from PATH")
 
-  T.write(config .. "/lua/lowlux.path", installed .. "\n")
+  T.write(config .. "/lua/lowlux/lowlux.path", installed .. "\n")
   T.eq(api.find_executable(), installed, "install.sh's lowlux.path")
 
-  T.write(config .. "/lua/lowlux.path", config .. "/gone/lowlux\n")
+  T.write(config .. "/lua/lowlux/lowlux.path", config .. "/gone/lowlux\n")
   T.eq(api.find_executable(), "lowlux", "a stale lowlux.path is ignored")
 
   _, _, api = T.load{config_dir = config, conf = {["lua/lowlux/executable"] = "/opt/it's/lowlux"}}

@@ -29,8 +29,7 @@ local function export(ctx, images)
   end
   s.finalize(s, table_, extra)
   ctx.dt._run_dispatched()
-  local runs = ctx.api.state.finished_runs
-  return runs[#runs], tmp, to_render
+  return ctx.api.state.last_summary, tmp, to_render
 end
 
 local function ls(dir)
@@ -154,7 +153,7 @@ T.test("images darktable did not render (its export stops at a bad file) still r
   ctx.dt._run_dispatched()
   local submit = ctx.worker:call("submit")
   T.eq({table.unpack(submit, #submit - 2)}, {a, bad, c})
-  T.eq(ctx.api.state.finished_runs[1].done, 2)
+  T.eq(ctx.api.state.last_summary.done, 2)
   T.contains(table.concat(ctx.dt._rec.prints, "\n"), "lowlux: bad.dng: not a raw file")
 end)
 
