@@ -99,7 +99,8 @@ def _export_graph(module: torch.nn.Module, args: tuple, names: dict, path: Path)
                 log.debug("TorchScript ONNX export unavailable (%s); using torch.export", exc)
                 from torch.export import Dim
 
-                shapes = tuple({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC} for _ in args)
+                # one entry: _Part.forward takes its inputs as one ``*inputs`` tuple
+                shapes = (tuple({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC} for _ in args),)
                 torch.onnx.export(module, args, str(tmp), dynamo=True, opset_version=max(OPSET, 18),
                                   input_names=names["input_names"], output_names=names["output_names"],
                                   dynamic_shapes=shapes)
