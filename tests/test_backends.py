@@ -9,7 +9,7 @@ import torch
 from lowlux import backends, export
 from lowlux.backends import choose_backend, installed, supports
 from lowlux.engine import Engine, EngineConfig
-from lowlux.model import LowLightNet, msra_init
+from lowlux.model import LINEAR_CAMERA_WB, SRGB, LowLightNet, msra_init
 from lowlux.tiling import strips
 from lowlux.weights import file_digest, load_model, save_weights
 
@@ -23,10 +23,10 @@ def need_backend(name: str, dtype: str = "float32") -> None:
         pytest.skip(f"backend {name} ({dtype}) unavailable here: {reason}")
 
 
-def _moderate_weights(path, seed: int):
+def _moderate_weights(path, seed: int, output_space: str = SRGB):
     """Random weights with moderate activations (see test_tiling's ``net`` fixture)."""
     torch.manual_seed(seed)
-    net = msra_init(LowLightNet())
+    net = msra_init(LowLightNet(output_space))
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(0.5)
@@ -36,6 +36,12 @@ def _moderate_weights(path, seed: int):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     return _moderate_weights(tmp_path_factory.mktemp("w") / "moderate.safetensors", 11)
+
+
+@pytest.fixture(scope="module")
+def linear_weights(tmp_path_factory):
+    """The same weights as ``weights``, for the linear output stage."""
+    return _moderate_weights(tmp_path_factory.mktemp("w") / "linear.safetensors", 11, LINEAR_CAMERA_WB)
 
 
 # ---- the automatic choice and the override -------------------------------------------------------------
@@ -107,6 +113,21 @@ def test_exported_backends_match_torch_in_float32(weights, name, tile):
     assert (out - ref).abs().max() <= 1e-5
     assert (engine.tiles(352, 480) is None) == (tile == 0)
     assert torch.equal(engine.forward(x), out)  # the next frame, after the tiled graphs gave memory back
+
+
+@pytest.mark.parametrize("name", ["torch", *EXPORTED])
+@pytest.mark.parametrize("tile", [0, 256])
+def test_a_linear_net_gives_the_same_output_through_every_backend(linear_weights, name, tile):
+    need_backend(name)
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 352, 480) * 0.5
+    net = load_model(linear_weights)
+    assert net.output_space == LINEAR_CAMERA_WB
+    with torch.no_grad():
+        ref = net(x)
+    engine = Engine(EngineConfig(weights=linear_weights, backend=name, tile=tile))
+    assert (engine.tiles(352, 480) is None) == (tile == 0)
+    assert (engine.forward(x) - ref).abs().max() <= 1e-5
 
 
 def test_a_large_tiled_restore_gives_back_the_head_and_context_memory_before_the_local_graph(weights, monkeypatch):
@@ -194,6 +215,24 @@ def test_new_weights_under_the_same_name_invalidate_the_cache(tmp_path, count_ex
         assert (second - load_model(path)(x)).abs().max() <= 1e-5
     assert (first - second).abs().max() > 1e-3
     assert len(list((cache / "graphs").iterdir())) == 2
+
+
+def test_the_output_space_is_part_of_the_exported_graphs_and_their_key(tmp_path, weights, linear_weights):
+    name = next((n for n in EXPORTED if supports(n, CPU, "float32") is None), None)
+    if name is None:
+        pytest.skip("no exported-graph runtime installed")
+    cache = tmp_path / "cache"
+    x = torch.rand(1, 1, 64, 96) * 0.5
+    srgb = Engine(EngineConfig(weights=weights, backend=name, cache_dir=cache)).forward(x)
+    linear = Engine(EngineConfig(weights=linear_weights, backend=name, cache_dir=cache)).forward(x)
+    assert file_digest(weights) != file_digest(linear_weights)  # the same tensors, another metadata
+    assert len(list((cache / "graphs").iterdir())) == 2
+    assert (linear - srgb).abs().max() > 1e-2
+    with torch.no_grad():
+        assert (linear - load_model(linear_weights)(x)).abs().max() <= 1e-5
+    # A net that is not the weights file's own cannot be cached under that file's key.
+    with pytest.raises(ValueError, match="output space"):
+        export.exported_graphs(LowLightNet(LINEAR_CAMERA_WB), weights, cache)
 
 
 def test_a_damaged_cache_file_is_exported_again(tmp_path, weights, count_exports):

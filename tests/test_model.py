@@ -75,6 +75,22 @@ def test_concurrent_encoders_give_the_same_output(tiny_weights):
     assert (plain - concurrent).abs().max() <= 1e-6
 
 
+def test_concurrent_encoders_end_in_the_nets_output_stage(tmp_path):
+    from lowlux.model import LINEAR_CAMERA_WB
+
+    torch.manual_seed(4)
+    net = msra_init(LowLightNet(LINEAR_CAMERA_WB))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.5)  # moderate activations (see test_tiling)
+    weights = save_weights(net, tmp_path / "linear.safetensors")
+    x = torch.rand(1, 1, 128, 160) * 0.5
+    with torch.no_grad():
+        ref = load_model(weights)(x)
+    concurrent = Engine(EngineConfig(weights=weights, backend="torch", concurrent=True, tile=0)).forward(x)
+    assert (concurrent - ref).abs().max() <= 1e-6
+
+
 def test_channels_last_matches_within_float_rounding(authors_weights, vectors):
     x = torch.from_numpy(np.load(vectors / "input_grad.npy"))
     plain = Engine(EngineConfig(weights=authors_weights, backend="torch")).forward(x)

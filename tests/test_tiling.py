@@ -6,21 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lowlux.model import LowLightNet, msra_init
-from lowlux.tiling import (
-    CONTEXT_SCALE,
-    HALO,
-    LOCAL_REACH,
-    MIN_TILE,
-    ContextNet,
-    FullNet,
-    HeadNet,
-    LocalNet,
-    plan_tiles,
-    run_tiled,
-    strips,
-    tiles_for_budget,
-)
+from lowlux.backends import TorchBackend
+from lowlux.model import LINEAR_CAMERA_WB, LowLightNet, msra_init
+from lowlux.tiling import CONTEXT_SCALE, HALO, LOCAL_REACH, MIN_TILE, plan_tiles, run_tiled, strips, tiles_for_budget
 from lowlux.weights import load_model
 
 
@@ -37,12 +25,20 @@ def net() -> LowLightNet:
     return net
 
 
+@pytest.fixture(scope="module")
+def linear_net(net) -> LowLightNet:
+    """The same weights with the linear output stage."""
+    linear = LowLightNet(LINEAR_CAMERA_WB).eval()
+    linear.load_state_dict(net.state_dict())
+    return linear
+
+
 def _tiled(net: LowLightNet, x: torch.Tensor, max_crop) -> torch.Tensor:
-    head, context, local = HeadNet(net), ContextNet(net), LocalNet(net)
+    backend = TorchBackend(net, torch.device("cpu"))  # the net's own parts, as the engine runs them
     tiles = plan_tiles(x.shape[-2], x.shape[-1], max_crop)
     out = torch.full((x.shape[0], x.shape[-2], x.shape[-1], 3), float("nan"))
     with torch.no_grad():
-        for t, rgb in run_tiled(head, context, local, x, tiles):
+        for t, rgb in run_tiled(backend.head, backend.context, backend.local, x, tiles):
             ys, xs = t.owned
             out[:, ys, xs] = rgb
     return out.permute(0, 3, 1, 2), tiles
@@ -78,18 +74,18 @@ def test_halo_exceeds_the_local_reach_and_stays_on_the_context_grid():
         plan_tiles(500, 512, 256)
 
 
-def test_graph_split_reproduces_the_net(net):
+@pytest.mark.parametrize("space", ["srgb", "linear"])
+def test_graph_split_reproduces_the_net(net, linear_net, space):
+    net = linear_net if space == "linear" else net
     x = torch.rand(2, 1, 96, 160) * 0.5
     with torch.no_grad():
         ref = net(x)
         packed = net.pack(x)
-        assert torch.equal(net.hse.upsample(net.hse.context(packed)), net.hse(packed))
-        head = HeadNet(net)(x)
-        assert (head - net.hse.context_head(packed)).abs().max() <= 1e-6
-        out = LocalNet(net)(x, ContextNet(net)(head)).permute(0, 3, 1, 2)
-        full = FullNet(net)(x).permute(0, 3, 1, 2)
+        head = net.head(x)
+        assert torch.equal(head, net.hse.head(packed))
+        assert torch.equal(net.hse.upsample(net.context(head)), net.hse(packed))
+        out = net.local(x, net.context(head))
     assert (out - ref).abs().max() <= 1e-5
-    assert (full - ref).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("height,width,max_crop", [(352, 544, 256), (416, 288, 288), (608, 800, 384), (480, 736, (320, 416))])
@@ -98,6 +94,17 @@ def test_tiled_output_equals_the_whole_frame(net, height, width, max_crop):
     with torch.no_grad():
         whole = net(x)
     tiled, tiles = _tiled(net, x, max_crop)
+    assert len(tiles) > 1
+    assert not torch.isnan(tiled).any()
+    assert (tiled - whole).abs().max() <= 1e-5
+
+
+def test_tiled_output_equals_the_whole_frame_for_a_linear_net(net, linear_net):
+    x = torch.rand(1, 1, 352, 544) * 0.6
+    with torch.no_grad():
+        whole, srgb = linear_net(x), net(x)
+    assert (whole - srgb).abs().max() > 1e-2  # the output stage is there
+    tiled, tiles = _tiled(linear_net, x, 256)
     assert len(tiles) > 1
     assert not torch.isnan(tiled).any()
     assert (tiled - whole).abs().max() <= 1e-5
@@ -115,12 +122,11 @@ def test_tiled_output_equals_the_whole_frame_with_the_authors_weights(authors_we
 def test_a_crop_without_its_halo_would_be_wrong(net):
     # Why the halo: the same local graph on a crop cut at the owned border differs near the cut.
     x = torch.rand(1, 1, 320, 320) * 0.6
-    head, context, local = HeadNet(net), ContextNet(net), LocalNet(net)
     with torch.no_grad():
-        whole = local(x, context(head(x)))
-        ctx = context(head(x))
-        cut = local(x[..., :, :160].contiguous(), ctx[..., :, :5].contiguous())
-    assert (cut - whole[:, :, :160]).abs().max() > 1e-3
+        whole = net.local(x, net.context(net.head(x)))
+        ctx = net.context(net.head(x))
+        cut = net.local(x[..., :, :160].contiguous(), ctx[..., :, :5].contiguous())
+    assert (cut - whole[..., :160]).abs().max() > 1e-3
 
 
 def test_strips_cover_the_frame_with_full_width_crops_and_a_halo_at_each_cut():

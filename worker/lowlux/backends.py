@@ -40,7 +40,6 @@ import torch
 from torch import Tensor
 
 from .model import LowLightNet
-from .tiling import ContextNet, HeadNet, LocalNet
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +206,6 @@ class TorchBackend(Backend):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.torch_dtype = DTYPES[dtype]
         self.concurrent = concurrent
-        self._head_net = HeadNet(self.model)
-        self._context_net = ContextNet(self.model)
-        self._local_net = LocalNet(self.model)
         self._pool = None
         self._streams = None
         if concurrent and device.type == "cuda":
@@ -249,25 +245,25 @@ class TorchBackend(Backend):
         """Fig. 3 with the three encoders in flight at once; same arithmetic as ``model.forward``."""
         net = self.model
         packed = net.pack(raw)
+        encoders = (net.lse, net.mse, net.hse)
         if self._streams is not None:
             current = torch.cuda.current_stream(self.device)
             outs = []
-            for stream, encoder in zip(self._streams, (net.lse, net.mse, net.hse)):
+            for stream, encoder in zip(self._streams, encoders):
                 stream.wait_stream(current)
                 with torch.cuda.stream(stream), self._autocast():
                     outs.append(encoder(packed))
             for stream, out in zip(self._streams, outs):
                 current.wait_stream(stream)
                 out.record_stream(current)
-            lse, mse, hse = outs
         else:
             def run(encoder):
                 with torch.inference_mode(), self._autocast():
                     return encoder(packed)
 
-            lse, mse, hse = (f.result() for f in [self._pool.submit(run, e) for e in (net.lse, net.mse, net.hse)])
+            outs = [f.result() for f in [self._pool.submit(run, e) for e in encoders]]
         with self._autocast():
-            return net.fb2(lse, net.fb1(mse, hse))
+            return net.fuse(*outs)
 
     def _forward(self, raw: Tensor) -> Tensor:
         raw = self._prepare(raw)
@@ -292,15 +288,15 @@ class TorchBackend(Backend):
 
     def head(self, raw: Tensor) -> Tensor:
         with self._autocast():
-            return self._head_net(self._prepare(raw)).float()
+            return self.model.head(self._prepare(raw)).float()
 
     def context(self, head: Tensor) -> Tensor:
         with self._autocast():
-            return self._context_net(head).float()
+            return self.model.context(head).float()
 
     def local(self, raw: Tensor, context: Tensor) -> Tensor:
         with self._autocast():
-            return self._local_net(self._prepare(raw), context).float()
+            return self.model.local(self._prepare(raw), context).float().permute(0, 2, 3, 1)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -104,16 +104,16 @@ class Engine:
         log.info("engine ready: %s", self.describe())
 
     def _create(self, name: str) -> Backend:
-        cfg = self.config
-        kwargs = dict(concurrent=cfg.concurrent, channels_last=cfg.channels_last, threads=cfg.threads,
-                      cache=cfg.cache_dir, cuda_graphs=cfg.cuda_graphs)
+        config = self.config
+        kwargs = dict(concurrent=config.concurrent, channels_last=config.channels_last, threads=config.threads,
+                      cache=config.cache_dir, cuda_graphs=config.cuda_graphs)
         try:
-            return create_backend(name, self.model, self.weights_path, self.device, cfg.dtype, **kwargs)
+            return create_backend(name, self.model, self.weights_path, self.device, config.dtype, **kwargs)
         except Exception as exc:
-            if name == "torch" or cfg.backend not in ("", "auto"):
+            if name == "torch" or config.backend not in ("", "auto"):
                 raise
             log.warning("backend %s failed to start (%s: %s); using torch", name, exc.__class__.__name__, exc)
-            return create_backend("torch", self.model, self.weights_path, self.device, cfg.dtype, **kwargs)
+            return create_backend("torch", self.model, self.weights_path, self.device, config.dtype, **kwargs)
 
     @property
     def backend_name(self) -> str:

@@ -32,6 +32,32 @@ OUTPUT_SPACES = (SRGB, LINEAR_CAMERA_WB)
 ``linear-camera-wb``: linear light in the camera's own RGB, white-balanced with the shot's
 multipliers (the input mosaic is white-balanced the same way)."""
 
+# Scales, relative to the packed raw at 1/2, and channel widths (paper Fig. 3).
+BAYER_CHANNELS = 4
+"""The packed raw at 1/2: R, G1, G2, B."""
+MSE_SCALE = 4
+"""MSE works at 1/8: the packed raw unshuffled by 4."""
+HSE_SCALE = 16
+"""HSE works at 1/32: the packed raw unshuffled by 16."""
+CONTEXT_SCALE = 2 * HSE_SCALE
+"""Full-resolution pixels per 1/32 cell."""
+MSE_CHANNELS = BAYER_CHANNELS * MSE_SCALE**2
+"""64: the 1/8 packing, which MSE keeps (and HSE matches, for Fuse Block 1)."""
+HSE_IN_CHANNELS = BAYER_CHANNELS * HSE_SCALE**2
+"""1024: the 1/32 packing."""
+HEAD_CHANNELS = 128
+"""Output of the HSE's first (grouped) conv: one per group of 8 packed channels."""
+FEATURES = 64
+"""The HSE's working width at 1/32 (RDB* blocks), and so the 1/32 context's channels."""
+GROWTH = 32
+"""Channels each RDB* dense layer adds."""
+LSE_CHANNELS = 12
+"""LSE's output at 1/2, and Fuse Block 1's after its pixel shuffle."""
+FB1_CHANNELS = 32
+"""Fuse Block 1's bottleneck width."""
+FB1_GROUPS = 4
+RGB_CHANNELS = 3
+
 
 def conv(in_ch: int, out_ch: int, kernel: int, *, bias: bool = True, groups: int = 1) -> nn.Conv2d:
     """A 'same'-padded convolution, the only kind of convolution the net uses."""
@@ -69,7 +95,7 @@ class RDBStar(nn.Module):
     last one again reads it as is (slope 1); a 1x1 conv fuses everything back to the block width.
     """
 
-    def __init__(self, channels: int = 64, layers: int = 5, growth: int = 32) -> None:
+    def __init__(self, channels: int = FEATURES, layers: int = 5, growth: int = GROWTH) -> None:
         super().__init__()
         slopes = [None] + [LEAKY_SLOPE] * (layers - 2) + [None]
         self.dense = nn.ModuleList(
@@ -87,35 +113,36 @@ class RDBStar(nn.Module):
 class HSE(nn.Module):
     """High scale-space encoder at 1/32: most of the net's capacity, on the fewest pixels.
 
-    The 1024 channels of the 1/32 packing are reduced by a grouped conv whose groups each see all
-    four Bayer colours (the unshuffle of the 1/2 packing orders channels that way), then three
-    RDB* blocks run in sequence and are fused with a global residual. The result is
-    pixel-shuffled to 1/8 for Fuse Block 1.
+    Three stages, which exact tiled inference (:mod:`lowlux.tiling`) runs separately:
+
+    :meth:`head`
+        The 1024 channels of the 1/32 packing reduced by a grouped conv whose groups each see all
+        four Bayer colours (the unshuffle of the 1/2 packing orders channels that way). Local: each
+        1/32 cell sees only its neighbours.
+    :meth:`context`
+        Three RDB* blocks in sequence, fused with a global residual: the only part that needs the
+        whole frame.
+    :meth:`upsample`
+        Pixel shuffle to 1/8 and a 3x3 conv, for Fuse Block 1.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.reduce = nn.Sequential(conv(1024, 128, 3, groups=128), conv(128, 64, 3))
-        self.rdb1 = RDBStar(64, layers=4)
-        self.rdb2 = RDBStar(64, layers=5)
-        self.rdb3 = RDBStar(64, layers=5)
-        self.fuse = conv(3 * 64, 64, 1, bias=False)
-        self.expand = conv(64 // 16, 64, 3)
+        self.reduce = nn.Sequential(conv(HSE_IN_CHANNELS, HEAD_CHANNELS, 3, groups=HEAD_CHANNELS),
+                                    conv(HEAD_CHANNELS, FEATURES, 3))
+        self.rdb1 = RDBStar(FEATURES, layers=4)
+        self.rdb2 = RDBStar(FEATURES, layers=5)
+        self.rdb3 = RDBStar(FEATURES, layers=5)
+        self.fuse = conv(3 * FEATURES, FEATURES, 1, bias=False)
+        up = HSE_SCALE // MSE_SCALE
+        self.expand = conv(FEATURES // up**2, MSE_CHANNELS, 3)
 
-    def context(self, packed: Tensor) -> Tensor:
-        """The 1/32 part alone (64 channels at 1/32): the only part that needs the whole frame.
+    def head(self, packed: Tensor) -> Tensor:
+        """Packed raw -> the first conv at 1/32 (:data:`HEAD_CHANNELS`)."""
+        return self.reduce[0](F.pixel_unshuffle(packed, HSE_SCALE))
 
-        ``upsample(context(packed))`` is ``forward(packed)``, op for op; tiled inference runs this
-        once on the whole frame and :meth:`upsample` per tile.
-        """
-        return self.context_tail(self.context_head(packed))
-
-    def context_head(self, packed: Tensor) -> Tensor:
-        """The first conv at 1/32 (a 3x3 grouped conv: each output cell sees only its neighbours)."""
-        return self.reduce[0](F.pixel_unshuffle(packed, 16))
-
-    def context_tail(self, head: Tensor) -> Tensor:
-        """The rest of the 1/32 part, on :meth:`context_head`'s 128 channels."""
+    def context(self, head: Tensor) -> Tensor:
+        """:meth:`head`'s output -> the 1/32 context (:data:`FEATURES` channels)."""
         h = self.reduce[1](head)
         r1 = self.rdb1(h)
         r2 = self.rdb2(r1)
@@ -123,28 +150,23 @@ class HSE(nn.Module):
         return self.fuse(torch.cat((r1, r2, r3), dim=1)) + h
 
     def upsample(self, context: Tensor) -> Tensor:
-        """1/32 context -> the encoder's 64 channels at 1/8 (pixel shuffle, 3x3 conv)."""
-        return self.expand(F.pixel_shuffle(context, 4))
+        """1/32 context -> the encoder's output at 1/8."""
+        return self.expand(F.pixel_shuffle(context, HSE_SCALE // MSE_SCALE))
 
     def forward(self, packed: Tensor) -> Tensor:
-        h = self.reduce(F.pixel_unshuffle(packed, 16))
-        r1 = self.rdb1(h)
-        r2 = self.rdb2(r1)
-        r3 = self.rdb3(r2)
-        h = self.fuse(torch.cat((r1, r2, r3), dim=1)) + h
-        return self.expand(F.pixel_shuffle(h, 4))
+        return self.upsample(self.context(self.head(packed)))
 
 
 class MSE(nn.Module):
-    """Medium scale-space encoder at 1/8: one residual block on the 64-channel packing."""
+    """Medium scale-space encoder at 1/8: one residual block on the 1/8 packing."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = conv(64, 64, 3)
-        self.conv2 = conv(64, 64, 3)
+        self.conv1 = conv(MSE_CHANNELS, MSE_CHANNELS, 3)
+        self.conv2 = conv(MSE_CHANNELS, MSE_CHANNELS, 3)
 
     def forward(self, packed: Tensor) -> Tensor:
-        x = F.pixel_unshuffle(packed, 4)
+        x = F.pixel_unshuffle(packed, MSE_SCALE)
         return self.conv2(F.leaky_relu(self.conv1(x), LEAKY_SLOPE)) + x
 
 
@@ -153,7 +175,7 @@ class LSE(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = conv(4, 12, 5)
+        self.conv = conv(BAYER_CHANNELS, LSE_CHANNELS, 5)
 
     def forward(self, packed: Tensor) -> Tensor:
         return self.conv(packed)
@@ -168,13 +190,13 @@ class FuseBlock1(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.reduce = conv(128, 32, 3, groups=4)
-        self.expand = conv(32, 192, 3)
+        self.reduce = conv(2 * MSE_CHANNELS, FB1_CHANNELS, 3, groups=FB1_GROUPS)
+        self.expand = conv(FB1_CHANNELS, LSE_CHANNELS * MSE_SCALE**2, 3)
 
     def forward(self, mse: Tensor, hse: Tensor) -> Tensor:
         x = channel_shuffle(torch.cat((mse, hse), dim=1), 2)
         x = F.leaky_relu(self.expand(self.reduce(x)), LEAKY_SLOPE)
-        return F.pixel_shuffle(x, 4)
+        return F.pixel_shuffle(x, MSE_SCALE)
 
 
 class FuseBlock2(nn.Module):
@@ -186,7 +208,7 @@ class FuseBlock2(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = conv(24, 12, 5)
+        self.conv = conv(2 * LSE_CHANNELS, RGB_CHANNELS * 4, 5)
 
     def forward(self, lse: Tensor, fb1: Tensor) -> Tensor:
         x = self.conv(torch.cat((lse, fb1), dim=1))
@@ -206,7 +228,13 @@ class LinearLight(nn.Module):
 
 
 class LowLightNet(nn.Module):
-    """The whole net (paper Fig. 3): amplified Bayer mosaic in, RGB in ``output_space`` out."""
+    """The whole net (paper Fig. 3): amplified Bayer mosaic in, RGB in ``output_space`` out.
+
+    Besides :meth:`forward`, the net offers the parts other ways of running it need, each built
+    from the same blocks: :meth:`fuse` (everything after the encoders, for encoders run
+    concurrently) and :meth:`head`, :meth:`context` and :meth:`local`, the three graphs of exact
+    tiled inference (:mod:`lowlux.tiling`): ``local(raw, context(head(raw)))`` is ``forward(raw)``.
+    """
 
     def __init__(self, output_space: str = SRGB) -> None:
         super().__init__()
@@ -227,10 +255,27 @@ class LowLightNet(nn.Module):
 
     def forward(self, raw: Tensor) -> Tensor:
         packed = self.pack(raw)
-        lse = self.lse(packed)
-        mse = self.mse(packed)
-        hse = self.hse(packed)
+        return self.fuse(self.lse(packed), self.mse(packed), self.hse(packed))
+
+    def fuse(self, lse: Tensor, mse: Tensor, hse: Tensor) -> Tensor:
+        """The three encoders' outputs -> the image: Fuse Block 1, Fuse Block 2, the output stage."""
         return self.output(self.fb2(lse, self.fb1(mse, hse)))
+
+    def head(self, raw: Tensor) -> Tensor:
+        """Mosaic -> the HSE's first conv at 1/32 (local: tiled inference runs it per tile)."""
+        return self.hse.head(self.pack(raw))
+
+    def context(self, head: Tensor) -> Tensor:
+        """The whole-frame part: :meth:`head`'s output (gathered for the frame) -> the 1/32 context."""
+        return self.hse.context(head)
+
+    def local(self, raw: Tensor, context: Tensor) -> Tensor:
+        """The tileable rest: mosaic (crop) and its 1/32 context (crop) -> image (crop).
+
+        LSE, MSE, the HSE's upsampling and :meth:`fuse`: every op is local (see :mod:`lowlux.tiling`).
+        """
+        packed = self.pack(raw)
+        return self.fuse(self.lse(packed), self.mse(packed), self.hse.upsample(context))
 
 
 def count_parameters(model: nn.Module) -> int:

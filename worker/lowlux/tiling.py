@@ -2,20 +2,21 @@
 
 Overlap tiling with a small overlap is wrong for this net: the 1/32 encoder (HSE) sees a wide
 context, so tiles cut with a 128 px overlap differ from the whole-frame output by up to 0.045.
-The net is therefore run as three graphs:
+The net is therefore run as its three parts (:class:`lowlux.model.LowLightNet`):
 
 ``head``
-    ``raw -> HSE.context_head``: the packing and the first (3x3, grouped) conv at 1/32, 128
-    channels. Local (one 1/32 cell of reach), so it runs per tile like ``local``; only its small
-    output (1/8 of the input's size) is gathered for the whole frame.
+    The packing and the HSE's first (3x3, grouped) conv at 1/32. Local (one 1/32 cell of reach),
+    so it runs per tile like ``local``; only its small output (1/8 of the input's size) is
+    gathered for the whole frame.
 ``context``
-    ``head -> HSE.context_tail`` (64 channels at 1/32): the RDB* chain, the only part that needs
-    the whole frame. It runs once, on 1/1024 of the pixels.
+    The HSE's RDB* chain at 1/32, the only part that needs the whole frame. It runs once, on
+    1/1024 of the pixels.
 ``local``
-    ``(raw crop, context crop) -> sRGB crop``: LSE, MSE, the HSE's upsampling conv, Fuse Block 1
-    and Fuse Block 2. Every op here is local: a wrong (zero-padded) border of a crop spoils at most
-    36 full-resolution pixels inward: four 3x3 convs at 1/8 (MSE's two, or HSE's upsampling
-    conv, then FB1's two) are 4 cells of 8 px, plus FB2's 5x5 at 1/2 (2 half-res pixels).
+    ``(raw crop, context crop) -> image crop``: LSE, MSE, the HSE's upsampling conv, Fuse Block 1,
+    Fuse Block 2 and the output stage. Every op here is local: a wrong (zero-padded) border of a
+    crop spoils at most 36 full-resolution pixels inward: four 3x3 convs at 1/8 (MSE's two, or
+    HSE's upsampling conv, then FB1's two) are 4 cells of 8 px, plus FB2's 5x5 at 1/2 (2 half-res
+    pixels).
 
 Each tile runs ``head`` and ``local`` on a crop that extends at least :data:`HALO` pixels beyond
 the part it keeps (except at the frame's edges, where the convs' zero padding then is the true
@@ -34,15 +35,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import Tensor
 
-from .model import LEAKY_SLOPE, LowLightNet
+from .model import CONTEXT_SCALE
 
-CONTEXT_SCALE = 32
-"""Full-resolution pixels per context cell."""
-HEAD_CHANNELS = 128
-CONTEXT_CHANNELS = 64
 HALO = 64
 """Crop growth per side (full-resolution pixels): a multiple of 32 above :data:`LOCAL_REACH`."""
 LOCAL_REACH = 36
@@ -52,94 +48,6 @@ MIN_OVERLAP = 2 * HALO + CONTEXT_SCALE
 with a full halo on both sides."""
 MIN_TILE = MIN_OVERLAP + 2 * CONTEXT_SCALE
 """Smallest crop side."""
-
-
-class HeadNet(nn.Module):
-    """Mosaic -> the HSE's first conv at 1/32 (local: computed per tile).
-
-    The same values as ``net.hse.context_head(net.pack(raw))``, computed in a form runtimes run
-    faster: the two pixel unshuffles as one transposition, and the grouped conv (128 groups of
-    8 inputs, 1 output each) as a depthwise conv over the 1024 inputs followed by a sum over each
-    group's 8 (the same products, summed in another order: differences ~1e-7).
-    """
-
-    def __init__(self, net: LowLightNet) -> None:
-        super().__init__()
-        conv = net.hse.reduce[0]
-        self.groups = conv.groups
-        self.register_buffer("weight", conv.weight.detach().reshape(-1, 1, *conv.kernel_size).clone())
-        self.register_buffer("bias", conv.bias.detach().reshape(1, -1, 1, 1).clone())
-
-    def forward(self, raw: Tensor) -> Tensor:
-        b, _, h, w = raw.shape
-        h32, w32 = h // CONTEXT_SCALE, w // CONTEXT_SCALE
-        x = raw.reshape(b, h32, 16, 2, w32, 16, 2).permute(0, 3, 6, 2, 5, 1, 4).reshape(b, 1024, h32, w32)
-        x = F.conv2d(x, self.weight, padding=1, groups=1024)
-        return x.reshape(b, self.groups, 1024 // self.groups, h32, w32).sum(2) + self.bias
-
-
-class ContextNet(nn.Module):
-    """The whole-frame part: gathered head output -> HSE context at 1/32."""
-
-    def __init__(self, net: LowLightNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, head: Tensor) -> Tensor:
-        return self.net.hse.context_tail(head)
-
-
-class FullNet(nn.Module):
-    """The whole net as one graph (head, context, local), channels-last output: what the exported
-    backends run for a frame that is not tiled."""
-
-    def __init__(self, net: LowLightNet) -> None:
-        super().__init__()
-        self.head = HeadNet(net)
-        self.context = ContextNet(net)
-        self.local = LocalNet(net)
-
-    def forward(self, raw: Tensor) -> Tensor:
-        return self.local(raw, self.context(self.head(raw)))
-
-
-class LocalNet(nn.Module):
-    """The tileable part: mosaic crop and its context crop -> sRGB crop, channels last (B x H x W x 3).
-
-    The same values as LSE, MSE, the HSE's upsampling, FB1 and FB2 of the net, with two
-    concatenations taken out (runtimes copy them): FB1's concat, channel shuffle and grouped conv
-    become one grouped conv on the MSE's channels plus one on the HSE's, and FB2's concat and conv
-    one conv on the LSE's channels plus one on FB1's (the same products; sums differ by ~1e-7).
-    """
-
-    def __init__(self, net: LowLightNet) -> None:
-        super().__init__()
-        self.net = net
-        reduce = net.fb1.reduce
-        # channel_shuffle(cat(mse, hse), 2) puts mse[i] at 2i and hse[i] at 2i + 1, so group g of
-        # the grouped conv reads mse[16g:16g+16] (its even inputs) and hse[16g:16g+16] (its odd ones).
-        w = reduce.weight.detach()
-        self.fb1_groups = reduce.groups
-        self.register_buffer("fb1_mse", w[:, 0::2].clone())
-        self.register_buffer("fb1_hse", w[:, 1::2].clone())
-        self.register_buffer("fb1_bias", reduce.bias.detach().clone())
-        conv = net.fb2.conv
-        lse_channels = net.lse.conv.out_channels
-        self.register_buffer("fb2_lse", conv.weight.detach()[:, :lse_channels].clone())
-        self.register_buffer("fb2_fb1", conv.weight.detach()[:, lse_channels:].clone())
-        self.register_buffer("fb2_bias", conv.bias.detach().clone())
-
-    def forward(self, raw: Tensor, context: Tensor) -> Tensor:
-        net = self.net
-        packed = net.pack(raw)
-        lse = net.lse(packed)
-        mse = net.mse(packed)
-        hse = net.hse.upsample(context)
-        g = self.fb1_groups
-        x = F.conv2d(mse, self.fb1_mse, self.fb1_bias, padding=1, groups=g) + F.conv2d(hse, self.fb1_hse, padding=1, groups=g)
-        fb1 = F.pixel_shuffle(F.leaky_relu(net.fb1.expand(x), LEAKY_SLOPE), 4)
-        y = F.conv2d(lse, self.fb2_lse, self.fb2_bias, padding=2) + F.conv2d(fb1, self.fb2_fb1, padding=2)
-        return F.pixel_shuffle(y, 2).clamp(0.0, 1.0).permute(0, 2, 3, 1)
 
 
 @dataclass(frozen=True)
@@ -293,8 +201,9 @@ def run_tiled(head_fn: Callable[[Tensor], Tensor], context_fn: Callable[[Tensor]
               tiles: list[Tile] | None) -> Iterator[tuple[Tile, Tensor]]:
     """Yield ``(tile, rgb)`` with ``rgb`` the tile's owned part (B x h x w x 3), exactly as whole-frame.
 
-    ``head_fn``, ``context_fn`` and ``local_fn`` run the graphs :class:`HeadNet`,
-    :class:`ContextNet` and :class:`LocalNet`. ``tiles`` None (or one tile) runs the whole frame.
+    ``head_fn``, ``context_fn`` and ``local_fn`` run the net's parts of the same names, ``local_fn``
+    with its output channels last (as the backends give it). ``tiles`` None (or one tile) runs the
+    whole frame.
     """
     frame = TensorFrame(raw) if isinstance(raw, Tensor) else raw
     batch, _, height, width = frame.shape
