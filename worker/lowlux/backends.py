@@ -2,10 +2,11 @@
 
 Every backend offers these calls on torch tensors (float32, the backend's device):
 
-``full(raw)``            B x 1 x H x W amplified mosaic -> B x H x W x 3 sRGB (channels last)
-``head(raw)``            tiled inference's per-tile start of the 1/32 branch (:class:`lowlux.tiling.HeadNet`)
-``context(head)``        its whole-frame part (:class:`lowlux.tiling.ContextNet`)
-``local(raw, context)``  its per-tile rest (:class:`lowlux.tiling.LocalNet`), channels last; the
+``full(raw)``            B x 1 x H x W amplified mosaic -> B x H x W x 3 RGB in the net's output space
+                         (channels last)
+``head(raw)``            tiled inference's per-tile start of the 1/32 branch (:meth:`lowlux.model.LowLightNet.head`)
+``context(head)``        its whole-frame part (:meth:`lowlux.model.LowLightNet.context`)
+``local(raw, context)``  its per-tile rest (:meth:`lowlux.model.LowLightNet.local`), channels last; the
                          result may be overwritten by the next ``local`` call (copy it to keep it)
 
 ``torch``

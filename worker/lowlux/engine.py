@@ -1,4 +1,5 @@
-"""The inference engine: a warm net on a device, turning amplified mosaics into sRGB.
+"""The inference engine: a warm net on a device, turning amplified mosaics into RGB (in the net's
+output space: the paper's sRGB or linear white-balanced camera RGB).
 
 The engine owns everything about *how* the net runs (backend, device, precision, memory layout,
 concurrent encoders, tiling) and nothing about files; :mod:`lowlux.pipeline` feeds it.
@@ -151,7 +152,7 @@ class Engine:
             return fn(*args)
 
     def pieces(self, raw: Tensor) -> Iterator[tuple[slice, slice, Tensor]]:
-        """Net forward piece by piece: ``(rows, columns, B x h x w x 3 sRGB)``, one piece or one per tile.
+        """Net forward piece by piece: ``(rows, columns, B x h x w x 3 RGB)``, one piece or one per tile.
 
         ``raw`` is a B x 1 x H x W float32 tensor on the engine's device. Consuming the pieces as
         they come keeps memory bounded for frames of any size. A tile's piece may share memory with
@@ -226,7 +227,7 @@ class Engine:
             yield ys, xs, quantised(rgb[0]) if uint16 else rgb[0].cpu().numpy()
 
     def restore(self, mosaic: np.ndarray | CodedMosaic, amplification: float) -> np.ndarray:
-        """Padded RGGB mosaic (H x W, normalised float or sensor codes) -> sRGB (H x W x 3 float32, [0, 1]).
+        """Padded RGGB mosaic (H x W, normalised float or sensor codes) -> RGB in the net's output space (H x W x 3 float32, [0, 1]).
 
         The input is amplified and clipped to [0, 1] as in training (SID clips the same way).
         """
@@ -244,7 +245,7 @@ class Engine:
 
 
 def quantised(rgb: Tensor) -> np.ndarray:
-    """h x w x 3 sRGB in [0, 1] -> uint16 rounded to nearest (C order), computed on ``rgb``'s device.
+    """h x w x 3 RGB in [0, 1] -> uint16 rounded to nearest (C order), computed on ``rgb``'s device.
 
     The same float32 operations, one at a time, as :func:`lowlux.tiff.to_uint16`, so the same
     values. Carried to the host as int16 with the same bits (torch has little uint16 support).
