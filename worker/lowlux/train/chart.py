@@ -198,6 +198,8 @@ class Chart(EvalItem):
     """(top, left, side) of each patch's central half, patches in the chart's order."""
     exposure: float = 1.0
     """Scene white (perfect reflector, Y = 1) -> this linear level."""
+    cell: int = PATCH
+    """Side of a patch's cell in px."""
 
     def patch_lab(self, srgb: np.ndarray) -> np.ndarray:
         """Lab of each patch's central-half mean of an output (curve-encoded sRGB), in linear light."""
@@ -264,7 +266,7 @@ def make_chart(camera: ChartCamera, ratio: float = DEFAULT_RATIO, patch: int = P
     clean = mosaic(cam_image)
     dark = _darken(clean, CHART_INDEX + int(round(ratio)), float(ratio))
     return Chart(f"chart/{camera.name}", dark, float(ratio), render_srgb(clean_wb, colour), colour,
-                 camera=camera, clean_wb=clean_wb, boxes=boxes, exposure=exposure)
+                 camera=camera, clean_wb=clean_wb, boxes=boxes, exposure=exposure, cell=patch)
 
 
 def build_charts(cameras: Sequence[str | ChartCamera] | None = None, ratio: float = DEFAULT_RATIO,
@@ -368,7 +370,7 @@ def chart_scores(methods: dict[str, Restorer], modes: Sequence[str] = MODES,
             }
     first = charts[0]
     return {
-        "chart": CHART, "ratio": first.ratio, "patch": int(first.boxes[0][2] * 2),
+        "name": CHART, "ratio": first.ratio, "patch": first.cell,
         "metric": "mean CIEDE2000 over the 24 patches (central-half means in linear light, Lab D65) vs the "
                   "clean chart through the colour stage",
         "patches": names,
