@@ -114,6 +114,10 @@ def test_chroma_noise_is_zero_for_the_target_and_grows_with_blotches(sony):
     # luminance-only noise is not chroma noise
     grey = render_srgb(lin * (1 + 0.05 * field[..., :1]).astype(np.float32), sony.colour)
     assert C.chroma_noise(grey, target) < figures[1] / 3
+    # on the chart: within-patch spread only, so a uniform swap of the colours is no chroma noise
+    assert sony.chroma_noise(target) == pytest.approx(0.0, abs=1e-9)
+    assert sony.chroma_noise(swap_rb(sony, 100)) < 1e-3
+    assert sony.chroma_noise(render_srgb(noisy, sony.colour)) > figures[0]
 
 
 def test_box_blur_is_a_window_mean():

@@ -39,7 +39,9 @@ the image's full scale) and their a*, b* difference is blurred with a 16-px box;
 the pixels where the target's local gradient magnitude (of its Lab image after the same blur) is in
 its lowest 25 %. ``chroma_noise = sqrt(var(Δa*) + var(Δb*))`` over those pixels, in ΔE-like (Lab)
 units: the spread of the output's chroma error, not its mean (a uniform cast is scored by ΔE00, not
-here). It is 0 for the target itself.
+here). It is 0 for the target itself. Colour errors that vary across the frame (a cast that differs
+between objects) count too; on the chart, where each patch is flat, the spread is taken within each
+patch's central half and pooled over the patches (:meth:`Chart.chroma_noise`), so it is noise alone.
 """
 
 from __future__ import annotations
@@ -200,6 +202,8 @@ class Chart(EvalItem):
     """Scene white (perfect reflector, Y = 1) -> this linear level."""
     cell: int = PATCH
     """Side of a patch's cell in px."""
+    chroma_blur: int = BLUR
+    """The chart's chroma-noise blur: :data:`BLUR`, less on small charts so it stays inside each patch."""
 
     def patch_lab(self, srgb: np.ndarray) -> np.ndarray:
         """Lab of each patch's central-half mean of an output (curve-encoded sRGB), in linear light."""
@@ -222,6 +226,13 @@ class Chart(EvalItem):
         """CIEDE2000 of each patch of an output against the target (24 values)."""
         return delta_e00(self.patch_lab(srgb), self.reference)
 
+    def chroma_noise(self, srgb: np.ndarray) -> float:
+        """Chroma noise on the chart: the spread of the blurred a*, b* error *within* each patch's central
+        half, pooled over the patches (so a patch's colour error, which ΔE00 scores, does not count)."""
+        diff = box_blur(srgb_to_lab(srgb)[..., 1:] - srgb_to_lab(self.target)[..., 1:], self.chroma_blur)
+        spread = [diff[t : t + s, l : l + s].reshape(-1, 2).var(axis=0).sum() for t, l, s in self.boxes]
+        return float(np.sqrt(np.mean(spread)))
+
     def floor_delta_e(self, amp: float) -> np.ndarray:
         """The noise floor at amplification ``amp``: per-patch ΔE00 of an unbiased linear average of the
         dark raw (white-balanced, 2x2-cell demosaic, patch mean, then the colour stage)."""
@@ -232,8 +243,9 @@ class Chart(EvalItem):
         return delta_e00(self.lab_of_linear_srgb(means), self.reference)
 
 
-def _layout(patch: int) -> tuple[np.ndarray, list[tuple[int, int, int]], tuple[int, int]]:
-    """Patch index per pixel (-1: border), the central-half boxes, and the image shape."""
+def _layout(patch: int) -> tuple[np.ndarray, list[tuple[int, int, int]], int]:
+    """Patch index per pixel (-1: border), the central-half boxes, and the widest blur that keeps a
+    box's blurred pixels inside its patch."""
     margin = max(2, patch // 16 // 2 * 2)
     side = patch - 2 * margin
     if side < 4:
@@ -249,7 +261,7 @@ def _layout(patch: int) -> tuple[np.ndarray, list[tuple[int, int, int]], tuple[i
         index[y : y + side, x : x + side] = k
         q = side // 4
         boxes.append((y + q, x + q, side - 2 * q))
-    return index, boxes, (h, w)
+    return index, boxes, min(BLUR, side // 4 * 2)
 
 
 def make_chart(camera: ChartCamera, ratio: float = DEFAULT_RATIO, patch: int = PATCH) -> Chart:
@@ -260,13 +272,14 @@ def make_chart(camera: ChartCamera, ratio: float = DEFAULT_RATIO, patch: int = P
     cam = scene @ camera.xyz_to_cam.T / neutral_green  # D65 white -> (1/wb_r, 1, 1/wb_b)
     exposure = WHITE_LEVEL / float(cam[WHITE_PATCH].max())
     cam = np.clip(cam * exposure, 0.0, 1.0).astype(np.float32)
-    index, boxes, _ = _layout(patch)
+    index, boxes, blur = _layout(patch)
     cam_image = cam[index]  # index -1 picks the border
     clean_wb = white_balanced(cam_image, colour)
     clean = mosaic(cam_image)
     dark = _darken(clean, CHART_INDEX + int(round(ratio)), float(ratio))
     return Chart(f"chart/{camera.name}", dark, float(ratio), render_srgb(clean_wb, colour), colour,
-                 camera=camera, clean_wb=clean_wb, boxes=boxes, exposure=exposure, cell=patch)
+                 camera=camera, clean_wb=clean_wb, boxes=boxes, exposure=exposure, cell=patch,
+                 chroma_blur=blur)
 
 
 def build_charts(cameras: Sequence[str | ChartCamera] | None = None, ratio: float = DEFAULT_RATIO,
@@ -354,7 +367,7 @@ def chart_scores(methods: dict[str, Restorer], modes: Sequence[str] = MODES,
                     de, noise_figure = ch.floor_delta_e(amp), None
                 else:
                     out = restore(ch, amp)
-                    de, noise_figure = ch.delta_e(out), chroma_noise(out, ch.target)
+                    de, noise_figure = ch.delta_e(out), ch.chroma_noise(out)
                 worst = int(np.argmax(de))
                 per_camera[ch.camera.name] = {
                     "amplification": float(amp), "delta_e00": float(de.mean()), "chroma_noise": noise_figure,
