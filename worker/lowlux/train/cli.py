@@ -88,6 +88,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the classical LibRaw + NLM baseline")
     p.add_argument("--no-gc", action="store_true", help="skip the GT-GC scores (21 references per image)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default: %(default)s)")
+    p.add_argument("--no-chart", action="store_true",
+                   help="skip the virtual-camera ColorChecker (ΔE00 through real cameras' matrices)")
+    p.add_argument("--chart-ratio", type=float, default=100.0,
+                   help="exposure ratio of the ColorChecker charts (e.g. 100 or 250; default: %(default)s)")
     _common(p)
     p.set_defaults(func=run_eval)
     return p
@@ -163,9 +167,18 @@ def run_eval(args) -> int:
     if not items:
         log.error("no evaluation data: pass --eval-raw and/or --eval-clean")
         return 2
+    charts = None
+    if not getattr(args, "no_chart", True):
+        from .chart import build_charts
+
+        charts = build_charts(ratio=args.chart_ratio, raw_dir=args.eval_raw, cache_dir=args.cache_dir)
     results = evaluate_all(items, weights, args.authors, args.out, baseline=not args.no_baseline,
-                           threads=args.threads, with_gc=not args.no_gc)
+                           threads=args.threads, with_gc=not args.no_gc, charts=charts)
     sys.stdout.write(markdown_table(results))
+    if charts:
+        from .evaluate import chart_table
+
+        sys.stdout.write("\n" + chart_table(results))
     sys.stdout.write(f"wrote {args.out / 'eval.json'}, eval.md and contact_sheet.png\n")
     return 0
 

@@ -253,15 +253,19 @@ def evaluate(items: Sequence[EvalItem], methods: dict[str, Restorer], modes: Seq
         for mode in modes:
             t = time.time()
             per_item = {}
+            chroma = {}
             for it in items:
                 amp = it.amplification(mode)
                 out = restore(it, amp)
                 per_item[it.name] = {"amplification": amp, **score(out, it.target, with_gc)}
+                chroma[it.name] = chroma_noise(out, it.target)
                 if mode == "gt":
                     outputs[name][it.name] = out
             keys = [k for k in next(iter(per_item.values())) if k != "amplification"]
             mean = {k: float(np.mean([v[k] for v in per_item.values()])) for k in keys}
             results["methods"][name][mode] = {"mean": mean, "per_item": per_item, "seconds": time.time() - t}
+            results["methods"][name][mode]["chroma_noise"] = float(np.mean(list(chroma.values())))
+            results["methods"][name][mode]["chroma_noise_per_item"] = chroma
             log.info("%s / %s: PSNR %.2f dB, SSIM %.4f", name, mode, mean["psnr"], mean["ssim"])
     return results, outputs
 
@@ -318,7 +322,8 @@ def contact_sheet(path: Path, items: Sequence[EvalItem], outputs: dict[str, dict
 
 
 def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | None, out_dir: Path,
-             baseline: bool = True, threads: int | None = None, with_gc: bool = True) -> dict:
+             baseline: bool = True, threads: int | None = None, with_gc: bool = True,
+             charts: Sequence | None = None) -> dict:
     """Evaluate the methods available, write eval.json, eval.md and contact_sheet.png in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     methods: dict[str, Restorer] = {}
@@ -333,7 +338,38 @@ def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | No
     results, outputs = evaluate(items, methods, with_gc=with_gc)
     results["weights"] = {"ours": str(weights) if weights else None, "authors": str(authors) if authors else None}
     results["baseline"] = f"LibRaw render + OpenCV fastNlMeansDenoisingColored, h = {NLM_STRENGTH} x estimated sigma"
+    if charts:
+        results["chart"] = chart_scores(methods, MODES, charts)
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "eval.md").write_text(markdown_table(results))
+    (out_dir / "eval.md").write_text(markdown_table(results) + ("\n" + chart_table(results) if charts else ""))
     contact_sheet(out_dir / "contact_sheet.png", items, outputs)
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The virtual-camera ColorChecker and the chroma-noise figure (:mod:`.chart`)
+
+
+def chroma_noise(out: np.ndarray, target: np.ndarray) -> float:
+    """Low-frequency chroma noise of an output in the target's flat regions (:func:`.chart.chroma_noise`)."""
+    from .chart import chroma_noise as measure
+
+    return measure(out, target)
+
+
+def chart_scores(methods: dict[str, Restorer], modes: Sequence[str] = MODES, cameras: Sequence | None = None,
+                 **options) -> dict:
+    """ColorChecker ΔE00 per method x mode x camera, with the noise floor (:func:`.chart.chart_scores`).
+
+    ``cameras``: camera names, :class:`~.chart.ChartCamera` or ready :class:`~.chart.Chart` items
+    (default: every available one)."""
+    from .chart import chart_scores as score_charts
+
+    return score_charts(methods, modes, cameras, **options)
+
+
+def chart_table(results: dict) -> str:
+    """The second markdown table: ColorChecker ΔE00 per camera, and chroma noise."""
+    from .chart import chart_table as table
+
+    return table(results)
