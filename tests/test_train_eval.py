@@ -118,7 +118,10 @@ def test_shared_eval_set_layout():
     assert len(raws) == 5 and sum(raw_is_eval_only(p) for p in raws) == 1
     held = split_photos(SHARED / "data" / "clean")[1]
     comparable = [p for p in held if eval_group(p) == "comparable"]
-    # the 12 images every earlier evaluation used: 5 raws + 7 photographs (Kodak, McMaster)
+    # the 12 images every earlier evaluation used: the Canon chart, two crops of each of two GoPro
+    # raws, 7 photographs (Kodak, McMaster); what was added since forms the second group
+    assert [p.stem for p in raws if eval_group(p) == "comparable"] == [
+        "canon-550d-colorchart", "gopro-fusion-front-GPFR7066", "gopro-hero6-GOPR0024"]
     assert len(comparable) == 7 and {p.parent.name for p in comparable} == {"kodak24", "mcmaster"}
     assert len(held) - len(comparable) == 20
 

@@ -80,10 +80,11 @@ def _darken(clean: np.ndarray, index: int, ratio: float) -> np.ndarray:
     return noise.make_dark(clean, noise.sample_params(rng, ratio=ratio), rng)
 
 
-def raw_items(folder: Path, cache_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray, CameraColour]]:
-    """(name, clean mosaic, target, colour) per eval region of each raw in ``folder``."""
+def raw_items(folder: Path, cache_dir: Path,
+              group: str = "comparable") -> list[tuple[str, np.ndarray, np.ndarray, CameraColour]]:
+    """(name, clean mosaic, target, colour) per eval region of each raw of one group in ``folder``."""
     out = []
-    for path in list_raws(folder):
+    for path in (p for p in list_raws(folder) if eval_group(p) == group):
         cached = cache_raw(path, cache_dir)
         mos, tgt = cached.mosaic(), cached.target()
         h, w = mos.shape
@@ -128,14 +129,14 @@ def build_eval_set(raw_dir: Path | None, clean_dir: Path | None,
                    cache_dir: Path = DEFAULT_CACHE_DIR, group: str = "comparable") -> list[EvalItem]:
     """The fixed evaluation items of one group (deterministic: fixed seeds and ratios).
 
-    ``comparable``: the raws and the photographs every earlier evaluation used; ``new``: held-out
-    photographs of the folders added since (no raws).
+    ``comparable``: the raws and the photographs every earlier evaluation used; ``new``: the held-out
+    parts of the raws and photographs added since (see :mod:`.split`).
     """
     if group not in EVAL_GROUPS:
         raise ValueError(f"evaluation group {group!r} is not one of {', '.join(EVAL_GROUPS)}")
     clean = []
-    if raw_dir is not None and group == "comparable":
-        clean += raw_items(Path(raw_dir), Path(cache_dir))
+    if raw_dir is not None:
+        clean += raw_items(Path(raw_dir), Path(cache_dir), group)
     if clean_dir is not None:
         clean += photo_items(Path(clean_dir), Path(cache_dir), group)
     items = []

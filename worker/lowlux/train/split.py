@@ -5,9 +5,10 @@
   from the rows above (a crop window never reaches into the band).
 * Photographs: in each folder, sorted by name, every :data:`CLEAN_HOLDOUT_EVERY`-th file
   (the 6th, 12th, ...) is held out whole. The held-out photographs of :data:`COMPARABLE_FOLDERS`
-  (every folder but :data:`NEW_FOLDERS`; with the shared data: the raws and the Kodak and McMaster
-  photographs, 12 images) are the evaluation set every weights' numbers are compared on; those of
-  the folders added later form a second group, reported beside it.
+  (every folder but :data:`NEW_FOLDERS`), with the raws' regions (all but :data:`NEW_RAWS`), are the
+  evaluation set every weights' numbers are compared on (with the shared data: 12 images, the Canon
+  chart, two GoPro raws' crops, Kodak and McMaster photographs); the held-out parts of data added
+  later form a second group, reported beside it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ EVAL_RAWS = frozenset({"canon-550d-colorchart"})
 HOLDOUT_ROWS = 768
 CLEAN_HOLDOUT_EVERY = 6
 RAW_SUFFIXES = frozenset({".dng", ".arw", ".cr2", ".cr3", ".nef", ".orf", ".rw2", ".raf", ".pef", ".srw"})
+NEW_RAWS = frozenset({"gopro-fusion-back-GPBK7066", "gopro-hero7-GOPR9231"})
 NEW_FOLDERS = frozenset({"cid22-training-pexels", "cid22-validation", "clic2025-test", "clic2025-validation", "gb82"})
 EVAL_GROUPS = ("comparable", "new")
 PHOTO_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
@@ -58,5 +60,6 @@ def split_photos(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def eval_group(path: Path) -> str:
-    """Which evaluation group a held-out photograph belongs to (see the module docstring)."""
-    return "new" if Path(path).parent.name in NEW_FOLDERS else "comparable"
+    """Which evaluation group a held-out photograph or raw belongs to (see the module docstring)."""
+    path = Path(path)
+    return "new" if path.parent.name in NEW_FOLDERS or path.stem in NEW_RAWS else "comparable"
