@@ -17,12 +17,11 @@ import numpy as np
 from .amplifier import DEFAULT_BRIGHTNESS, DEFAULT_VARIANT, check_brightness, estimate_amplification
 from .errors import InputError
 from .mosaic import CodedMosaic, Crop, apply_orientation, coded_for_net, orientation_canvas
+from .naming import SUFFIX, output_names  # noqa: F401  (SUFFIX: kept importable from here)
 from .raw import read_raw
 from .tiff import check_output, to_uint16, to_uint16_into, write_tiff
 
 log = logging.getLogger(__name__)
-
-SUFFIX = "_lowlux"
 
 
 @dataclass(frozen=True)
@@ -53,11 +52,11 @@ class EnhanceOptions:
 
 
 def output_paths(source: Path, options: EnhanceOptions) -> list[Path]:
-    """``<stem>_lowlux.tif``, or ``<stem>_lowlux_m0.5.tif`` per bracket value."""
+    """The TIFFs of ``source``, named by :func:`lowlux.naming.output_names` (and the options' ``targets``,
+    which the worker's options carry), in ``out_dir`` or next to the raw."""
     folder = options.out_dir if options.out_dir is not None else source.parent
-    if not options.bracketed:
-        return [folder / f"{source.stem}{SUFFIX}.tif"]
-    return [folder / f"{source.stem}{SUFFIX}_m{m:g}.tif" for m in options.brightness]
+    names = output_names(source, options.brightness, getattr(options, "targets", ()))
+    return [folder / name for name in names]
 
 
 @dataclass
