@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .naming import check_target
+
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
@@ -31,7 +33,7 @@ FILE_STATES = ("queued", "running", "done", "failed", "cancelled")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"done", "failed", "cancelled"})
 
-OPTION_FIELDS = ("brightness", "amplification", "variant", "out_dir", "overwrite", "compression")
+OPTION_FIELDS = ("brightness", "amplification", "variant", "out_dir", "overwrite", "compression", "target", "targets")
 
 
 class ProtocolError(Exception):
@@ -187,7 +189,31 @@ def check_options(raw: Any) -> dict[str, Any]:
             if not isinstance(raw[name], kind):
                 raise ProtocolError(BAD_OPTION, f"'{name}' must be {_kind_names([kind])}")
             out[name] = raw[name]
+    targets = _targets(raw)
+    if targets is not None:
+        out["targets"] = targets
     return out
+
+
+def _targets(raw: Mapping[str, Any]) -> list[str] | None:
+    """``target`` (one name) or ``targets`` (one per brightness value) as a list of checked file names."""
+    target, targets = raw.get("target"), raw.get("targets")
+    if target is not None and targets is not None:
+        raise ProtocolError(BAD_OPTION, "give 'target' or 'targets', not both")
+    if target is not None:
+        if not isinstance(target, str):
+            raise ProtocolError(BAD_OPTION, "'target' must be a string")
+        targets = [target]
+    elif targets is None:
+        return None
+    elif not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise ProtocolError(BAD_OPTION, "'targets' must be a non-empty list of file names")
+    if len(targets) > MAX_BRACKET:
+        raise ProtocolError(BAD_OPTION, f"at most {MAX_BRACKET} target names")
+    try:
+        return [check_target(t) for t in targets]
+    except ValueError as exc:
+        raise ProtocolError(BAD_OPTION, str(exc)) from None
 
 
 def options_to_wire(options: Any) -> dict[str, Any]:
