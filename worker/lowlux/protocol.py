@@ -15,6 +15,7 @@ import json
 import math
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any
 
 from .naming import check_target
@@ -58,6 +59,14 @@ NOT_READY = "not_ready"
 BUSY = "busy"
 SHUTTING_DOWN = "shutting_down"
 INTERNAL = "internal"
+
+
+@dataclass
+class Reply:
+    """A reply as both sides hold it: frame 0's JSON object and the binary frames after it."""
+
+    body: dict[str, Any]
+    blobs: list[bytes] = dataclass_field(default_factory=list)
 
 
 def new_id() -> str:

@@ -13,25 +13,19 @@ import json
 import logging
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from .. import protocol as proto
 from ..config import ipc_path, is_local, tcp_address
+from ..protocol import Reply
 from .errors import WorkerError, WorkerUnavailable
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRIES = 3
-
-
-@dataclass
-class Reply:
-    body: dict[str, Any]
-    blobs: list[bytes] = field(default_factory=list)
 
 
 class Connection:

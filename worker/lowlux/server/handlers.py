@@ -9,9 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import zmq
 from .. import __version__
 from .. import protocol as proto
 from ..jobs import FileTask, Job, QueueFull
-from ..protocol import ProtocolError
+from ..protocol import ProtocolError, Reply
 from .job_options import build_options, check_targets_fit, local_path
 from .memory import peak_rss_bytes, rss_bytes
 from .sockets import Peer
@@ -29,12 +27,6 @@ log = logging.getLogger(__name__)
 
 RECENT_SUBMITS = 256
 """Replies to submits remembered by request id, so a retried submit does not queue its job twice."""
-
-
-@dataclass
-class Reply:
-    body: dict[str, Any]
-    blobs: list[bytes] = field(default_factory=list)
 
 
 class Handlers:
