@@ -98,13 +98,10 @@ class Client:
         with spawn_lock(self.endpoint, self.start_timeout):
             reply = self._quick_ping()  # another client may have started one while we waited for the lock
             if reply is None:
-                reply = self._start_and_wait()
+                reply = start_and_wait(self.endpoint, self._quick_ping, weights=self.weights, device=self.device,
+                                       idle_timeout=self.idle_timeout, start_timeout=self.start_timeout)
         self._checked = True
         return reply
-
-    def _start_and_wait(self) -> dict[str, Any]:
-        return start_and_wait(self.endpoint, self._quick_ping, weights=self.weights, device=self.device,
-                              idle_timeout=self.idle_timeout, start_timeout=self.start_timeout)
 
     def _await_exit(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
