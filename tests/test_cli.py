@@ -122,6 +122,7 @@ def test_brightness_outside_range_is_a_usage_error(make_dng, tiny_weights, capsy
     assert "0.1-0.9" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_runs(make_dng, tiny_weights):
     raw = make_dng("cs.dng")
     exe = Path(sys.executable).with_name("lowlux")

@@ -77,6 +77,16 @@ def test_submit_wait_prints_outcomes_and_fails_if_a_file_failed(engine, endpoint
     assert f"error: {missing}: " in captured.err and "1 of 2 file(s) restored, 1 failed" in captured.err
 
 
+def test_submit_target_names_the_tiff(engine, endpoint, make_dng, tmp_path, capsys):
+    raw = make_dng("dsc01.dng")
+    with serving(engine, endpoint):
+        assert client(endpoint, "submit", "--wait", "--target", "night_lowlux_01.tif", raw) == 0
+        assert capsys.readouterr().out.strip() == str(raw.with_name("night_lowlux_01.tif"))
+        assert client(endpoint, "submit", "--target", "a/b.tif", raw) == 2
+        assert "bare file name" in capsys.readouterr().err
+    assert not raw.with_name("dsc01_lowlux.tif").exists()
+
+
 def test_relative_paths_are_resolved_by_the_client(engine, endpoint, make_dng, monkeypatch, capsys):
     raw = make_dng("rel.dng")
     monkeypatch.chdir(raw.parent)
@@ -151,6 +161,7 @@ def test_the_client_imports_nothing_heavy(engine, endpoint):
 # ---- real worker processes -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_concurrent_clients_start_exactly_one_worker(runtime, tiny_weights):
     endpoint = f"ipc://{runtime / 'auto.sock'}"
     env = {**os.environ}
@@ -170,6 +181,7 @@ def test_concurrent_clients_start_exactly_one_worker(runtime, tiny_weights):
                 kill_quietly(json.loads(out)["pid"])
 
 
+@pytest.mark.slow
 def test_auto_start_failure_shows_the_workers_reason(runtime):
     endpoint = f"ipc://{runtime / 'broken.sock'}"
     with Client(endpoint, autostart=True, weights="/nonexistent/weights.safetensors", start_timeout=240) as c:
@@ -177,6 +189,7 @@ def test_auto_start_failure_shows_the_workers_reason(runtime):
             c.ping()
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_file_on_the_net_and_cancels_the_rest(runtime, tiny_weights, make_dng, tmp_path):
     endpoint = f"ipc://{runtime / 'term.sock'}"
     # One eager thread keeps the big file on the net for seconds, so the signal lands while it is there:
@@ -199,6 +212,7 @@ def _on_net_or_done(file: dict) -> bool:
     return file["stage"] in ("inferring", "encoding") or file["state"] == "done"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_no_partial_tiff_and_the_next_call_restarts_it(runtime, tiny_weights, make_dng):
     endpoint = f"ipc://{runtime / 'kill.sock'}"
     big = make_dng("huge.dng", height=768, width=1024)

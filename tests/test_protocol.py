@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from lowlux import config as cfg
+from lowlux import config
 from lowlux import protocol as proto
 from lowlux.jobs import Job, QueueFull, Scheduler
 from lowlux.protocol import ProtocolError
@@ -70,6 +71,31 @@ def test_options_are_type_checked_and_unknown_ones_refused():
             proto.check_options(bad)
 
 
+def test_target_names_are_checked_and_given_as_a_list():
+    assert proto.check_options({"target": "a.tif"}) == {"targets": ["a.tif"]}
+    assert proto.check_options({"targets": ["a.tif", "b.tiff"]}) == {"targets": ["a.tif", "b.tiff"]}
+    for bad, words in [({"target": "x/a.tif"}, "bare file name"), ({"target": "a.png"}, "end with .tif"),
+                       ({"targets": ["a.tif"] * 17}, "at most 16"), ({"targets": [1]}, "list of file names"),
+                       ({"target": "a.tif", "targets": ["a.tif"]}, "not both")]:
+        with pytest.raises(ProtocolError, match=words) as err:
+            proto.check_options(bad)
+        assert err.value.code == proto.BAD_OPTION
+
+
+def test_output_names_follow_one_rule():
+    from lowlux.naming import check_targets, output_names
+    from lowlux.pipeline import EnhanceOptions, output_paths
+
+    assert output_names("/x/night.ARW") == ["night_lowlux.tif"]
+    assert output_names("night.ARW", [0.5]) == ["night_lowlux.tif"]
+    assert output_names("night.ARW", [0.3, 0.5]) == ["night_lowlux_m0.3.tif", "night_lowlux_m0.5.tif"]
+    assert output_names("night.ARW", [0.3, 0.5], ["a.tif", "b.tif"]) == ["a.tif", "b.tif"]
+    assert [p.name for p in output_paths(Path("/x/night.ARW"), EnhanceOptions(brightness=(0.3, 0.7)))] == \
+        output_names("night.ARW", [0.3, 0.7])
+    with pytest.raises(ValueError, match="one per brightness"):
+        check_targets(["a.tif"], 2)
+
+
 def test_options_to_wire_carries_every_enhance_option(tmp_path):
     from lowlux.pipeline import EnhanceOptions
 
@@ -106,22 +132,22 @@ def test_status_tsv_is_one_header_line_then_one_line_per_file():
 
 
 def test_endpoint_comes_from_flag_then_env_then_config_file_then_default(runtime, monkeypatch, tmp_path):
-    default = cfg.resolve_endpoint()
+    default = config.resolve_endpoint()
     assert default == f"ipc://{runtime / 'lowlux' / 'worker.sock'}"
     assert stat.S_IMODE(os.stat(runtime / "lowlux").st_mode) == 0o700
     conf = tmp_path / "config.toml"
     conf.write_text('[worker]\nendpoint = "tcp://127.0.0.1:7001"\n')
     monkeypatch.setenv("LOWLUX_CONFIG", str(conf))
-    assert cfg.resolve_endpoint() == "tcp://127.0.0.1:7001"
+    assert config.resolve_endpoint() == "tcp://127.0.0.1:7001"
     monkeypatch.setenv("LOWLUX_ENDPOINT", "tcp://127.0.0.1:7002")
-    assert cfg.resolve_endpoint() == "tcp://127.0.0.1:7002"
-    assert cfg.resolve_endpoint("ipc:///tmp/x.sock") == "ipc:///tmp/x.sock"
+    assert config.resolve_endpoint() == "tcp://127.0.0.1:7002"
+    assert config.resolve_endpoint("ipc:///tmp/x.sock") == "ipc:///tmp/x.sock"
 
 
 def test_the_default_socket_folder_falls_back_to_a_private_tmp_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
-    folder = cfg.runtime_dir()
+    folder = config.runtime_dir()
     assert folder == tmp_path / f"lowlux-{os.getuid()}"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
@@ -131,20 +157,20 @@ def test_a_broken_config_file_is_an_error_naming_it(monkeypatch, tmp_path):
     conf.write_text("[worker\nendpoint=")
     monkeypatch.setenv("LOWLUX_CONFIG", str(conf))
     monkeypatch.delenv("LOWLUX_ENDPOINT", raising=False)
-    with pytest.raises(cfg.ConfigError, match="config.toml: cannot read"):
-        cfg.resolve_endpoint()
+    with pytest.raises(config.ConfigError, match="config.toml: cannot read"):
+        config.resolve_endpoint()
 
 
 @pytest.mark.parametrize("endpoint, words", [("http://x", "unsupported endpoint"), ("tcp://host", "host and a port"),
                                              ("ipc://", "needs a path"), ("ipc:///" + "x" * 120, "too long")])
 def test_bad_endpoints_are_refused(endpoint, words):
-    with pytest.raises(cfg.ConfigError, match=words):
-        cfg.check_endpoint(endpoint)
+    with pytest.raises(config.ConfigError, match=words):
+        config.check_endpoint(endpoint)
 
 
 def test_only_ipc_and_loopback_count_as_local():
-    assert cfg.is_local("ipc:///tmp/a.sock") and cfg.is_local("tcp://127.0.0.1:5") and cfg.is_local("tcp://[::1]:5")
-    assert not cfg.is_local("tcp://0.0.0.0:5") and not cfg.is_local("tcp://192.168.1.2:5")
+    assert config.is_local("ipc:///tmp/a.sock") and config.is_local("tcp://127.0.0.1:5") and config.is_local("tcp://[::1]:5")
+    assert not config.is_local("tcp://0.0.0.0:5") and not config.is_local("tcp://192.168.1.2:5")
 
 
 # ---- jobs and the fair queue ------------------------------------------------------------------------------------

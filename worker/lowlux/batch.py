@@ -1,12 +1,13 @@
-"""The worker's overlapped pipeline: decode -> net -> encode, each stage on its own thread(s).
+"""The worker's overlapped pipeline (:class:`WorkerPipeline`): decode -> net -> encode, each stage on
+its own thread(s). The stages themselves, one file to its TIFFs, are :mod:`lowlux.pipeline`'s.
 
 One thread decodes the next raw while the net runs on the current one; finished images go to a small
 pool of encoder threads (TIFF writing and metadata copying release the GIL for most of their time).
 The hand-over queues are bounded, so at most ``1 + queue_size + 1 + encode_slots`` files are in memory
 at once however many are queued: memory stays flat on a 10 000-file batch. Large frames are bounded
 further by their size: the next raw is decoded ahead only while the frames in flight stay within
-``max_pixels_in_flight`` (50 MP: 12 and 24 MP batches overlap; 45 and 60 MP frames go one at a time:
-a 60 MP batch peaked at 1.7 GB instead of 2.0-2.2 GB, see docs/benchmarks.md).
+``max_pixels_in_flight`` (50 MP: 12 and 24 MP batches overlap; 45 and 60 MP frames go one at a time).
+What the bound saves is measured in docs/benchmarks.md (*The worker's frame bound*).
 
 A file's result is recorded in the :class:`~lowlux.jobs.Scheduler` the moment it is written, so a
 client polling ``status`` sees files finish one by one. A failing file is recorded as failed with
@@ -73,7 +74,7 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-class Pipeline:
+class WorkerPipeline:
     """Threads that drain a :class:`Scheduler`; start once, stop once."""
 
     def __init__(self, scheduler: Scheduler, engine: Callable[[], Any], *, encode_threads: int = 2,
@@ -83,6 +84,7 @@ class Pipeline:
         self._engine = engine
         self.max_pixels_in_flight = max_pixels_in_flight
         self._last_pixels = 0
+        self.queue_size = queue_size
         self._decoded: queue.Queue = queue.Queue(maxsize=queue_size)
         self._encode_slots = threading.BoundedSemaphore(encode_threads)
         self._in_flight = 0  # encodes submitted and not yet finished
@@ -94,6 +96,13 @@ class Pipeline:
     def start(self) -> None:
         for t in self._threads:
             t.start()
+
+    @property
+    def lookahead(self) -> int:
+        """Files taken from the scheduler while the net is busy with one: that one, ``queue_size`` decoded
+        ones waiting for the net, and one more the decoder holds until there is room (when the frames in
+        flight stay within ``max_pixels_in_flight``). A job submitted meanwhile starts after these."""
+        return 1 + self.queue_size + 1
 
     @property
     def drained(self) -> bool:
@@ -197,3 +206,7 @@ class Pipeline:
         else:
             log.error("unexpected failure: %s", message, exc_info=exc)
         self.scheduler.finish(task, "failed", error=message)
+
+
+Pipeline = WorkerPipeline
+"""The former name, still used by :mod:`lowlux.bench`."""

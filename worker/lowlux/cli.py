@@ -1,7 +1,8 @@
-"""The ``lowlux`` command.
+"""The ``lowlux`` command: builds the parser from each command's module and dispatches.
 
-Heavy modules (torch, rawpy) are imported inside the commands that need them, so light commands
-such as ``lowlux client`` start fast: the darktable script runs one on every poll.
+Nothing imports this module (it is the console entry point); what commands share lives in
+:mod:`lowlux.options`. Heavy modules (torch, rawpy) are imported inside the commands that need them,
+so light commands such as ``lowlux client`` start fast: the darktable script runs one on every poll.
 """
 
 from __future__ import annotations
@@ -12,73 +13,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .options import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_engine_arguments,
+                      add_enhance_options, engine_config_from_args, enhance_options_from_args, summary_line)
+
 log = logging.getLogger("lowlux")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def brightness_list(text: str) -> list[float]:
-    """argparse type for --bracket: '0.3,0.5,0.7' -> [0.3, 0.5, 0.7]."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("empty bracket")
-    return values
-
-
-def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine")
-    g.add_argument("--weights", type=Path, help="weights file (.safetensors, or the authors' .pt); default: shipped weights")
-    g.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="float32 (default, exact); bfloat16: about twice as fast on CPUs with bf16 instructions, "
-                        "up to ~1e-2 from float32 on photographs; float16: CUDA only")
-    g.add_argument("--concurrent", action="store_true", help="run the three encoders concurrently")
-    g.add_argument("--threads", type=int, help="CPU threads for the net (default: one per core)")
-    g.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"],
-                   help="how the net runs (default auto: the fastest installed for the device and dtype)")
-    g.add_argument("--tile", type=int, help="restore in tiles of at most N x N pixels (0: never; default: "
-                   "automatic, when the frame would exceed the engine's memory budget)")
-
-
-def add_enhance_options(p: argparse.ArgumentParser) -> None:
-    from .amplifier import DEFAULT_BRIGHTNESS, DEFAULT_VARIANT, VARIANTS
-
-    g = p.add_argument_group("exposure and output")
-    g.add_argument("--brightness", "-m", type=float, default=DEFAULT_BRIGHTNESS,
-                   help=f"amplifier brightness m in 0.1-0.9 (default {DEFAULT_BRIGHTNESS})")
-    g.add_argument("--bracket", type=brightness_list, metavar="M1,M2,...",
-                   help="several brightness values from one decode, one TIFF each (e.g. 0.3,0.5,0.7)")
-    g.add_argument("--amplification", "-a", type=float,
-                   help="fixed amplification factor instead of the amplifier's estimate")
-    g.add_argument("--variant", choices=VARIANTS, default=DEFAULT_VARIANT,
-                   help=f"amplifier constants (default {DEFAULT_VARIANT}; see README)")
-    g.add_argument("--out-dir", "-o", type=Path, help="folder for the TIFFs (default: next to each raw)")
-    g.add_argument("--overwrite", action="store_true", help="replace existing TIFFs")
-    g.add_argument("--compress", action="store_true", help="deflate-compress the TIFFs (smaller, slower)")
-
-
-def enhance_options_from_args(args: argparse.Namespace):
-    from .pipeline import EnhanceOptions
-
-    return EnhanceOptions(
-        brightness=tuple(args.bracket) if args.bracket else (args.brightness,),
-        amplification=args.amplification,
-        variant=args.variant,
-        out_dir=args.out_dir,
-        overwrite=args.overwrite,
-        compression="deflate" if args.compress else "none",
-    )
-
-
-def engine_config_from_args(args: argparse.Namespace):
-    from .engine import EngineConfig
-
-    return EngineConfig(weights=args.weights, device=args.device, dtype=args.dtype,
-                        concurrent=args.concurrent, threads=args.threads,
-                        backend=getattr(args, "backend", "auto"), tile=getattr(args, "tile", None))
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
@@ -90,7 +28,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         print(f"lowlux enhance: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if getattr(args, "via_worker", False):
-        from .client import enhance_via_worker
+        from .client.via_worker import enhance_via_worker
 
         return enhance_via_worker(args, options)
     from .engine import Engine
@@ -131,8 +69,7 @@ def run_batch(engine, files: Sequence[Path], options, *, quiet: bool = False) ->
                 if not quiet:
                     tqdm.write(str(out))
     if not quiet or failed:
-        print(f"{len(files) - len(failed)} of {len(files)} file(s) restored, {len(written)} TIFF(s) written"
-              + (f", {len(failed)} failed" if failed else ""), file=sys.stderr)
+        print(summary_line(len(files), len(failed), len(written)), file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -184,8 +121,8 @@ REGISTRARS: dict[str, Callable] = {
     "train": _optional(".train.cli:add_train_parser"),
     "eval": _optional(".train.cli:add_eval_parser"),
     "export": _optional(".train.cli:add_export_parser"),
-    "serve": _optional(".server:add_serve_parser"),
-    "client": _optional(".client:add_client_parser"),
+    "serve": _optional(".server.command:add_serve_parser"),
+    "client": _optional(".client.command:add_client_parser"),
     "keys": _optional(".keys:add_keys_parser"),
 }
 
@@ -222,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .options import EXIT_OK, EXIT_USAGE, add_engine_arguments, engine_config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ def side_by_side(panels: list[np.ndarray], labels: list[str], path: Path) -> Pat
     return path
 
 
-def run_demo(out_dir: Path, ratio: float, seed: int, engine_config) -> list[Path]:
+def run_demo(out_dir: Path, ratio: float, seed: int, engine_config: Any) -> list[Path]:
     from .engine import Engine
     from .pipeline import EnhanceOptions, decode, encode, infer
     from .train.noise import typical_params
@@ -78,22 +81,19 @@ def run_demo(out_dir: Path, ratio: float, seed: int, engine_config) -> list[Path
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .cli import engine_config_from_args
     from .errors import LowluxError
 
     try:
         paths = run_demo(args.out_dir, args.ratio, args.seed, engine_config_from_args(args))
     except LowluxError as exc:
         print(f"lowlux demo: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     for p in paths:
         print(p)
-    return 0
+    return EXIT_OK
 
 
 def add_demo_parser(sub) -> None:
-    from .cli import add_engine_arguments
-
     p = sub.add_parser("demo", help="make a dark raw from a sample photo and restore it",
                        description="Writes demo_dark.dng, demo_dark_lowlux.tif and demo_side_by_side.png.")
     p.add_argument("--out-dir", "-o", type=Path, default=Path("lowlux-demo"), help="default: ./lowlux-demo")

@@ -21,6 +21,8 @@ from .protocol import TERMINAL_STATES, new_id
 
 MAX_PIXELS_IN_FLIGHT = 50_000_000
 """Decoded frames held at once (waiting, on the net, being written) before the next raw is decoded."""
+MAX_QUEUED_FILES = 10_000
+"""Files waiting at once on a worker; a submit beyond that is refused as busy."""
 
 
 @dataclass(eq=False)
@@ -121,7 +123,7 @@ class QueueFull(Exception):
 class Scheduler:
     """The job table and the fair queue; thread-safe."""
 
-    def __init__(self, max_pending_files: int = 10_000) -> None:
+    def __init__(self, max_pending_files: int = MAX_QUEUED_FILES) -> None:
         self.max_pending_files = max_pending_files
         self._cond = threading.Condition()
         self._jobs: dict[str, Job] = {}

@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config as cfg
-from .config import ConfigError
+from .config import ENV_CLIENT_KEY, ENV_SERVER_KEY, ConfigError, keys_dir, private_dir, setting
+from .options import EXIT_OK, EXIT_USAGE
 
 SERVER = "server"
 AUTHORIZED = "authorized"
@@ -64,7 +64,7 @@ def generate(folder: Path, name: str, *, force: bool = False) -> tuple[Path, Pat
 
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"bad key name {name!r}")
-    cfg.private_dir(folder)
+    private_dir(folder)
     public, secret = zmq.curve_keypair()
     public_path, secret_path = folder / f"{name}.key", folder / f"{name}.key_secret"
     _write(secret_path, _certificate(public, secret), 0o600, force)
@@ -88,7 +88,7 @@ def read_key_file(path: Path) -> tuple[bytes, bytes | None]:
 def authorize(folder: Path, public_file: Path) -> Path:
     """Let the client whose public key is in ``public_file`` connect (the worker reloads on SIGHUP)."""
     read_key_file(public_file)
-    target_dir = cfg.private_dir(folder / AUTHORIZED)
+    target_dir = private_dir(folder / AUTHORIZED)
     target = target_dir / public_file.name
     if public_file.name.endswith("_secret"):
         raise ConfigError(f"{public_file}: that is a secret key; authorize the public one (.key)")
@@ -99,11 +99,11 @@ def authorize(folder: Path, public_file: Path) -> Path:
 
 def load_server_keys(folder: Path | None) -> tuple[bytes, bytes, Path]:
     """The worker's (public, secret) and its authorized/ folder, or an error saying how to make them."""
-    folder = folder or cfg.keys_dir()
+    folder = folder or keys_dir()
     secret_path = folder / f"{SERVER}.key_secret"
     if not secret_path.exists():
         raise ConfigError(f"--listen needs CURVE keys and {secret_path} does not exist: run `lowlux keys server"
-                          f"{'' if folder == cfg.keys_dir() else f' --dir {folder}'}` first")
+                          f"{'' if folder == keys_dir() else f' --dir {folder}'}` first")
     public, secret = read_key_file(secret_path)
     if not secret:
         raise ConfigError(f"{secret_path}: holds no secret key")
@@ -117,11 +117,11 @@ def load_server_keys(folder: Path | None) -> tuple[bytes, bytes, Path]:
 def load_client_keys(server_key: str | Path | None, client_key: str | Path | None,
                      config: dict | None = None) -> CurveKeys | None:
     """CURVE keys for a remote worker from flags, env vars or the config file; None for a local worker."""
-    server_key = server_key or os.environ.get(cfg.ENV_SERVER_KEY) or cfg.setting("client", "server_key", config)
+    server_key = server_key or os.environ.get(ENV_SERVER_KEY) or setting("client", "server_key", config)
     if not server_key:
         return None
-    client_key = (client_key or os.environ.get(cfg.ENV_CLIENT_KEY) or cfg.setting("client", "client_key", config)
-                  or cfg.keys_dir(config=config) / "client.key_secret")
+    client_key = (client_key or os.environ.get(ENV_CLIENT_KEY) or setting("client", "client_key", config)
+                  or keys_dir(config=config) / "client.key_secret")
     server_public, _ = read_key_file(Path(server_key).expanduser())
     client_public, client_secret = read_key_file(Path(client_key).expanduser())
     if not client_secret:
@@ -149,11 +149,11 @@ def add_keys_parser(sub) -> None:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    folder = cfg.keys_dir(args.dir)
+    folder = keys_dir(args.dir)
     try:
         if args.keys_command == "server":
             public, secret = generate(folder, SERVER, force=args.force)
-            cfg.private_dir(folder / AUTHORIZED)
+            private_dir(folder / AUTHORIZED)
             print(f"{secret}\n{public}\ncopy {public.name} to each client; authorize each client with "
                   f"`lowlux keys authorize CLIENT.key`")
         elif args.keys_command == "client":
@@ -166,8 +166,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             _list(folder)
     except ConfigError as exc:
         print(f"lowlux keys: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _list(folder: Path) -> None:

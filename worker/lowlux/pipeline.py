@@ -25,13 +25,11 @@ from .dng import write_linear_dng
 from .errors import InputError
 from .model import LINEAR_CAMERA_WB, SRGB
 from .mosaic import CodedMosaic, Crop, apply_orientation, coded_for_net, orientation_canvas
+from .naming import EXTENSIONS, FORMATS, SUFFIX, check_targets, output_names  # noqa: F401  (SUFFIX: kept importable)
 from .raw import read_raw
 from .tiff import check_output, to_uint16, to_uint16_into, write_tiff
 
 log = logging.getLogger(__name__)
-
-SUFFIX = "_lowlux"
-FORMATS = ("tiff", "dng")
 
 
 @dataclass(frozen=True)
@@ -49,10 +47,15 @@ class EnhanceOptions:
     compression: str = "none"
     format: str = "tiff"
     """``tiff``: 16-bit sRGB; ``dng``: scene-referred linear DNG (lowlux's linear weights only)."""
+    targets: tuple[str, ...] = ()
+    """File names a client chose for the outputs of a single file, one per brightness value;
+    empty: the default names (:mod:`lowlux.naming`)."""
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.targets:
+            object.__setattr__(self, "targets", check_targets(self.targets, len(self.brightness), self.format))
         if not self.brightness:
             raise ValueError("at least one brightness value is needed")
         for m in self.brightness:
@@ -66,12 +69,11 @@ class EnhanceOptions:
 
 
 def output_paths(source: Path, options: EnhanceOptions) -> list[Path]:
-    """``<stem>_lowlux.tif``, or ``<stem>_lowlux_m0.5.tif`` per bracket value."""
+    """The outputs of ``source``, named by :func:`lowlux.naming.output_names` (or the options' ``targets``),
+    in ``out_dir`` or next to the raw."""
     folder = options.out_dir if options.out_dir is not None else source.parent
-    ext = ".dng" if options.format == "dng" else ".tif"
-    if not options.bracketed:
-        return [folder / f"{source.stem}{SUFFIX}{ext}"]
-    return [folder / f"{source.stem}{SUFFIX}_m{m:g}{ext}" for m in options.brightness]
+    names = output_names(source, options.brightness, options.targets, EXTENSIONS[options.format])
+    return [folder / name for name in names]
 
 
 @dataclass

@@ -15,7 +15,10 @@ import json
 import math
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any
+
+from .naming import check_target
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -31,7 +34,7 @@ FILE_STATES = ("queued", "running", "done", "failed", "cancelled")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"done", "failed", "cancelled"})
 
-OPTION_FIELDS = ("brightness", "amplification", "variant", "out_dir", "overwrite", "compression")
+OPTION_FIELDS = ("brightness", "amplification", "variant", "out_dir", "overwrite", "compression", "target", "targets")
 
 
 class ProtocolError(Exception):
@@ -56,6 +59,14 @@ NOT_READY = "not_ready"
 BUSY = "busy"
 SHUTTING_DOWN = "shutting_down"
 INTERNAL = "internal"
+
+
+@dataclass
+class Reply:
+    """A reply as both sides hold it: frame 0's JSON object and the binary frames after it."""
+
+    body: dict[str, Any]
+    blobs: list[bytes] = dataclass_field(default_factory=list)
 
 
 def new_id() -> str:
@@ -187,7 +198,31 @@ def check_options(raw: Any) -> dict[str, Any]:
             if not isinstance(raw[name], kind):
                 raise ProtocolError(BAD_OPTION, f"'{name}' must be {_kind_names([kind])}")
             out[name] = raw[name]
+    targets = _targets(raw)
+    if targets is not None:
+        out["targets"] = targets
     return out
+
+
+def _targets(raw: Mapping[str, Any]) -> list[str] | None:
+    """``target`` (one name) or ``targets`` (one per brightness value) as a list of checked file names."""
+    target, targets = raw.get("target"), raw.get("targets")
+    if target is not None and targets is not None:
+        raise ProtocolError(BAD_OPTION, "give 'target' or 'targets', not both")
+    if target is not None:
+        if not isinstance(target, str):
+            raise ProtocolError(BAD_OPTION, "'target' must be a string")
+        targets = [target]
+    elif targets is None:
+        return None
+    elif not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise ProtocolError(BAD_OPTION, "'targets' must be a non-empty list of file names")
+    if len(targets) > MAX_BRACKET:
+        raise ProtocolError(BAD_OPTION, f"at most {MAX_BRACKET} target names")
+    try:
+        return [check_target(t) for t in targets]
+    except ValueError as exc:
+        raise ProtocolError(BAD_OPTION, str(exc)) from None
 
 
 def options_to_wire(options: Any) -> dict[str, Any]:

@@ -1,0 +1,237 @@
+"""The Python API: :class:`Client`, one connection to one worker, optionally starting it.
+
+``from lowlux.client import Client`` (docs/protocol.md, *Python API*). Start-up time matters — the
+darktable script runs ``lowlux client status`` on every poll — so the client imports neither torch,
+nor rawpy, nor numpy: only pyzmq and the standard library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .. import protocol as proto
+from ..config import lock_path, resolve_endpoint
+from ..errors import LowluxError
+from .autostart import AUTOSTART_IDLE_TIMEOUT, START_TIMEOUT, spawn_lock, start_and_wait
+from .connection import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Connection, listening
+from .errors import WorkerError, WorkerUnavailable
+from .files import UPLOAD_RATE, upload_problem, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+class Client:
+    """A connection to one worker, optionally starting it. One per thread (ZeroMQ sockets are not thread-safe).
+
+    ``keys`` (a :class:`lowlux.keys.CurveKeys`) selects the remote mode: the raws' bytes are uploaded
+    and the TIFFs' bytes fetched back and written locally, as the worker does not share this disk.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                 retries: int = DEFAULT_RETRIES, keys: Any = None, name: str | None = None,
+                 autostart: bool = False, weights: str | Path | None = None, device: str | None = None,
+                 start_timeout: float = START_TIMEOUT, idle_timeout: float = AUTOSTART_IDLE_TIMEOUT) -> None:
+        self.endpoint = resolve_endpoint(endpoint)
+        self.keys = keys
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.autostart = autostart and keys is None  # a remote worker cannot be started from here
+        self.weights, self.device = weights, device
+        self.start_timeout, self.idle_timeout = start_timeout, idle_timeout
+        self.conn = Connection(self.endpoint, timeout=timeout, retries=retries, keys=keys)
+        self._checked = False
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @property
+    def remote(self) -> bool:
+        return self.keys is not None
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        return self.conn.request(op, **fields).body
+
+    # ---- worker lifecycle --------------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        """The worker's ping reply; starts a worker first when ``autostart`` and none answers."""
+        if self.autostart:
+            return self.ensure_worker()
+        return self.request("ping")
+
+    def _quick_ping(self) -> dict[str, Any] | None:
+        """A ping that gives up at once when nothing listens, and after one short try otherwise."""
+        try:
+            return self.conn.request("ping", retries=1, timeout=min(self.conn.timeout, 2.0)).body
+        except WorkerUnavailable:
+            return None
+
+    def ensure_worker(self) -> dict[str, Any]:
+        """Ping the worker, starting one (just one, whatever other clients do meanwhile) if none answers."""
+        if listening(self.endpoint) is not False:
+            try:
+                reply = self.request("ping")
+            except WorkerUnavailable as exc:
+                probe = listening(self.endpoint)
+                if probe is None or not self.autostart:
+                    raise
+                if probe:  # alive but silent: starting another would not help
+                    raise WorkerUnavailable(f"{exc}; something listens there but does not answer (a hung "
+                                            f"worker? its pid is in {lock_path(self.endpoint, 'serve')})") from None
+            else:
+                self._checked = True
+                return reply
+        if not self.autostart:
+            raise WorkerUnavailable(f"no lowlux worker runs at {self.endpoint}")
+        with spawn_lock(self.endpoint, self.start_timeout):
+            reply = self._quick_ping()  # another client may have started one while we waited for the lock
+            if reply is None:
+                reply = start_and_wait(self.endpoint, self._quick_ping, weights=self.weights, device=self.device,
+                                       idle_timeout=self.idle_timeout, start_timeout=self.start_timeout)
+        self._checked = True
+        return reply
+
+    def _await_exit(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while listening(self.endpoint) is not False and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def _ensure(self) -> None:
+        if self.autostart and not self._checked:
+            self.ensure_worker()
+
+    def health(self) -> dict[str, Any]:
+        self._ensure()
+        return self.request("health")
+
+    def shutdown(self, *, now: bool = False) -> dict[str, Any]:
+        return self.request("shutdown", now=now)
+
+    # ---- jobs --------------------------------------------------------------------------------------------
+
+    def submit(self, files: Iterable[str | Path], options: dict[str, Any] | None = None, *,
+               hints: dict[str, Any] | None = None) -> str:
+        """Queue ``files`` with ``options`` (see docs/protocol.md); returns the job id at once."""
+        options = dict(options or {})
+        self._ensure()
+        if self.remote:
+            return self._submit_upload([Path(f) for f in files], options, hints)
+        if options.get("out_dir"):
+            options["out_dir"] = os.path.abspath(os.path.expanduser(str(options["out_dir"])))
+        paths = [os.path.abspath(os.path.expanduser(str(f))) for f in files]
+        try:
+            body = self.request("submit", files=paths, options=options, client=self.name, hints=hints or {})
+        except WorkerError as exc:
+            if exc.code != proto.SHUTTING_DOWN or not self.autostart:
+                raise
+            self._await_exit()  # caught a worker on its way out (idle timeout): start the next one
+            self.ensure_worker()
+            body = self.request("submit", files=paths, options=options, client=self.name, hints=hints or {})
+        for warning in body.get("warnings") or ():
+            log.warning("%s", warning)
+        return body["job"]
+
+    def _submit_upload(self, files: list[Path], options: dict[str, Any], hints: dict | None) -> str:
+        """Remote mode: queue the job, then send each raw's bytes (the worker starts on the first at once)."""
+        local = {k: options.pop(k, None) for k in ("out_dir", "overwrite")}
+        paths = [str(f.expanduser().absolute()) for f in files]
+        body = self.request("submit", files=paths, options=options, client=self.name, hints=hints or {},
+                            upload=True)
+        job = body["job"]
+        for index, path in enumerate(paths):
+            problem = upload_problem(Path(path), options, local)
+            if problem:
+                self.request("upload", job=job, index=index, error=problem)
+                continue
+            data = Path(path).read_bytes()
+            try:
+                self.conn.request("upload", job=job, index=index, blobs=[data],
+                                  timeout=self.conn.timeout + len(data) / UPLOAD_RATE)
+            except WorkerError as exc:
+                self.request("upload", job=job, index=index, error=f"{path}: {exc.message}")
+        return job
+
+    def status(self, job: str) -> dict[str, Any]:
+        return self.request("status", job=job)
+
+    def cancel(self, job: str) -> dict[str, Any]:
+        return self.request("cancel", job=job)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.request("jobs")["jobs"]
+
+    def fetch(self, job: str, index: int) -> tuple[list[str], list[bytes]]:
+        """Names and bytes of the TIFFs of one finished file of an upload job."""
+        reply = self.conn.request("fetch", job=job, index=index, timeout=max(self.conn.timeout, 120.0))
+        return reply.body["outputs"], reply.blobs
+
+    def release(self, job: str) -> None:
+        with contextlib.suppress(WorkerError):
+            self.request("release", job=job)
+
+    def iter_results(self, job: str, *, out_dir: str | Path | None = None, overwrite: bool = False,
+                     poll: float = 0.5) -> Iterator[dict[str, Any]]:
+        """Each file's final entry (state, source, outputs, error) as soon as it finishes.
+
+        Remote mode fetches each TIFF as its file finishes and writes it next to the raw (or in
+        ``out_dir``); the entry's ``outputs`` are then the local paths.
+        """
+        reported: set[int] = set()
+        delay = 0.05
+        while True:
+            try:
+                status = self.status(job)
+            except WorkerUnavailable as exc:
+                raise WorkerUnavailable(f"the worker at {self.endpoint} stopped answering while job {job} was "
+                                        f"running (dead? the next submit or ping starts a new one): {exc}") from None
+            except WorkerError as exc:
+                if exc.code == proto.UNKNOWN_JOB and reported:
+                    raise WorkerError(exc.code, f"the worker at {self.endpoint} no longer knows job {job} "
+                                                "(was it restarted?)") from None
+                raise
+            for entry in status["files"]:
+                if entry["state"] in proto.TERMINAL_STATES and entry["index"] not in reported:
+                    reported.add(entry["index"])
+                    if self.remote and entry["state"] == "done":
+                        entry = self._store_fetched(job, entry, out_dir, overwrite)
+                    yield entry
+            if status["state"] in proto.TERMINAL_STATES and len(reported) == len(status["files"]):
+                if self.remote:
+                    self.release(job)
+                return
+            time.sleep(delay)
+            delay = min(poll, delay * 1.5)
+
+    def wait(self, job: str, *, on_file: Callable[[dict[str, Any]], None] | None = None,
+             **kwargs: Any) -> list[dict[str, Any]]:
+        """Block until the job ends; returns every file's entry (``on_file`` sees each as it finishes)."""
+        entries = []
+        for entry in self.iter_results(job, **kwargs):
+            entries.append(entry)
+            if on_file:
+                on_file(entry)
+        return sorted(entries, key=lambda e: e["index"])
+
+    def _store_fetched(self, job: str, entry: dict[str, Any], out_dir: str | Path | None,
+                       overwrite: bool) -> dict[str, Any]:
+        source = Path(entry["source"])
+        folder = Path(out_dir) if out_dir else source.parent
+        try:
+            names, blobs = self.fetch(job, entry["index"])
+            outputs = [str(write_atomic(folder / Path(n).name, data, overwrite)) for n, data in zip(names, blobs)]
+        except (OSError, LowluxError) as exc:
+            message = exc.message if isinstance(exc, WorkerError) else str(exc)
+            return {**entry, "state": "failed", "outputs": [], "error": f"{source}: {message}"}
+        return {**entry, "outputs": outputs}

@@ -1,0 +1,51 @@
+"""The client's side of a remote worker's files: what to refuse before uploading a raw, and how a
+fetched TIFF is written here (atomically, never replacing a file unless asked to). A remote worker
+does not share this disk, so these checks cannot be left to it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..naming import output_names
+from .errors import OutputExists
+
+UPLOAD_RATE = 4 << 20
+"""Bytes per second assumed when scaling the timeout of an upload or a download."""
+
+
+def upload_problem(path: Path, options: dict[str, Any], local: dict[str, Any]) -> str | None:
+    """Reasons to fail a file before sending it: unreadable, or its TIFF would clobber one here."""
+    if not path.exists():
+        return f"{path}: no such file"
+    if not path.is_file():
+        return f"{path}: is not a file"
+    if not os.access(path, os.R_OK):
+        return f"{path}: is not readable"
+    if not local.get("overwrite"):
+        folder = Path(local["out_dir"]) if local.get("out_dir") else path.parent
+        targets = options.get("targets") or ([options["target"]] if options.get("target") else [])
+        for name in output_names(path, options.get("brightness") or (), targets):
+            if (folder / name).exists():
+                return f"{folder / name}: already exists (use --overwrite to replace it)"
+    return None
+
+
+def write_atomic(path: Path, data: bytes, overwrite: bool) -> Path:
+    """Write a fetched TIFF under a temporary name and move it into place only when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        tmp.write_bytes(data)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputExists(f"{path}: already exists (use --overwrite to replace it)") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

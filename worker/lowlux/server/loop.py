@@ -1,0 +1,251 @@
+"""The worker's main thread: load the net on the side, then answer requests until stopped and drained.
+
+The main thread only moves frames between the sockets and :mod:`~lowlux.server.handlers` — it never
+waits on the net — so ``status`` and ``ping`` are answered at once even while a 50-megapixel raw is
+being restored. The work runs on :class:`lowlux.batch.WorkerPipeline`. Once a second the loop does its
+chores: forget old jobs, fail abandoned uploads, notice a failed engine, an idle timeout or a removed
+socket file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from .. import protocol as proto
+from ..batch import WorkerPipeline
+from ..config import ipc_path
+from ..errors import LowluxError
+from ..jobs import Scheduler
+from .handlers import Handlers, Reply
+from .lock import ServeLock
+from .settings import ServerConfig
+from .sockets import Peer, Sockets
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+CHORES_EVERY = 1.0
+"""Seconds between two rounds of housekeeping."""
+
+
+class Server:
+    """The worker: sockets, request handlers, job table and pipeline. ``serve_forever`` runs it."""
+
+    def __init__(self, config: ServerConfig, engine: Any = None) -> None:
+        self.config = config
+        self.scheduler = Scheduler(config.max_queued_files)
+        self._engine = engine
+        self._engine_ready = threading.Event()
+        self._engine_error: BaseException | None = None
+        if engine is not None:
+            self._engine_ready.set()
+        self.pipeline = WorkerPipeline(self.scheduler, self._get_engine, encode_threads=config.encode_threads,
+                                       queue_size=config.queue_size, max_pixels_in_flight=config.max_pixels_in_flight)
+        self.sockets = Sockets(config)
+        self.spool = Spool(config.spool_dir)
+        self.handlers = Handlers(self)
+        self._lock = ServeLock(config.endpoint)
+        self._stop = threading.Event()
+        self._hurry = threading.Event()
+        self._reload_keys = threading.Event()
+        self._started = time.monotonic()
+        self._last_request = time.monotonic()
+        self.bound = threading.Event()
+        self.exit_code = 0
+
+    # ---- start-up ----------------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Claim the endpoint(s); raises ``ConfigError`` (another worker, unsafe endpoint, missing keys)."""
+        endpoint, remote = self.sockets.check()
+        self._lock.acquire()
+        try:
+            self.sockets.bind(endpoint, remote)
+        except BaseException:
+            self.sockets.close()
+            self._lock.release()
+            raise
+        self.bound.set()
+
+    def start_engine(self, engine_config: Any) -> None:
+        """Load the net on a thread: the worker answers ping (``ready: false``) while it loads."""
+        def load() -> None:
+            try:
+                from ..engine import Engine
+
+                engine = Engine(engine_config)
+                warm_up(engine)
+                self._engine = engine
+                log.info("engine ready: %s", engine.describe())
+            except BaseException as exc:  # reported to clients, then the worker exits
+                self._engine_error = exc
+                log.error("cannot load the engine: %s", exc)
+            finally:
+                self._engine_ready.set()
+
+        threading.Thread(target=load, name="lowlux-engine-load", daemon=True).start()
+
+    def _get_engine(self) -> Any:
+        self._engine_ready.wait()
+        if self._engine is None:
+            raise LowluxError(f"the worker has no engine ({self._engine_error})")
+        return self._engine
+
+    @property
+    def ready(self) -> bool:
+        return self._engine_ready.is_set() and self._engine is not None
+
+    @property
+    def engine(self) -> Any:
+        """The loaded engine, or None while it loads (or when it could not)."""
+        return self._engine if self.ready else None
+
+    @property
+    def engine_error(self) -> BaseException | None:
+        """Why the engine could not load, or None."""
+        return self._engine_error
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was asked for (request, signal, idle timeout)."""
+        return self._stop.is_set()
+
+    def stop(self, *, hurry: bool = False) -> None:
+        """Ask the loop to shut down gracefully (thread- and signal-safe)."""
+        if hurry:
+            self._hurry.set()
+        self._stop.set()
+
+    def reload_keys(self) -> None:
+        self._reload_keys.set()
+
+    def serve_forever(self) -> int:
+        """Answer requests until stopped and drained; returns the exit status."""
+        if not self.bound.is_set():
+            self.bind()
+        self.pipeline.start()
+        poller = zmq.Poller()
+        for sock in self.sockets.peers:
+            poller.register(sock, zmq.POLLIN)
+        draining, last_chores = False, 0.0
+        try:
+            while True:
+                for sock, _ in poller.poll(100):
+                    self._drain_socket(sock)
+                if self._stop.is_set() and not draining:
+                    draining = True
+                    log.info("shutting down: cancelling queued files, finishing the one on the net")
+                    self.scheduler.stop(hurry=self._hurry.is_set())
+                elif draining and self._hurry.is_set() and not self.scheduler.hurrying:
+                    self.scheduler.stop(hurry=True)
+                if draining and self.pipeline.drained:
+                    break
+                if time.monotonic() - last_chores > CHORES_EVERY:
+                    last_chores = time.monotonic()
+                    try:
+                        self._chores()
+                    except Exception:  # housekeeping must never take the worker down
+                        log.exception("housekeeping failed")
+        finally:
+            self.close()
+        return self.exit_code
+
+    def _chores(self) -> None:
+        """Forget old jobs, fail abandoned uploads, notice a failed engine or an idle timeout."""
+        for job in self.scheduler.purge(ttl=self.config.job_ttl, keep=self.config.keep_jobs):
+            self.spool.remove(job)
+        self.scheduler.fail_stale_uploads(self.config.upload_timeout)
+        if self._engine_error is not None and not self._stop.is_set():
+            self.exit_code = 1
+            self.stop(hurry=True)
+        idle_for = time.monotonic() - self._last_request
+        if self.config.idle_timeout and idle_for > self.config.idle_timeout and self.scheduler.idle:
+            log.info("idle for %.0f s: exiting", idle_for)
+            self.stop()
+        self._check_socket_file()
+        if self._reload_keys.is_set():
+            self._reload_keys.clear()
+            self.sockets.reload_authorized()
+
+    def _check_socket_file(self) -> None:
+        """Bind again if the ipc socket file was removed: else no client could reach this worker, and
+        none could replace it while it holds the lock."""
+        if self._stop.is_set() or not self.sockets.socket_file_gone():
+            return
+        if not self.sockets.rebind_local():
+            self.exit_code = 1
+            self.stop()
+
+    def _drain_socket(self, sock: zmq.Socket) -> None:
+        for _ in range(64):  # bounded, so one chatty client cannot starve the other socket
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            peer = self.sockets.peers[sock]
+            if peer.remote:
+                peer = Peer(remote=True, owner=frames[-1].get("User-Id") or "?")
+            reply = self._dispatch_frames(frames, peer)
+            if reply is not None:
+                try:
+                    sock.send_multipart(reply, zmq.NOBLOCK, copy=False)
+                except zmq.ZMQError as exc:  # the peer went away or its pipe is full: drop the reply
+                    log.debug("reply dropped: %s", exc)
+
+    def _dispatch_frames(self, frames: list, peer: Peer) -> list | None:
+        """Unwrap the ROUTER envelope (REQ peers add an empty delimiter, DEALER peers do not)."""
+        if len(frames) < 2:
+            return None
+        envelope = [frames[0]]
+        body = frames[1:]
+        if len(body[0]) == 0:
+            envelope.append(b"")
+            body = body[1:]
+        self._last_request = time.monotonic()
+        if not body:
+            reply = Reply(proto.error_reply(None, proto.BAD_REQUEST, "empty request"))
+        else:
+            reply = self.handlers.handle(body[0], body[1:], peer)
+        return envelope + [proto.dumps(reply.body)] + reply.blobs
+
+    def handle(self, header: Any, blobs: list, peer: Peer) -> Reply:
+        """One request to one reply (see :meth:`Handlers.handle`)."""
+        return self.handlers.handle(header, blobs, peer)
+
+    # ---- shutdown ----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.scheduler.stop(hurry=True)
+        if not self.pipeline.join(timeout=30):
+            log.error("the pipeline did not stop within 30 s")
+        if self._engine is not None and hasattr(self._engine, "close") and self.config.engine is not None:
+            self._engine.close()
+        self.sockets.close()
+        self.spool.close()
+        path = ipc_path(self.config.endpoint)
+        if path is not None and self._lock.held:  # ours: no stale socket for the next client to probe
+            path.unlink(missing_ok=True)
+        self._lock.release()
+        log.info("worker stopped")
+
+
+def warm_up(engine: Any) -> None:
+    """One small forward before serving: lazy runtime set-up (thread pools, kernels) is not paid by the
+    first user's file. A failure is logged; real files will then fail with their own reasons."""
+    import numpy as np
+
+    try:
+        engine.restore(np.zeros((64, 64), np.float32), 1.0)
+    except Exception as exc:
+        log.warning("warm-up forward failed: %s: %s", exc.__class__.__name__, exc)

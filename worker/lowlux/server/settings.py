@@ -1,0 +1,49 @@
+"""The worker's settings and their defaults, written once: ``ServerConfig`` and ``lowlux serve``'s
+flags both take them from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import protocol as proto
+from ..jobs import MAX_PIXELS_IN_FLIGHT, MAX_QUEUED_FILES
+
+MiB = 1 << 20
+LOCAL_MAX_FRAME = 128 * MiB
+"""Frames above this are dropped by ZeroMQ itself (the peer is disconnected); smaller junk gets a reply."""
+
+ENCODE_THREADS = 2
+MAX_UPLOAD_MB = 512
+JOB_TTL = 3600.0
+"""Seconds a finished job stays queryable."""
+KEEP_JOBS = 1000
+UPLOAD_TIMEOUT = 600.0
+"""Seconds an upload job waits for a file's bytes before that file fails."""
+IDLE_TIMEOUT = 0.0
+"""Exit after this many seconds with no request and no work (0: never)."""
+
+
+@dataclass
+class ServerConfig:
+    endpoint: str
+    listen: str | None = None
+    """Network endpoint (CURVE only), e.g. tcp://0.0.0.0:5592."""
+    keys_dir: Path | None = None
+    """Holds server.key_secret and authorized/ (client public keys) for ``listen``."""
+    engine: Any = None
+    """``EngineConfig`` used to load the engine (unless one is handed to :class:`Server`)."""
+    encode_threads: int = ENCODE_THREADS
+    queue_size: int = 1
+    max_pixels_in_flight: int = MAX_PIXELS_IN_FLIGHT
+    """Decoded frames held at once before decoding the next raw waits (see :mod:`lowlux.batch`)."""
+    max_queued_files: int = MAX_QUEUED_FILES
+    max_files_per_job: int = proto.MAX_FILES_PER_JOB
+    max_upload_bytes: int = MAX_UPLOAD_MB * MiB
+    job_ttl: float = JOB_TTL
+    keep_jobs: int = KEEP_JOBS
+    upload_timeout: float = UPLOAD_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    """Auto-started workers use it (see :data:`lowlux.client.autostart.AUTOSTART_IDLE_TIMEOUT`)."""
+    spool_dir: Path | None = None
