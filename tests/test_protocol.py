@@ -100,11 +100,19 @@ def test_options_to_wire_carries_every_enhance_option(tmp_path):
     from lowlux.pipeline import EnhanceOptions
 
     options = EnhanceOptions(brightness=(0.3, 0.7), amplification=50.0, out_dir=tmp_path, overwrite=True,
-                             compression="deflate")
+                             compression="deflate", format="dng")
     wire = proto.options_to_wire(options)
     assert proto.check_options(wire) == wire
     assert wire == {"brightness": [0.3, 0.7], "amplification": 50.0, "variant": options.variant, "overwrite": True,
-                    "compression": "deflate", "out_dir": str(tmp_path)}
+                    "compression": "deflate", "format": "dng", "out_dir": str(tmp_path)}
+
+
+def test_a_dng_target_must_end_in_dng_and_a_tiff_target_in_tif():
+    assert proto.check_options({"format": "dng", "target": "x_lowlux.dng"})["targets"] == ["x_lowlux.dng"]
+    for bad in ({"format": "dng", "target": "x.tif"}, {"target": "x.dng"}):
+        with pytest.raises(proto.ProtocolError) as err:
+            proto.check_options(bad)
+        assert err.value.code == proto.BAD_OPTION
 
 
 # ---- TSV ---------------------------------------------------------------------------------------------------------

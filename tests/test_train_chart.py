@@ -146,7 +146,8 @@ def test_the_canon_550d_chart_comes_from_its_raw(tmp_path):
 
 
 def test_a_whole_evaluation_reports_the_chart(tmp_path, tiny_weights):
-    from lowlux.train.evaluate import build_eval_set, chart_table, run_eval
+    from lowlux.train.evalset import build_eval_set
+    from lowlux.train.evaluate import chart_table, run_eval
     from test_train_eval import _photos
 
     items = build_eval_set(None, _photos(tmp_path, size=64), tmp_path / "cache")

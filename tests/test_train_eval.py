@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 from conftest import SHARED, need
-from lowlux.train.evaluate import EvalItem, build_eval_set, evaluate, raw_items, run_eval
+from lowlux.train.evaluate import evaluate, run_eval
+from lowlux.train.evalset import EvalItem, build_eval_set, raw_items
 from lowlux.train.metrics import GT_GC_GAMMAS, gt_gc, psnr, ssim
 from lowlux.train.split import HOLDOUT_ROWS
 from lowlux.train.unprocess import sony_colour

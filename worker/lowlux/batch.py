@@ -206,7 +206,3 @@ class WorkerPipeline:
         else:
             log.error("unexpected failure: %s", message, exc_info=exc)
         self.scheduler.finish(task, "failed", error=message)
-
-
-Pipeline = WorkerPipeline
-"""The former name, still used by :mod:`lowlux.bench`."""

@@ -70,7 +70,10 @@ def add_enhance_options(p: argparse.ArgumentParser) -> None:
                    help=f"amplifier constants (default {DEFAULT_VARIANT}; see README)")
     g.add_argument("--out-dir", "-o", type=Path, help="folder for the TIFFs (default: next to each raw)")
     g.add_argument("--overwrite", action="store_true", help="replace existing TIFFs")
-    g.add_argument("--compress", action="store_true", help="deflate-compress the TIFFs (smaller, slower)")
+    g.add_argument("--compress", action="store_true", help="deflate-compress the outputs (lossless; smaller, slower)")
+    g.add_argument("--format", choices=("tiff", "dng"), default="tiff",
+                   help="tiff: 16-bit sRGB (default); dng: scene-referred linear DNG for darktable's scene-referred "
+                        "workflow (camera-native linear RGB, the raw's colour matrices; needs lowlux's linear weights)")
 
 
 def enhance_options_from_args(args: argparse.Namespace) -> Any:
@@ -84,6 +87,7 @@ def enhance_options_from_args(args: argparse.Namespace) -> Any:
         out_dir=args.out_dir,
         overwrite=args.overwrite,
         compression="deflate" if args.compress else "none",
+        format=args.format,
     )
 
 

@@ -25,9 +25,9 @@ from .dng import write_linear_dng
 from .errors import InputError
 from .model import LINEAR_CAMERA_WB, SRGB
 from .mosaic import CodedMosaic, Crop, apply_orientation, coded_for_net, orientation_canvas
-from .naming import EXTENSIONS, FORMATS, SUFFIX, check_targets, output_names  # noqa: F401  (SUFFIX: kept importable)
+from .naming import EXTENSIONS, FORMATS, check_targets, output_names
 from .raw import read_raw
-from .tiff import check_output, to_uint16, to_uint16_into, write_tiff
+from .tiff import check_output, to_uint16_into, write_tiff
 
 log = logging.getLogger(__name__)
 

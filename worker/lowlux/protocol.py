@@ -34,7 +34,8 @@ FILE_STATES = ("queued", "running", "done", "failed", "cancelled")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"done", "failed", "cancelled"})
 
-OPTION_FIELDS = ("brightness", "amplification", "variant", "out_dir", "overwrite", "compression", "target", "targets")
+OPTION_FIELDS = ("brightness", "amplification", "variant", "out_dir", "overwrite", "compression", "format", "target",
+                 "targets")
 
 
 class ProtocolError(Exception):
@@ -193,7 +194,7 @@ def check_options(raw: Any) -> dict[str, Any]:
         if not _is_number(raw["amplification"]):
             raise ProtocolError(BAD_OPTION, "'amplification' must be a number")
         out["amplification"] = float(raw["amplification"])
-    for name, kind in (("variant", str), ("out_dir", str), ("compression", str), ("overwrite", bool)):
+    for name, kind in (("variant", str), ("out_dir", str), ("compression", str), ("format", str), ("overwrite", bool)):
         if raw.get(name) is not None:
             if not isinstance(raw[name], kind):
                 raise ProtocolError(BAD_OPTION, f"'{name}' must be {_kind_names([kind])}")
@@ -220,7 +221,7 @@ def _targets(raw: Mapping[str, Any]) -> list[str] | None:
     if len(targets) > MAX_BRACKET:
         raise ProtocolError(BAD_OPTION, f"at most {MAX_BRACKET} target names")
     try:
-        return [check_target(t) for t in targets]
+        return [check_target(t, raw.get("format") or "tiff") for t in targets]
     except ValueError as exc:
         raise ProtocolError(BAD_OPTION, str(exc)) from None
 
@@ -233,6 +234,7 @@ def options_to_wire(options: Any) -> dict[str, Any]:
         "variant": options.variant,
         "overwrite": bool(options.overwrite),
         "compression": options.compression,
+        "format": getattr(options, "format", "tiff"),
         "out_dir": str(out_dir) if out_dir is not None else None,
     }
     if options.amplification is not None:

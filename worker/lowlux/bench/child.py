@@ -12,12 +12,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from .accuracy import diff_to_saved, photo_diff
 from .configs import Config
+from .engines import make_engine
 from .memory import maxrss_mb, peak_rss_mb, reset_peak
 from .workload import bench_input, pad32
 
@@ -30,25 +29,6 @@ def run_child(kind: str, payload: dict) -> dict:
         name = payload.get("config", {}).get("name", "")
         raise RuntimeError(f"bench child failed ({kind} {name}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def make_engine(engine_config):
-    """An engine with the requested weights, or random weights when none are installed (speed only)."""
-    from ..engine import Engine
-    from ..errors import WeightsError
-
-    try:
-        return Engine(engine_config)
-    except WeightsError:
-        from dataclasses import replace
-
-        from ..model import LowLightNet, msra_init
-        from ..weights import save_weights
-
-        path = Path(tempfile.gettempdir()) / "lowlux-bench-random.safetensors"
-        if not path.exists():
-            save_weights(msra_init(LowLightNet()), path, {"note": "random weights for timing"})
-        return Engine(replace(engine_config, weights=path))
 
 
 def measure_net(config: Config, size: tuple[int, int], runs: int, warmup: int, weights: str | None,

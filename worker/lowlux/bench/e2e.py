@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .child import make_engine
+from .engines import make_engine
 from .memory import maxrss_mb, peak_rss_mb, reset_peak
 from .workload import bench_input
 
@@ -60,12 +60,12 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
 
 
 def batch_per_file(engine, raw: Path, options, count: int) -> float:
-    """Seconds per file through the worker's own pipeline (:class:`lowlux.batch.Pipeline`): the next
+    """Seconds per file through the worker's own pipeline (:class:`lowlux.batch.WorkerPipeline`): the next
     file decodes while the net runs on this one, TIFFs are written on other threads, within the
     pipeline's bound on frames in flight."""
     import os
 
-    from ..batch import Pipeline
+    from ..batch import WorkerPipeline
     from ..jobs import Job, Scheduler
 
     files = []
@@ -75,7 +75,7 @@ def batch_per_file(engine, raw: Path, options, count: int) -> float:
             os.link(raw, f)
         files.append(str(f))
     scheduler = Scheduler()
-    pipeline = Pipeline(scheduler, lambda: engine)
+    pipeline = WorkerPipeline(scheduler, lambda: engine)
     pipeline.start()
     job = Job(client="bench", options=options)
     job.add_files(files)

@@ -58,7 +58,7 @@ import numpy as np
 from .. import curves
 from ..colour import D65_XYZ, RGB_TO_XYZ, CameraColour, linear_srgb, render_srgb, white_balance_mosaic
 from .cache import DEFAULT_CACHE_DIR, cache_raw
-from .evaluate import MODES, EvalItem, Restorer, _darken
+from .evalset import MODES, EvalItem, Restorer, _darken
 from .unprocess import BROOKS_XYZ_TO_CAMS, SONY_A7S2_XYZ_TO_CAM, mosaic, white_balanced
 
 log = logging.getLogger(__name__)

@@ -98,7 +98,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _eval_items(args):
-    from .evaluate import build_eval_set
+    from .evalset import build_eval_set
 
     if args.eval_raw is None and args.eval_clean is None:
         return None

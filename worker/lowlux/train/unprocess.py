@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import curves
-from ..colour import RGB_TO_XYZ, CameraColour
+from ..colour import CameraColour
 
 # XYZ -> camera matrices used by Brooks et al. for random colour matrices.
 BROOKS_XYZ_TO_CAMS = np.array([
