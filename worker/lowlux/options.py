@@ -101,7 +101,7 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def summary_line(total: int, failed: int, written: int | None = None) -> str:
-    """``3 of 4 file(s) restored, 6 TIFF(s) written, 1 failed``, the last line of a batch on stderr."""
+    """``3 of 4 file(s) restored, 6 output(s) written, 1 failed``, the last line of a batch on stderr."""
     return (f"{total - failed} of {total} file(s) restored"
-            + (f", {written} TIFF(s) written" if written is not None else "")
+            + (f", {written} output(s) written" if written is not None else "")
             + (f", {failed} failed" if failed else ""))

@@ -125,8 +125,8 @@ def _finisher(decoded: Decoded, space: str, fmt: str):
     """The colour stage for one output, applied band by band before quantisation (None: as is)."""
     if space == SRGB:
         if fmt != "tiff":
-            raise InputError(decoded.source, "a DNG needs lowlux's linear weights; these weights output sRGB "
-                                             "(the paper's mode): write a TIFF, or use the default weights")
+            raise InputError(decoded.source, "a DNG needs lowlux's linear weights (output space linear-camera-wb); "
+                                             "these weights output sRGB (the paper's mode): write a TIFF instead")
         return None
     colour = decoded.colour
     if fmt == "tiff":
@@ -197,6 +197,6 @@ def encode(decoded: Decoded, images: list[np.ndarray], options: EnhanceOptions) 
 
 
 def enhance_file(engine, source: str | Path, options: EnhanceOptions = EnhanceOptions()) -> list[Path]:
-    """Restore one raw file and write its TIFF(s); returns the paths written."""
+    """Restore one raw file and write its output(s); returns the paths written."""
     decoded = decode(source, options)
     return encode(decoded, infer(engine, decoded), options)

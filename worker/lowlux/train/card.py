@@ -11,8 +11,30 @@ import json
 import shutil
 from pathlib import Path
 
+from ..model import LINEAR_CAMERA_WB, SRGB
 from ..weights import read_metadata
-from .evaluate import markdown_table
+from .evaluate import chart_table, markdown_table
+
+CREDITS = """Photographs (unprocessed into raws for training; every 6th of each folder held out for evaluation):
+Kodak test images (Kodak, released for unrestricted use); McMaster colour test set (research data set);
+CLIC 2025 validation and test sets (photographs from Unsplash, Unsplash License; credit: Unsplash and the
+CLIC challenge); GB82 image set by Gianni Rosato (CC0 1.0); Cloudinary Image Dataset CID22 (CC BY-SA 4.0;
+credit: Cloudinary, CID22). Real raws: a Canon EOS 550D colour-chart DNG (tinydng project, MIT; evaluation
+only) and four GoPro DNGs (GoPro's gpr project, Apache-2.0 or MIT)."""
+
+NOISE = {
+    SRGB: "the Sony α7S II physics-based noise model of Wei et al. (CVPR 2020)",
+    LINEAR_CAMERA_WB: ("the noise of many cameras: the Sony α7S II calibration of Wei et al.'s model, the five "
+                       "cameras of the ELD release (Wei et al., CVPR 2020; MIT) and darktable's Poisson-Gaussian "
+                       "profiles from ISO 800 up (read at training time where darktable is installed, not copied)"),
+}
+TARGETS = {
+    SRGB: "targets rendered the way SID rendered its ground truth (LibRaw, camera WB, no auto-brightness)",
+    LINEAR_CAMERA_WB: ("inputs white-balanced with the shot's multipliers, targets in linear white-balanced camera "
+                       "RGB (LibRaw's AHD demosaic of the clean raw; for photographs, unprocessed through real "
+                       "cameras' colour matrices), compared on lowlux's tone curve; colour then comes from each "
+                       "raw's own matrices (`lowlux.colour`)"),
+}
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -52,6 +74,14 @@ def _which(meta: dict[str, str], config: dict) -> str:
             f"and the shipped ones are the {'average' if kind.startswith('ema') else 'trained weights'}")
 
 
+def _chart_section(results: dict) -> str:
+    """The virtual-camera ColorChecker table, when the evaluation ran it."""
+    if not results.get("chart"):
+        return ""
+    return ("ColorChecker through real cameras' matrices (mean CIEDE2000 over the 24 patches, lower is better; "
+            "`lowlux.train.chart`):\n\n" + chart_table(results) + "\n")
+
+
 def model_card(run_dir: Path, eval_json: Path, hardware: str, notes: str = "") -> str:
     config = json.loads((run_dir / "config.json").read_text())
     meta = read_metadata(run_dir / "best.safetensors")
@@ -62,6 +92,7 @@ def model_card(run_dir: Path, eval_json: Path, hardware: str, notes: str = "") -
     items = ", ".join(i["name"] for i in results["items"])
     hours = float(eval_rows[-1]["wall_s"]) / 3600 if eval_rows else 0.0
     last_step = log_rows[-1]["step"] if log_rows else 0
+    space = meta.get("output_space", config.get("output_space", SRGB))
     return f"""# lowlux default weights
 
 `lowlux-default.safetensors`: the restoration net of Lamba & Mitra (CVPR 2021) trained by lowlux's
@@ -70,10 +101,10 @@ none of the authors' weights were used to make it.
 
 ## Training
 
+- Output space: `{space}` (in the weights' metadata).
 - Data: {', '.join(_source(s) for s in config['source_names'])}. Real raws made dark (exposure ratio
-  100-300 plus the Sony α7S II physics-based noise model of Wei et al., CVPR 2020) and photographs
-  unprocessed into raws (Brooks et al., CVPR 2019); targets rendered the way SID rendered its ground
-  truth (LibRaw, camera WB, no auto-brightness). The evaluation images are held out (`lowlux.train.split`).
+  100-300 plus {NOISE[space]}) and photographs unprocessed into raws (Brooks et al., CVPR 2019);
+  {TARGETS[space]}. The evaluation images are held out (`lowlux.train.split`).
 - Steps: {meta.get('steps', '?')} (best eval PSNR) of {last_step} run so far{_which(meta, config)}.
 - Batch {config['batch']}, {config['crop']} px crops, Adam lr {config['lr']:g}, {config['lr_after']:g} from step
   {config['lr_drop_at'] or config['steps'] // 2}, loss {config['l1_weight']:g} L1 +
@@ -87,10 +118,15 @@ Mean over images; "authors" is their released SID-Sony checkpoint (evaluation on
 "baseline" is {results.get('baseline', 'LibRaw + non-local means')}.
 
 {markdown_table(results)}
+{_chart_section(results)}
 Eval PSNR / SSIM against training steps (GT exposure ratio, this model only):
 
 {_curve_table(eval_rows, max(1, len(eval_rows) // 15), meta.get('steps', ''))}
 {notes}
+
+## Data credits
+
+{CREDITS}
 """
 
 
