@@ -87,6 +87,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="the authors' checkpoint (non-commercial licence: evaluation only)")
     p.add_argument("--no-baseline", action="store_true", help="skip the classical LibRaw + NLM baseline")
     p.add_argument("--no-gc", action="store_true", help="skip the GT-GC scores (21 references per image)")
+    p.add_argument("--group", choices=("comparable", "new"), default="comparable",
+                   help="evaluation images: the 12 every evaluation so far used, or the held-out parts of the "
+                        "data added since (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default: %(default)s)")
     p.add_argument("--no-chart", action="store_true",
                    help="skip the virtual-camera ColorChecker (ΔE00 through real cameras' matrices)")
@@ -102,7 +105,7 @@ def _eval_items(args):
 
     if args.eval_raw is None and args.eval_clean is None:
         return None
-    items = build_eval_set(args.eval_raw, args.eval_clean, args.cache_dir)
+    items = build_eval_set(args.eval_raw, args.eval_clean, args.cache_dir, getattr(args, "group", "comparable"))
     return items[: args.eval_limit] if args.eval_limit else items
 
 
