@@ -155,3 +155,72 @@ def test_shared_clean_folder_split():
     assert not set(train) & set(held)
     # the comparable group is the seven photographs every earlier evaluation used
     assert sum(eval_group(p) == "comparable" for p in held) == 7
+
+
+# ---- the linear, white-balanced space ------------------------------------------------------------
+
+
+def _noise_photos(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_linear_pairs_are_white_balanced_at_the_input_with_a_linear_target(tmp_path):
+    from lowlux.colour import rggb_gains
+
+    source = CleanSource.from_folder(_noise_photos(tmp_path), tmp_path / "cache", space="linear-camera-wb")
+    data = PairDataset([source], [1.0], 32, seed=3)
+    pair = data.pair(0)
+    x, y = data[0]
+    assert pair.wb[1] == 1.0 and pair.wb != (1.0, 1.0, 1.0)
+    gains = np.tile(rggb_gains(pair.wb), (16, 16))
+    assert np.allclose(x[0].numpy(), np.clip(pair.dark * gains * np.float32(pair.ratio), 0, 1))
+    assert y.shape == (3, 32, 32) and 0 <= float(y.min()) and float(y.max()) <= 1
+
+
+def test_srgb_pairs_are_not_white_balanced(tmp_path):
+    source = CleanSource.from_folder(_noise_photos(tmp_path), tmp_path / "cache")
+    data = PairDataset([source], [1.0], 32, seed=3)
+    pair = data.pair(0)
+    assert pair.wb == (1.0, 1.0, 1.0)
+    assert np.allclose(data[0][0][0].numpy(), np.clip(pair.dark * np.float32(pair.ratio), 0, 1))
+
+
+def test_photographs_get_a_real_cameras_matrix_and_a_plausible_as_shot_balance():
+    from lowlux.colour import CameraColour
+    from lowlux.train.unprocess import REAL_XYZ_TO_CAMS, camera_colour
+
+    rng = np.random.default_rng(0)
+    colours = [camera_colour(rng) for _ in range(200)]
+    real = sum(any(np.allclose(c.xyz_to_cam, m) for m in REAL_XYZ_TO_CAMS) for c in colours)
+    assert 120 < real < 180  # three in four
+    for c in colours:
+        daylight = CameraColour(c.xyz_to_cam, (1.0, 1.0, 1.0)).daylight_wb
+        assert 0.4 < c.wb[0] / daylight[0] < 1.6 and 0.5 < c.wb[2] / daylight[2] < 2.0
+
+
+def test_sid_pairs_are_refused_in_the_linear_space(tmp_path):
+    with pytest.raises(ValueError, match="sRGB only"):
+        SourceSpec.parse(f"sid={tmp_path / 'list.txt'}").open(tmp_path, "linear-camera-wb")
+
+
+def test_the_linear_target_of_a_real_raw_is_libraws_white_balanced_demosaic():
+    rawpy = pytest.importorskip("rawpy")
+    from lowlux.train.cache import cache_raw
+
+    path = need(SHARED / "data" / "raw" / "gopro-hero6-GOPR0024.dng", "a real camera raw")
+    cached = cache_raw(path)
+    linear, mos = cached.linear(), cached.mosaic()
+    assert linear.shape[:2] == mos.shape and linear.dtype == np.uint16
+    # the green of the linear target is the clean mosaic's green, demosaicked: same mean in a block
+    block = (slice(1000, 1200), slice(1000, 1200))
+    green = (mos[block][0::2, 1::2].mean() + mos[block][1::2, 0::2].mean()) / 2
+    assert linear[block][..., 1].mean() / 65535 == pytest.approx(green, rel=0.02)
+    red = mos[block][0::2, 0::2].mean() * cached.colour.wb[0]
+    assert linear[block][..., 0].mean() / 65535 == pytest.approx(min(red, 1.0), rel=0.03)

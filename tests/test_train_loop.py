@@ -230,3 +230,16 @@ def test_a_new_run_can_start_from_shipped_weights(tmp_path):
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+def test_the_linear_loss_compares_on_the_tone_curve():
+    import torch
+
+    from lowlux import curves
+    from lowlux.train.loss import RestorationLoss
+
+    out, target = torch.rand(2, 3, 32, 32) * 0.05, torch.rand(2, 3, 32, 32) * 0.05
+    linear, _ = RestorationLoss(1.0, 0.0, on_curve=True)(out, target)
+    plain, _ = RestorationLoss(1.0, 0.0)(curves.encode(out), curves.encode(target))
+    assert torch.allclose(linear, plain)
+    assert float(linear) > 3 * float(RestorationLoss(1.0, 0.0)(out, target)[0])  # shadows weigh more

@@ -100,3 +100,47 @@ def test_typical_params_sit_in_the_middle_of_the_high_iso_band():
     lo, hi = SONY_A7S2_HIGH_ISO.log_k
     assert np.log(a.k) == pytest.approx((lo + hi) / 2)
     assert a.ratio == 100 and a.read_scale > 0 and a.row_sigma > 0
+
+
+# ---- noise of many cameras ------------------------------------------------------------------------
+
+
+def test_gaussian_read_noise_has_the_profiles_variance():
+    rng = np.random.default_rng(5)
+    p = flat_params(shot=False, row=False, quantise=False, gaussian_read=True, read_scale=3.0)
+    dn = noise.dark_dn(np.zeros((256, 256), np.float32), p, rng)
+    assert dn.mean() == pytest.approx(0.0, abs=0.05) and dn.std() == pytest.approx(3.0, rel=0.02)
+
+
+def test_the_eld_release_gives_five_cameras_with_their_gain_ranges():
+    from conftest import SHARED, need
+
+    folder = need(SHARED / "data" / "noise" / "eld", "the ELD noise parameters")
+    cameras = noise.read_eld_cameras(folder)
+    assert {c.name for c in cameras} == {"SonyA7S2", "NikonD850", "CanonEOS5D4", "CanonEOS70D", "CanonEOS700D"}
+    for cam in cameras:
+        assert cam.log_k[0] < cam.log_k[1] and len(cam.tukey_lambdas) >= 10
+
+
+def test_darktable_profiles_are_read_at_run_time_from_iso_800_green_channel(tmp_path):
+    import json
+
+    path = tmp_path / "noiseprofiles.json"
+    path.write_text(json.dumps({"version": 0, "noiseprofiles": [{"maker": "Acme", "models": [{"model": "X1", "profiles": [
+        {"name": "iso 100", "iso": 100, "a": [3e-6, 1e-6, 2e-6], "b": [1e-8, 1e-8, 1e-8]},
+        {"name": "iso 3200", "iso": 3200, "a": [6e-5, 3e-5, 5e-5], "b": [-1e-7, 2e-7, 1e-7]}]}]}]}))
+    (prof,) = noise.read_darktable_profiles(path)
+    assert (prof.name, prof.iso, prof.a, prof.b) == ("Acme X1", 3200, 3e-5, 2e-7)
+
+
+def test_the_noise_bank_draws_from_every_family_and_is_deterministic(tmp_path):
+    cams = [noise.EldCamera("cam", (0.0, 1.0), (0.5, 0.5, 0.1), (0.5, -1.0, 0.1), (0.1, -0.1))]
+    profs = [noise.PoissonGaussian("Acme X1", 3200, 3e-5, 2e-7)]
+    bank = noise.NoiseBank(cams, profs)
+    draws = [bank.sample(np.random.default_rng([7, i])) for i in range(60)]
+    assert draws == [bank.sample(np.random.default_rng([7, i])) for i in range(60)]
+    gaussian = [d for d in draws if d.gaussian_read]
+    tukey_eld = [d for d in draws if d.tukey_lambda in (0.1, -0.1)]
+    assert gaussian and tukey_eld and len(gaussian) + len(tukey_eld) < len(draws)  # the SID camera too
+    assert gaussian[0].k == pytest.approx(3e-5 * (noise.SONY_WHITE - noise.SONY_BLACK))
+    assert all(100 <= d.ratio <= 300 for d in draws)
