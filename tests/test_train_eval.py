@@ -147,3 +147,15 @@ def test_ssim_matches_pytorch_msssim():
     ref = reference(torch.from_numpy(out.transpose(2, 0, 1))[None], torch.from_numpy(target.transpose(2, 0, 1))[None],
                     data_range=1.0)
     assert ssim(out, target) == pytest.approx(float(ref), abs=1e-4)
+
+
+def test_the_training_curve_reports_the_charts_colour_error():
+    pytest.importorskip("colour")
+    from lowlux.model import LowLightNet
+    from lowlux.train.chart import build_charts
+    from lowlux.train.evaluate import quick_scores
+
+    charts = build_charts(["sony-a7s2"], patch=32)
+    model = LowLightNet("linear-camera-wb").eval()
+    scores = quick_scores(model, charts, charts)
+    assert set(scores) == {"psnr", "ssim", "chart_de00"} and scores["chart_de00"] > 5  # an untrained net

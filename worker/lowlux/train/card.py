@@ -45,12 +45,16 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def _curve_table(eval_rows: list[dict[str, str]], every: int, best_step: str = "") -> str:
     """Every ``every``-th evaluation, the last one and the shipped (best) one."""
     averaged = any(r.get("ema_psnr") for r in eval_rows)
-    head = "| step | eval PSNR (dB) | eval SSIM | hours |" + (" averaged weights: PSNR, SSIM |" if averaged else "")
+    chart = any(r.get("chart_de00") for r in eval_rows)
+    head = ("| step | eval PSNR (dB) | eval SSIM | hours |" + (" chart ΔE00 |" if chart else "")
+            + (" averaged weights: PSNR, SSIM |" if averaged else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     picked = [r for i, r in enumerate(eval_rows)
               if i % every == 0 or i == len(eval_rows) - 1 or r["step"] == best_step]
     for r in picked:
         line = f"| {r['step']} | {float(r['psnr']):.2f} | {float(r['ssim']):.4f} | {float(r['wall_s']) / 3600:.2f} |"
+        if chart:
+            line += f" {float(r['chart_de00']):.2f} |" if r.get("chart_de00") else " |"
         if averaged:
             line += f" {float(r['ema_psnr']):.2f}, {float(r['ema_ssim']):.4f} |" if r.get("ema_psnr") else " |"
         lines.append(line)

@@ -109,6 +109,17 @@ def _eval_items(args):
     return items[: args.eval_limit] if args.eval_limit else items
 
 
+def _charts(args) -> list:
+    """The virtual-camera ColorCheckers for training's periodic evaluation (none without colour-science)."""
+    try:
+        from .chart import build_charts
+
+        return build_charts(None, raw_dir=args.eval_raw, cache_dir=args.cache_dir)
+    except ImportError as exc:
+        log.warning("no ColorChecker in the training curve (%s)", exc)
+        return []
+
+
 def _stop_on_sigterm() -> None:
     """Turn SIGTERM into KeyboardInterrupt so the loop's ``finally`` writes a last checkpoint."""
 
@@ -134,7 +145,8 @@ def run_train(args) -> int:
         bank = NoiseBank.load(args.eld_noise, None if args.no_darktable_noise else darktable_profiles_path())
     sources, weights = open_sources(specs, args.cache_dir, args.output_space, bank)
     items = _eval_items(args) if args.eval_every else None
-    eval_fn = (lambda model: quick_scores(model, items)) if items else None
+    charts = _charts(args) if items else []
+    eval_fn = (lambda model: quick_scores(model, items, charts)) if items else None
     config = TrainConfig(
         run_dir=args.run_dir, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
         lr_after=args.lr_after, lr_drop_at=args.lr_drop_at, l1_weight=args.l1_weight,

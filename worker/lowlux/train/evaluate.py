@@ -131,11 +131,15 @@ def score(out: np.ndarray, target: np.ndarray, with_gc: bool = True) -> dict[str
     return s
 
 
-def quick_scores(model, items: Sequence[EvalItem]) -> dict[str, float]:
-    """Mean PSNR/SSIM of an in-memory model, GT ratio only (the training curve)."""
+def quick_scores(model, items: Sequence[EvalItem], charts: Sequence = ()) -> dict[str, float]:
+    """Mean PSNR/SSIM of an in-memory model, GT ratio only (the training curve), and with ``charts``
+    (:mod:`.chart`) the mean ColorChecker ΔE00 over the cameras."""
     restore = model_restorer(model)
     scores = [score(restore(it, it.ratio), it.target, with_gc=False) for it in items]
-    return {k: float(np.mean([s[k] for s in scores])) for k in ("psnr", "ssim")}
+    out = {k: float(np.mean([s[k] for s in scores])) for k in ("psnr", "ssim")}
+    if charts:
+        out["chart_de00"] = float(np.mean([ch.delta_e(restore(ch, ch.ratio)).mean() for ch in charts]))
+    return out
 
 
 def evaluate(items: Sequence[EvalItem], methods: dict[str, Restorer], modes: Sequence[str] = MODES,

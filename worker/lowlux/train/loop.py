@@ -197,7 +197,8 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     (run / "config.json").write_text(json.dumps(config.to_json(), indent=2))
     keep = step if state is not None else None
     train_log = CsvLog(run / "log.csv", ["step", "loss", "l1", "msssim", "lr", "sec_per_step"], keep)
-    eval_log = CsvLog(run / "eval.csv", ["step", "psnr", "ssim", "wall_s", "ema_psnr", "ema_ssim"], keep)
+    eval_log = CsvLog(run / "eval.csv", ["step", "psnr", "ssim", "wall_s", "ema_psnr", "ema_ssim", "chart_de00",
+                                         "ema_chart_de00"], keep)
 
     dataset = PairDataset(sources, weights, config.crop, config.seed)
     loader = DataLoader(dataset, batch_size=config.batch, sampler=SequentialFrom(step * config.batch),
@@ -236,7 +237,9 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
         eval_log.write(step=step, psnr=f"{scores['psnr']:.4f}", ssim=f"{scores['ssim']:.5f}",
                        wall_s=f"{time.time() - started:.0f}",
                        ema_psnr=f"{averaged['psnr']:.4f}" if averaged else "",
-                       ema_ssim=f"{averaged['ssim']:.5f}" if averaged else "")
+                       ema_ssim=f"{averaged['ssim']:.5f}" if averaged else "",
+                       chart_de00=f"{scores['chart_de00']:.3f}" if "chart_de00" in scores else "",
+                       ema_chart_de00=f"{averaged['chart_de00']:.3f}" if averaged and "chart_de00" in averaged else "")
         log.info("step %d: eval PSNR %.3f dB, SSIM %.4f%s (%.1f s)", step, scores["psnr"], scores["ssim"],
                  f"; averaged {averaged['psnr']:.3f} dB, {averaged['ssim']:.4f}" if averaged else "",
                  time.time() - t)
