@@ -51,7 +51,7 @@ def test_auto_prefers_openvino_then_onnxruntime_then_torch_on_the_cpu(monkeypatc
     monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
     expected = next(name for name in backends.AUTO_ORDER if supports(name, CPU, "float32") is None)
     assert choose_backend("auto", CPU, "float32") == expected
-    monkeypatch.setattr(backends, "installed", lambda name: name == "torch")
+    monkeypatch.setattr(backends.choice, "installed", lambda name: name == "torch")
     assert choose_backend("auto", CPU, "float32") == "torch"
 
 
@@ -71,7 +71,7 @@ def test_unsupported_combinations_are_refused_with_the_reason(monkeypatch):
             choose_backend("onnxruntime", CPU, "bfloat16")
     with pytest.raises(ValueError, match="unknown backend"):
         choose_backend("tensorrt", CPU, "float32")
-    monkeypatch.setattr(backends, "installed", lambda name: name == "torch")
+    monkeypatch.setattr(backends.choice, "installed", lambda name: name == "torch")
     with pytest.raises(ValueError, match="not installed"):
         choose_backend("openvino", CPU, "float32")
     assert supports("openvino", torch.device("cuda"), "float16") is not None  # CPU-only runtimes

@@ -33,24 +33,17 @@ unclipped (an unbiased linear average), then the colour stage applied to those m
 there is what the raw cannot tell: black-level clipping, quantisation, shot noise left after
 averaging and, in the amplifier mode, the amplifier's exposure error.
 
-**Chroma noise** (:func:`chroma_noise`): low-frequency colour blotches, the artefact that survives
-a denoiser's smoothing. Output and target are converted per pixel to CIE Lab (D65 white, Y = 1 at
-the image's full scale) and their a*, b* difference is blurred with a 16-px box; flat regions are
-the pixels where the target's local gradient magnitude (of its Lab image after the same blur) is in
-its lowest 25 %. ``chroma_noise = sqrt(var(Δa*) + var(Δb*))`` over those pixels, in ΔE-like (Lab)
-units: the spread of the output's chroma error, not its mean (a uniform cast is scored by ΔE00, not
-here). It is 0 for the target itself. Colour errors that vary across the frame (a cast that differs
-between objects) count too; on the chart, where each patch is flat, the spread is taken within each
-patch's central half and pooled over the patches (:meth:`Chart.chroma_noise`), so it is noise alone.
+**Chroma noise** on the chart (:meth:`Chart.chroma_noise`): the spread of the output's chroma error
+within each patch's central half, pooled over the patches, so it is noise alone. The colour science
+(the patches' reference colours, Lab, ΔE00 and the chroma-noise figure of any image) is
+:mod:`.colorimetry`; this module is the chart: its cameras, layout, making and scoring.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +51,13 @@ import numpy as np
 from .. import curves
 from ..colour import D65_XYZ, RGB_TO_XYZ, CameraColour, linear_srgb, render_srgb, white_balance_mosaic
 from .cache import DEFAULT_CACHE_DIR, cache_raw
+from .colorimetry import BLUR, CHART, box_blur, delta_e00, patch_names, patch_xyz, srgb_to_lab, xyz_to_lab
+from .colorimetry import chroma_noise, reference_lab  # noqa: F401  (read with the chart's scores: evaluate, tests)
 from .evalset import MODES, EvalItem, Restorer, _darken
 from .unprocess import BROOKS_XYZ_TO_CAMS, SONY_A7S2_XYZ_TO_CAM, mosaic, white_balanced
 
 log = logging.getLogger(__name__)
 
-CHART = "ColorChecker24 - After November 2014"
 ROWS, COLS = 4, 6
 WHITE_PATCH = 18
 """Patch 19, "white 9.5" (0-based index)."""
@@ -77,8 +71,6 @@ CHART_RATIOS = (100.0, 250.0)
 DEFAULT_RATIO = 100.0
 CHART_INDEX = 50_000
 """Seeds of the charts' noise: evaluation index CHART_INDEX + ratio (the same for every camera)."""
-BLUR = 16
-FLAT_FRACTION = 0.25
 
 SHARED_RAWS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "raw"
 
@@ -138,50 +130,6 @@ def chart_cameras(names: Sequence[str] | None = None, raw_dir: str | Path | None
         xyz_to_cam = np.asarray(cache_raw(path, cache_dir).colour.xyz_to_cam, dtype=np.float64)
         out.append(ChartCamera(name, xyz_to_cam, f"LibRaw's matrix of {path.name}", name not in NEVER_TRAINED))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Reference colours
-
-
-def _colour_science():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # colour-science warns about optional plotting packages
-        import colour
-
-    return colour
-
-
-@cache
-def patch_xyz() -> np.ndarray:
-    """The 24 patches' XYZ under D65 (Bradford from the chart's D50), perfect white Y = 1 (24 x 3)."""
-    cs = _colour_science()
-    chart = cs.CCS_COLOURCHECKERS[CHART]
-    xyz_d50 = cs.xyY_to_XYZ(np.array(list(chart.data.values()), dtype=np.float64))
-    white_d50 = cs.xy_to_XYZ(np.asarray(chart.illuminant, dtype=np.float64))
-    xyz = cs.chromatic_adaptation(xyz_d50, white_d50, D65_XYZ, method="Von Kries", transform="Bradford")
-    xyz.setflags(write=False)
-    return xyz
-
-
-def patch_names() -> list[str]:
-    return list(_colour_science().CCS_COLOURCHECKERS[CHART].data)
-
-
-def xyz_to_lab(xyz: np.ndarray) -> np.ndarray:
-    """XYZ (white Y = 1) -> CIE Lab with the D65 white (L* in 0..100)."""
-    cs = _colour_science()
-    return cs.XYZ_to_Lab(np.asarray(xyz, dtype=np.float64), cs.XYZ_to_xy(D65_XYZ))
-
-
-def reference_lab() -> np.ndarray:
-    """The chart's known colours: Lab (D65 white) of :func:`patch_xyz` (24 x 3)."""
-    return xyz_to_lab(patch_xyz())
-
-
-def delta_e00(lab: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """CIEDE2000 per row (colour-science)."""
-    return np.asarray(_colour_science().delta_E(lab, reference, method="CIE 2000"), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,42 +243,6 @@ def build_charts(cameras: Sequence[str | ChartCamera] | None = None, ratio: floa
         named = iter(chart_cameras(names, raw_dir, cache_dir))
         resolved = [c if isinstance(c, ChartCamera) else next(named) for c in cameras]
     return [make_chart(c, ratio, patch) for c in resolved]
-
-
-# ---------------------------------------------------------------------------------------------
-# Chroma noise
-
-
-def box_blur(image: np.ndarray, size: int = BLUR) -> np.ndarray:
-    """Mean over a size x size window around each pixel (edges repeated), H x W (x C) float64."""
-    x = np.asarray(image, dtype=np.float64)
-    lo, hi = size // 2, size - size // 2
-    for axis in (0, 1):
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (lo + 1, hi - 1)
-        c = np.cumsum(np.pad(x, pad, mode="edge"), axis=axis)
-        n = x.shape[axis]
-        x = (np.take(c, np.arange(size, size + n), axis=axis) - np.take(c, np.arange(n), axis=axis)) / size
-    return x
-
-
-def srgb_to_lab(srgb: np.ndarray) -> np.ndarray:
-    """Curve-encoded sRGB (lowlux's/LibRaw's curve) -> per-pixel Lab, D65 white at full scale."""
-    lin = np.asarray(curves.decode(np.asarray(srgb, dtype=np.float32)), dtype=np.float64)
-    return xyz_to_lab(lin @ RGB_TO_XYZ.T)
-
-
-def chroma_noise(out: np.ndarray, target: np.ndarray, blur: int = BLUR, flat: float = FLAT_FRACTION) -> float:
-    """Spread of the output's low-frequency chroma error in the target's flat regions (Lab units);
-    see the module docstring."""
-    lab_out, lab_target = srgb_to_lab(out), srgb_to_lab(target)
-    diff = box_blur(lab_out[..., 1:] - lab_target[..., 1:], blur)
-    smooth = box_blur(lab_target, blur)
-    gy, gx = np.gradient(smooth, axis=(0, 1))
-    gradient = np.sqrt((gy**2 + gx**2).sum(axis=-1))
-    mask = gradient <= np.quantile(gradient, flat)
-    d = diff[mask]
-    return float(np.sqrt(d[:, 0].var() + d[:, 1].var()))
 
 
 # ---------------------------------------------------------------------------------------------

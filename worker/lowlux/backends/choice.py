@@ -1,0 +1,136 @@
+"""Which backend runs the net: what each can do here, the automatic order, and building the chosen one.
+
+:func:`choose_backend` picks the fastest one installed that supports the device and precision
+(:data:`AUTO_ORDER`, measured in docs/benchmarks.md, "Why the defaults are what they are"), unless one
+is named (``EngineConfig.backend`` or the ``LOWLUX_BACKEND`` environment variable);
+:func:`create_backend` builds it. One module for the decision, so that the runtimes' modules hold
+how they run and nothing about when they are used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..model import LowLightNet
+from .base import DTYPES, Backend
+from .onnxruntime_backend import OnnxRuntimeBackend
+from .openvino_backend import OpenVinoBackend
+from .torch_backend import TorchBackend
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "openvino", "onnxruntime")
+BACKEND_ENV = "LOWLUX_BACKEND"
+AUTO_ORDER = ("openvino", "onnxruntime", "torch")
+
+BYTES_PER_PIXEL = {("torch", "float32"): 100.0, ("openvino", "float32"): 60.0, ("openvino", "bfloat16"): 36.0,
+                   ("onnxruntime", "float32"): 120.0}
+"""Working memory of a forward per input pixel, input and output excluded (measured at 12 MP,
+rounded up); decides when and how finely to tile."""
+
+
+def bytes_per_pixel(backend: str, dtype: str) -> float:
+    return BYTES_PER_PIXEL.get((backend, dtype), BYTES_PER_PIXEL.get((backend, "float32"), 120.0))
+
+
+def installed(name: str) -> bool:
+    if name == "torch":
+        return True
+    module = {"openvino": "openvino", "onnxruntime": "onnxruntime"}[name]
+    return importlib.util.find_spec(module) is not None
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 dot-product instructions (AVX-512 BF16 or AMX): bf16 is then faster than f32, not emulated."""
+    flags = _cpu_flags()
+    if flags:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@lru_cache(maxsize=1)
+def _openvino_capabilities() -> frozenset[str]:
+    import openvino as ov
+
+    return frozenset(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def supports(name: str, device: torch.device, dtype: str) -> str | None:
+    """None if backend ``name`` can run on ``device`` in ``dtype``, else the reason it cannot."""
+    if name not in BACKENDS:
+        return f"unknown backend {name!r} (choose from auto, {', '.join(BACKENDS)})"
+    if dtype not in DTYPES:
+        return f"unknown dtype {dtype!r}"
+    if not installed(name):
+        return f"{name} is not installed (pip install 'lowlux[fast]')"
+    if name == "torch":
+        if device.type == "cpu" and dtype == "float16":
+            return "float16 on the CPU is emulated by torch (slower than float32); use bfloat16 or a GPU"
+        return None
+    if device.type != "cpu":
+        return f"the {name} backend runs on the CPU only"
+    if name == "onnxruntime":
+        return None if dtype == "float32" else "the onnxruntime backend runs float32 only"
+    caps = _openvino_capabilities()
+    if dtype == "bfloat16" and "BF16" not in caps:
+        return "this CPU has no bf16 instructions for OpenVINO"
+    if dtype == "float16" and "FP16" not in caps:
+        return "this CPU has no fp16 instructions for OpenVINO"
+    return None
+
+
+def choose_backend(requested: str, device: torch.device, dtype: str) -> str:
+    """The backend to use: the requested one (checked), or the first that fits in :data:`AUTO_ORDER`."""
+    if requested in ("", "auto"):
+        requested = os.environ.get(BACKEND_ENV, "auto") or "auto"
+    if requested != "auto":
+        reason = supports(requested, device, dtype)
+        if reason:
+            raise ValueError(f"backend {requested}: {reason}")
+        return requested
+    order = AUTO_ORDER if device.type == "cpu" else ("torch",)
+    reasons = []
+    for name in order:
+        reason = supports(name, device, dtype)
+        if reason is None:
+            return name
+        reasons.append(f"{name}: {reason}")
+    raise ValueError(f"no backend runs {dtype} on {device}: " + "; ".join(reasons))
+
+
+def create_backend(name: str, model: LowLightNet, weights: Path, device: torch.device, dtype: str, *,
+                   concurrent: bool = False, channels_last: bool = False, threads: int | None = None,
+                   cache: str | Path | None = None, cuda_graphs: bool = True) -> Backend:
+    """Build backend ``name`` for a loaded net (exporting its graphs first if the backend needs them)."""
+    if name == "torch":
+        return TorchBackend(model, device, dtype, concurrent=concurrent, channels_last=channels_last,
+                            cuda_graphs=cuda_graphs)
+    from ..export import exported_graphs
+
+    cls = {"openvino": OpenVinoBackend, "onnxruntime": OnnxRuntimeBackend}[name]
+    graphs = exported_graphs(model, weights, cache)
+    try:
+        return cls(graphs, dtype, threads)
+    except Exception as exc:  # a damaged cache file: export again, once
+        log.warning("cached graphs for %s unreadable (%s); exporting again", weights.name, exc)
+        return cls(exported_graphs(model, weights, cache, force=True), dtype, threads)
