@@ -169,16 +169,13 @@ def write_linear_dng(
     import tifffile
 
     from . import __version__
-    from .tiff import COMPRESSIONS, _move_into_place, _temp_name, check_output, copy_metadata
-    from .errors import OutputError
+    from .tiff import COMPRESSIONS, write_output
 
     path = Path(path)
     if linear_camera.dtype != np.uint16 or linear_camera.ndim != 3 or linear_camera.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 uint16 image, got {linear_camera.dtype} {linear_camera.shape}")
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
-    check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     colour_tags = source_colour_tags(source) if source is not None else []
     if not colour_tags:
         colour_tags = [(50721, "2i", 9, tuple(_rational(np.asarray(colour.xyz_to_cam).ravel())), True),
@@ -197,21 +194,12 @@ def write_linear_dng(
         (50717, "I", 1, 65535, True),  # WhiteLevel
     ]
     kwargs = {"compression": compression, "predictor": True} if compression != "none" else {}
-    tmp, tagged = _temp_name(path), _temp_name(path, "m")
-    try:
+
+    def write(tmp: Path) -> None:
         with tifffile.TiffWriter(tmp) as tif:
             tif.write(_preview(linear_camera, colour), photometric="rgb", subfiletype=1, subifds=1,
                       software=f"lowlux {__version__}", extratags=tags, metadata=None)
             tif.write(np.ascontiguousarray(linear_camera), photometric=_LINEAR_RAW, planarconfig="contig",
                       subfiletype=0, extratags=image_tags, metadata=None, **kwargs)
-        done = tmp
-        if source is not None and copy_metadata(Path(source), tmp, tagged):
-            done = tagged
-            tmp.unlink()
-        _move_into_place(done, path, overwrite)
-    except OSError as exc:
-        raise OutputError(path, f"cannot write ({exc.strerror or exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-        tagged.unlink(missing_ok=True)
-    return path
+
+    return write_output(path, write, source=source, overwrite=overwrite)

@@ -18,6 +18,7 @@ import io
 import logging
 import os
 from functools import lru_cache
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -202,22 +203,27 @@ def write_tiff(
         raise ValueError(f"expected an H x W x 3 uint16 image, got {rgb.dtype} {rgb.shape}")
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
-    check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, tagged = _temp_name(path), _temp_name(path, "m")
     kwargs = {}
     if compression != "none":
         kwargs = {"compression": compression, "predictor": True}
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(tmp, rgb, photometric="rgb", iccprofile=srgb_icc_profile(),
+                         software=f"lowlux {__version__}", metadata=None, **kwargs)
+
+    return write_output(path, write, source=source, overwrite=overwrite)
+
+
+def write_output(path: Path, write: Callable[[Path], None], *, source: str | Path | None = None,
+                 overwrite: bool = False) -> Path:
+    """The one way lowlux writes an output file (TIFF or DNG): ``write(tmp)`` writes the image to a
+    temporary name in the target folder, the raw's metadata is added, and the file is moved into place
+    atomically; a disk error is an ``OutputError`` naming the file, and nothing partial is left."""
+    check_output(path, overwrite)
+    tmp, tagged = _temp_name(path), _temp_name(path, "m")
     try:
-        tifffile.imwrite(
-            tmp,
-            rgb,
-            photometric="rgb",
-            iccprofile=srgb_icc_profile(),
-            software=f"lowlux {__version__}",
-            metadata=None,
-            **kwargs,
-        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
         done = tmp
         if source is not None and copy_metadata(Path(source), tmp, tagged):
             done = tagged
