@@ -185,9 +185,14 @@ def enhance_on_cluster(files: Sequence[str | Path], options: EnhanceOptions, eng
     return [(src, outcomes[i]) for i, src in enumerate(sources)]
 
 
+def job_folders(sources: Sequence[Path], options: EnhanceOptions) -> list[str]:
+    """The folders a job writes into (where its hidden staging folders are)."""
+    return sorted({str(output_paths(Path(src), options)[0].parent) for src in sources})
+
+
 def _remove_job_dirs(client, sources: list[Path], options: EnhanceOptions, job_id: str) -> None:
     """The job's hidden folders beside the outputs, removed by a worker (it sees the shared storage)."""
-    folders = sorted({str(output_paths(src, options)[0].parent) for src in sources})
+    folders = job_folders(sources, options)
     with contextlib.suppress(Exception):
         client.submit(staging.remove_job_dirs, folders, job_id, key=f"lowlux-{job_id}-cleanup",
                       pure=False).result(timeout=60)

@@ -15,6 +15,7 @@ of the worker reaches the client as a failed future.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -74,6 +75,21 @@ def _message(exc: BaseException, display: str, replacements: dict[str, str]) -> 
     return text if display in text else f"{display}: {text}"
 
 
+def _job_still_open(attempt: Path, made: int) -> bool:
+    """False when the client removed the job's folders meanwhile (the job ended or was cancelled: this
+    attempt is a leftover whose result nobody awaits). The writers recreate a removed folder, hence
+    the inode; the recreated folders are removed here so nothing is left behind."""
+    try:
+        if attempt.stat().st_ino == made:
+            return True
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(attempt, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        attempt.parent.rmdir()  # only if empty: other leftovers remove their own
+    return False
+
+
 def _host() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -102,6 +118,7 @@ def restore_shared(source: str, index: int, job_id: str, options: EnhanceOptions
                 attempt = staging.attempt_dir(folder, job_id, index)
             except OSError as exc:
                 raise OutputError(folder, f"cannot write here ({exc.strerror or exc})") from exc
+            made = attempt.stat().st_ino
             local = replace(options, out_dir=attempt, overwrite=True)
             decoded = decode(src, local)
             images = infer(engine, decoded)
@@ -109,6 +126,8 @@ def restore_shared(source: str, index: int, job_id: str, options: EnhanceOptions
             decoded.outputs = [decoded.outputs[i] for i in keep]
             staged = encode(decoded, [images[i] for i in keep], local)
             _hold(src, "staged")
+            if not _job_still_open(attempt, made):
+                raise LowluxError(f"{source}: cancelled (its job ended while it was being restored)")
             for path, final in zip(staged, todo):
                 staging.publish(path, final, overwrite=options.overwrite, job_id=job_id, index=index)
                 published += 1
