@@ -60,6 +60,7 @@ def run_local(files, options, config) -> dict:
     from lowlux.pipeline import enhance_file
 
     engine = Engine(config)
+    described = engine.describe()
     enhance_file(engine, files[0], replace(options, out_dir=options.out_dir / "warm"))
     start = time.perf_counter()
     for f in files:
@@ -67,7 +68,8 @@ def run_local(files, options, config) -> dict:
     seconds = time.perf_counter() - start
     engine.close()
     return {"config": f"local enhance_file loop, net on {config.threads or 'all'} thread(s)", "workers": 0,
-            "upload": False, "files": len(files), "seconds": seconds, "files_per_s": len(files) / seconds}
+            "upload": False, "files": len(files), "backend": described["backend"], "seconds": seconds,
+            "files_per_s": len(files) / seconds}
 
 
 def run_cluster(files, options, config, workers: int, upload: bool, cache: str) -> dict:

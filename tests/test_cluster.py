@@ -241,3 +241,49 @@ def test_the_front_door_reports_each_file_and_cancels(raws, tmp_path, config, cl
     two = tmp_path / "two"
     wait_for(lambda: not two.exists() or not any(p.name.startswith(".") for p in two.iterdir()), 30,
              "the cancelled job's leftovers to go")
+
+
+def test_the_command_line_pieces(raws, tmp_path, config, cluster, capsys, monkeypatch):
+    import argparse
+
+    from lowlux.cluster.cli import EXIT_FAILED, EXIT_USAGE, add_cluster_arguments, add_cluster_parser
+    from lowlux.cluster.cli import run_enhance_on_cluster
+
+    monkeypatch.setenv("LOWLUX_CLUSTER", cluster.scheduler_address)
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_cluster_parser(sub)
+    add_cluster_arguments(sub.add_parser("enhance"))
+    args = parser.parse_args(["enhance", "--cluster-timeout", "30"])
+    assert args.cluster == cluster.scheduler_address and not args.upload
+    assert parser.parse_args(["cluster", "local", "--workers", "3"]).workers == 3
+
+    files = [raws[0], tmp_path / "missing.dng", raws[1]]
+    assert run_enhance_on_cluster(args, files, EnhanceOptions(out_dir=tmp_path / "out"), config) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'missing.dng'}: file not found" in err
+    assert f"2 of 3 file(s) restored on {cluster.scheduler_address}, 2 TIFF(s) written, 1 failed" in err
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        args.cluster, args.cluster_timeout = f"tcp://127.0.0.1:{s.getsockname()[1]}", 1.0
+    assert run_enhance_on_cluster(args, files, EnhanceOptions(out_dir=tmp_path / "out"), config) == EXIT_USAGE
+    assert args.cluster in capsys.readouterr().err
+
+
+def test_a_local_cluster_listens_on_loopback_until_stopped():
+    from distributed import Client
+
+    from lowlux.cluster.local import serve_local_cluster
+
+    stop, seen = threading.Event(), {}
+
+    def ready(address: str) -> None:
+        with Client(address, timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(1, timeout=60)
+            seen["workers"] = list(client.scheduler_info()["workers"])
+        stop.set()
+
+    address = serve_local_cluster(1, ready=ready, stop=stop)
+    assert address.startswith("tcp://127.0.0.1:")
+    assert len(seen["workers"]) == 1 and seen["workers"][0].startswith("tcp://127.0.0.1:")

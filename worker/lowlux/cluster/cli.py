@@ -75,7 +75,7 @@ def run_enhance_on_cluster(args: argparse.Namespace, files: Sequence[Path], opti
 
 
 def cmd_cluster_local(args: argparse.Namespace) -> int:
-    from .local import local_cluster
+    from .local import serve_local_cluster
 
     def ready(address: str) -> None:
         print(address, flush=True)
@@ -83,7 +83,7 @@ def cmd_cluster_local(args: argparse.Namespace) -> int:
               f"use --cluster {address} or export {ENV_ADDRESS}={address}; Ctrl-C stops it", file=sys.stderr)
 
     try:
-        local_cluster(args.workers, args.threads_per_worker, ready=ready)
+        serve_local_cluster(args.workers, args.threads_per_worker, ready=ready)
     except (ClusterError, ValueError) as exc:
         print(f"lowlux cluster local: {exc}", file=sys.stderr)
         return EXIT_USAGE

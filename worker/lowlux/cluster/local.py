@@ -26,14 +26,39 @@ def start_local_cluster(workers: int, threads_per_worker: int = 1, *, memory_lim
     kwargs = {"env": env} if env else {}
     return distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                                     host="127.0.0.1", scheduler_port=0, dashboard_address=None,
+                                    # no dashboard; its health endpoint on a free loopback port, not 8787
+                                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                                     memory_limit=memory_limit, **kwargs)
 
 
-def local_cluster(workers: int, threads_per_worker: int = 1, *, ready: Callable[[str], None] | None = None,
-                  stop: threading.Event | None = None) -> str:
-    """Run a local cluster until Ctrl-C (or ``stop``); ``ready(address)`` once it listens. Returns the address."""
+_running: dict[str, object] = {}
+_running_lock = threading.Lock()
+
+
+def local_cluster(workers: int, threads_per_worker: int = 1) -> str:
+    """Start a loopback cluster that lives until :func:`stop_local_cluster` (or this process ends);
+    returns its scheduler's address."""
     cluster = start_local_cluster(workers, threads_per_worker)
-    address = cluster.scheduler_address
+    with _running_lock:
+        _running[cluster.scheduler_address] = cluster
+    return cluster.scheduler_address
+
+
+def stop_local_cluster(address: str) -> bool:
+    """Close a cluster started by :func:`local_cluster`; False if there is none at ``address``."""
+    with _running_lock:
+        cluster = _running.pop(address, None)
+    if cluster is None:
+        return False
+    cluster.close()
+    return True
+
+
+def serve_local_cluster(workers: int, threads_per_worker: int = 1, *, ready: Callable[[str], None] | None = None,
+                        stop: threading.Event | None = None) -> str:
+    """``lowlux cluster local``: run a local cluster until Ctrl-C, SIGTERM or ``stop``; ``ready(address)``
+    once it listens. Returns the address."""
+    address = local_cluster(workers, threads_per_worker)
     stop = stop or threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -48,5 +73,5 @@ def local_cluster(workers: int, threads_per_worker: int = 1, *, ready: Callable[
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        cluster.close()
+        stop_local_cluster(address)
     return address
