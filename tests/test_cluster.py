@@ -287,3 +287,14 @@ def test_a_local_cluster_listens_on_loopback_until_stopped():
     address = serve_local_cluster(1, ready=ready, stop=stop)
     assert address.startswith("tcp://127.0.0.1:")
     assert len(seen["workers"]) == 1 and seen["workers"][0].startswith("tcp://127.0.0.1:")
+
+
+def test_weights_the_workers_cannot_load_fail_the_batch_at_once(raws, tmp_path, cluster):
+    from lowlux.cluster.submit import enhance_on_cluster
+
+    bad = EngineConfig(weights=tmp_path / "absent.safetensors", backend="torch", threads=1)
+    with pytest.raises(ClusterError, match="cannot load the engine") as caught:
+        enhance_on_cluster(raws[:2], EnhanceOptions(out_dir=tmp_path / "out"), bad, cluster.scheduler_address,
+                           connect_timeout=30)
+    assert cluster.scheduler_address in str(caught.value) and "absent.safetensors" in str(caught.value)
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ The engine is loaded on a thread so the worker's event loop (heartbeats, transfe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
@@ -87,4 +88,9 @@ def register_engine(client, config: EngineConfig) -> None:
     """Load ``config``'s engine on every worker now (a failure there is raised here, e.g. bad weights)."""
     plugin = EnginePlugin(config)
     register = getattr(client, "register_plugin", None) or client.register_worker_plugin
-    register(plugin)
+    try:
+        register(plugin)
+    except Exception:
+        with contextlib.suppress(Exception):  # or every worker that joins later would fail the same way
+            client.unregister_worker_plugin(plugin.name)
+        raise
