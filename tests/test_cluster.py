@@ -146,15 +146,18 @@ def times_started(cluster, index: int) -> int:
     return sum(1 for entry in log if entry[0] == keys[-1] and entry[2] == "processing")
 
 
-@pytest.mark.parametrize("point", ["staged", "published"])
-def test_a_worker_killed_mid_batch_costs_nothing(raws, tmp_path, config, cluster, local_engine, hold_dir, point):
-    """The worker dies with f2 restored but not published, or published but not reported: Dask reruns
-    it elsewhere, and the rerun publishes once (or recognises its own file) without failing."""
+@pytest.mark.parametrize("point, upload", [("staged", False), ("published", False), ("published", True)],
+                         ids=["staged", "published", "upload"])
+def test_a_worker_killed_mid_batch_costs_nothing(raws, tmp_path, config, cluster, local_engine, hold_dir, point,
+                                                 upload):
+    """The worker dies with f2 restored but not published, or published but not reported (or, uploaded,
+    with its output bytes ready): Dask reruns it elsewhere, and the rerun publishes once (or recognises
+    its own file) without failing."""
     out = tmp_path / "out"
     hold = hold_dir / f"f2.dng.{point}"
     hold.touch()
     box = {}
-    job = threading.Thread(target=lambda: box.setdefault("results", run(raws, out, config, cluster)))
+    job = threading.Thread(target=lambda: box.setdefault("results", run(raws, out, config, cluster, upload=upload)))
     job.start()
     try:
         held = wait_for(lambda: list(hold_dir.glob(f"f2.dng.{point}.*.held")), 60, "f2 to reach the hold point")
