@@ -31,6 +31,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         from .client.via_worker import enhance_via_worker
 
         return enhance_via_worker(args, options)
+    if getattr(args, "cluster", None):
+        from .cluster.cli import run_enhance_on_cluster
+
+        return run_enhance_on_cluster(args, args.files, options, engine_config_from_args(args))
     from .engine import Engine
 
     try:
@@ -87,6 +91,9 @@ def _add_enhance(sub) -> None:
     add_engine_arguments(p)
     p.add_argument("--via-worker", action="store_true", help="send the files to a running (or started) worker")
     p.add_argument("--endpoint", help="worker endpoint for --via-worker")
+    from .cluster.cli import add_cluster_arguments
+
+    add_cluster_arguments(p)
     p.set_defaults(func=cmd_enhance)
 
 
@@ -124,6 +131,7 @@ REGISTRARS: dict[str, Callable] = {
     "serve": _optional(".server.command:add_serve_parser"),
     "client": _optional(".client.command:add_client_parser"),
     "keys": _optional(".keys:add_keys_parser"),
+    "cluster": _optional(".cluster.cli:add_cluster_parser"),
 }
 
 
