@@ -16,9 +16,10 @@ from conftest import sha256
 from lowlux import protocol as proto
 from lowlux.client import Client, WorkerError, WorkerUnavailable
 from lowlux.config import ConfigError
-from lowlux.keys import authorize, generate, load_client_keys
+from lowlux.keys import generate
 from lowlux.server import Server, ServerConfig
-from workerkit import GatedEngine, endpoint, engine, free_port, raw_request, runtime, serving, wait_for  # noqa: F401
+from workerkit import (GatedEngine, curve_setup, endpoint, engine, free_port, raw_request, runtime,  # noqa: F401
+                       serving, wait_for)
 
 
 def request(ep: str, op: str, **fields) -> dict:
@@ -317,19 +318,6 @@ def test_a_worker_whose_engine_cannot_load_says_why_and_exits(runtime, endpoint)
 
 
 # ---- remote mode ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def curve_setup(tmp_path):
-    """A worker keys folder with one authorized client, and a second, unauthorized client."""
-    server_dir, client_dir = tmp_path / "server-keys", tmp_path / "client-keys"
-    generate(server_dir, "server")
-    client_public, client_secret = generate(client_dir, "client")
-    authorize(server_dir, client_public)
-    _, stranger_secret = generate(client_dir, "stranger")
-    keys = load_client_keys(server_dir / "server.key", client_secret, {})
-    stranger = load_client_keys(server_dir / "server.key", stranger_secret, {})
-    return server_dir, keys, stranger
 
 
 def test_remote_clients_upload_raws_and_get_tiffs_back(engine, endpoint, curve_setup, make_dng, tmp_path):

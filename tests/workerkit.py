@@ -181,3 +181,18 @@ def ready(endpoint: str, timeout: float = 120.0, proc: subprocess.Popen | None =
             return reply if reply.get("ready") else None
 
     return wait_for(ping, timeout, f"a ready worker at {endpoint}")
+
+
+@pytest.fixture
+def curve_setup(tmp_path):
+    """A worker keys folder with one authorized client, and a second, unauthorized client."""
+    from lowlux.keys import authorize, generate, load_client_keys
+
+    server_dir, client_dir = tmp_path / "server-keys", tmp_path / "client-keys"
+    generate(server_dir, "server")
+    client_public, client_secret = generate(client_dir, "client")
+    authorize(server_dir, client_public)
+    _, stranger_secret = generate(client_dir, "stranger")
+    keys = load_client_keys(server_dir / "server.key", client_secret, {})
+    stranger = load_client_keys(server_dir / "server.key", stranger_secret, {})
+    return server_dir, keys, stranger

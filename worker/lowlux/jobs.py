@@ -46,6 +46,8 @@ class FileTask:
     finished: float | None = None
     pixels: int = 0
     """The decoded frame's size, counted in flight until the file ends (see Scheduler.next_task)."""
+    names: list[str] = field(default_factory=list)
+    """Upload jobs: the outputs' names as the client names them (from its own source name)."""
 
     @property
     def terminal(self) -> bool:
@@ -55,10 +57,17 @@ class FileTask:
     def schedulable(self) -> bool:
         return self.state == "queued" and self.uploaded
 
+    @property
+    def wire_outputs(self) -> list[str]:
+        """What a client is told of the outputs: paths, or for uploads the names it gave them."""
+        if self.job.spool is None:
+            return list(self.outputs)
+        if self.outputs and len(self.names) == len(self.outputs):  # not the worker's spool names
+            return list(self.names)
+        return [Path(p).name for p in self.outputs]
+
     def to_wire(self) -> dict[str, Any]:
-        outputs = self.outputs
-        if self.job.spool is not None:  # a remote client sees names, not the worker's folders
-            outputs = [Path(p).name for p in outputs]
+        outputs = self.wire_outputs
         return {"index": self.index, "state": self.state, "stage": self.stage, "source": self.display,
                 "outputs": list(outputs), "error": self.error}
 

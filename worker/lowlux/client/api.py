@@ -19,6 +19,7 @@ from typing import Any
 from .. import protocol as proto
 from ..config import lock_path, resolve_endpoint
 from ..errors import LowluxError
+from ..naming import client_basename, names_for_options
 from .autostart import AUTOSTART_IDLE_TIMEOUT, START_TIMEOUT, spawn_lock, start_and_wait
 from .connection import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Connection, listening
 from .errors import WorkerError, WorkerUnavailable
@@ -46,6 +47,8 @@ class Client:
         self.start_timeout, self.idle_timeout = start_timeout, idle_timeout
         self.conn = Connection(self.endpoint, timeout=timeout, retries=retries, keys=keys)
         self._checked = False
+        self._naming: dict[str, dict[str, Any]] = {}
+        """Upload jobs submitted here: the options their fetched TIFFs are named with."""
 
     def __enter__(self) -> Client:
         return self
@@ -150,6 +153,7 @@ class Client:
         body = self.request("submit", files=paths, options=options, client=self.name, hints=hints or {},
                             upload=True)
         job = body["job"]
+        self._naming[job] = dict(options)
         for index, path in enumerate(paths):
             problem = upload_problem(Path(path), options, local)
             if problem:
@@ -178,6 +182,7 @@ class Client:
         return reply.body["outputs"], reply.blobs
 
     def release(self, job: str) -> None:
+        self._naming.pop(job, None)
         with contextlib.suppress(WorkerError):
             self.request("release", job=job)
 
@@ -224,13 +229,28 @@ class Client:
                 on_file(entry)
         return sorted(entries, key=lambda e: e["index"])
 
+    def _local_names(self, job: str, source: Path, sent: list[str]) -> list[str]:
+        """The fetched TIFFs' names by the one rule (:func:`lowlux.naming.output_names`) from this client's
+        source name; for a job submitted elsewhere, the worker's names (the same rule), as bare names."""
+        options = self._naming.get(job)
+        if options is not None:
+            return names_for_options(source, options)
+        names = [client_basename(str(n)) for n in sent]
+        if any(not n or n.startswith(".") for n in names):
+            raise WorkerError(proto.BAD_REQUEST, f"the worker sent output names that are not plain file names: {sent}")
+        return names
+
     def _store_fetched(self, job: str, entry: dict[str, Any], out_dir: str | Path | None,
                        overwrite: bool) -> dict[str, Any]:
         source = Path(entry["source"])
         folder = Path(out_dir) if out_dir else source.parent
         try:
             names, blobs = self.fetch(job, entry["index"])
-            outputs = [str(write_atomic(folder / Path(n).name, data, overwrite)) for n, data in zip(names, blobs)]
+            names = self._local_names(job, source, names)
+            if len(names) != len(blobs):
+                raise WorkerError(proto.BAD_REQUEST, f"the worker sent {len(blobs)} file(s) for {len(names)} "
+                                                     "output name(s)")
+            outputs = [str(write_atomic(folder / n, data, overwrite)) for n, data in zip(names, blobs)]
         except (OSError, LowluxError) as exc:
             message = exc.message if isinstance(exc, WorkerError) else str(exc)
             return {**entry, "state": "failed", "outputs": [], "error": f"{source}: {message}"}

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..naming import output_names
+from ..naming import names_for_options
 from .errors import OutputExists
 
 UPLOAD_RATE = 4 << 20
@@ -26,8 +26,7 @@ def upload_problem(path: Path, options: dict[str, Any], local: dict[str, Any]) -
         return f"{path}: is not readable"
     if not local.get("overwrite"):
         folder = Path(local["out_dir"]) if local.get("out_dir") else path.parent
-        targets = options.get("targets") or ([options["target"]] if options.get("target") else [])
-        for name in output_names(path, options.get("brightness") or (), targets):
+        for name in names_for_options(path, options):
             if (folder / name).exists():
                 return f"{folder / name}: already exists (use --overwrite to replace it)"
     return None

@@ -18,6 +18,7 @@ import zmq
 from .. import __version__
 from .. import protocol as proto
 from ..jobs import FileTask, Job, QueueFull
+from ..naming import client_basename, names_for_options
 from ..protocol import ProtocolError, Reply
 from .job_options import build_options, check_targets_fit, local_path
 from .memory import peak_rss_bytes, rss_bytes
@@ -113,6 +114,8 @@ class Handlers:
             job.options = build_options({**wire, "out_dir": None, "overwrite": True})
             job.spool = spool.new(job.id)
             job.add_files(spool.sources(job, files), files, uploaded=False)
+            for task in job.tasks:
+                task.names = names_for_options(client_basename(task.display), job.options)
         else:
             job.options = build_options(wire, local=True)
             job.add_files([local_path(f, "files") for f in files])
@@ -195,7 +198,7 @@ class Handlers:
             data = [Path(p).read_bytes() for p in task.outputs]
         except OSError as exc:
             raise ProtocolError(proto.UNKNOWN_JOB, f"the TIFFs of {task.display} are gone ({exc.strerror})") from None
-        return Reply(proto.ok_reply(msg, job=job.id, index=task.index, outputs=[Path(p).name for p in task.outputs],
+        return Reply(proto.ok_reply(msg, job=job.id, index=task.index, outputs=task.wire_outputs,
                                     sizes=[len(d) for d in data]), data)
 
     def release(self, msg: dict, blobs: list, peer: Peer) -> Reply:
