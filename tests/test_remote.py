@@ -39,3 +39,16 @@ def test_fetched_results_are_named_after_the_clients_own_source_names(remote, ma
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["w", "夜_lowlux.tif", "朝_lowlux.tif", "sp ace_lowlux.tif", "夜_lowlux_m0.3.tif", "夜_lowlux_m0.6.tif"])
     assert [p.name for p in (out / "w").iterdir()] == ["sp ace_lowlux.tif"]
+
+
+def test_one_raw_over_the_upload_limit_is_refused_by_name_and_the_rest_are_sent(remote, make_dng):
+    listen, keys, start = remote
+    small = [make_dng(f"small{i}.dng", seed=i) for i in range(2)]
+    big = make_dng("big.dng", height=1024, width=768)  # 1.5 MB: over what the socket itself lets through
+    with start(max_upload_bytes=64 * 1024):
+        with Client(listen, keys=keys, timeout=5, retries=1) as client:
+            results = client.wait(client.submit([small[0], big, small[1]]))
+    assert [e["state"] for e in results] == ["done", "failed", "done"]
+    error = results[1]["error"]
+    assert error.count(str(big)) == 1 and "upload limit" in error and "64 KiB" in error, error
+    assert not big.with_name("big_lowlux.tif").exists() and small[1].with_name("small1_lowlux.tif").exists()

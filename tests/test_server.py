@@ -356,14 +356,18 @@ def test_unauthenticated_peers_are_refused(engine, endpoint, curve_setup):
             assert client.ping()["ok"]
 
 
-def test_uploads_above_the_limit_are_refused(engine, endpoint, curve_setup, make_dng, tmp_path):
+def test_uploads_above_the_limit_are_refused(engine, endpoint, curve_setup, make_dng, tmp_path, monkeypatch):
     server_dir, keys, _ = curve_setup
     listen = f"tcp://127.0.0.1:{free_port()}"
     big = make_dng("big.dng", height=256, width=256)
     with serving(engine, endpoint, listen=listen, keys_dir=server_dir, max_upload_bytes=64 * 1024):
         with Client(listen, keys=keys, timeout=10) as client:
             (entry,) = client.wait(client.submit([big]))
-    assert entry["state"] == "failed" and "exceed the upload limit" in entry["error"]
+            monkeypatch.setattr(Client, "_upload_limit", lambda self: None)  # a client that sends it anyway
+            (sent,) = client.wait(client.submit([big]))
+    assert entry["state"] == "failed" and "exceed the worker's upload limit of 64 KiB" in entry["error"]
+    assert sent["state"] == "failed" and "exceed the upload limit" in sent["error"]
+    assert entry["error"].count(str(big)) == sent["error"].count(str(big)) == 1  # the path once, not twice
     assert not big.with_name("big_lowlux.tif").exists()
 
 

@@ -154,8 +154,9 @@ class Client:
                             upload=True)
         job = body["job"]
         self._naming[job] = dict(options)
+        max_bytes = self._upload_limit()
         for index, path in enumerate(paths):
-            problem = upload_problem(Path(path), options, local)
+            problem = upload_problem(Path(path), options, local, max_bytes)
             if problem:
                 self.request("upload", job=job, index=index, error=problem)
                 continue
@@ -164,8 +165,14 @@ class Client:
                 self.conn.request("upload", job=job, index=index, blobs=[data],
                                   timeout=self.conn.timeout + len(data) / UPLOAD_RATE)
             except WorkerError as exc:
-                self.request("upload", job=job, index=index, error=f"{path}: {exc.message}")
+                message = exc.message if exc.message.startswith(path) else f"{path}: {exc.message}"
+                self.request("upload", job=job, index=index, error=message)
         return job
+
+    def _upload_limit(self) -> int | None:
+        """The largest raw the worker takes (``health``'s ``limits``); None when it does not say."""
+        limit = (self.request("health").get("limits") or {}).get("max_upload_bytes")
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
     def status(self, job: str) -> dict[str, Any]:
         return self.request("status", job=job)
