@@ -15,11 +15,11 @@ import zmq
 from conftest import sha256
 from lowlux import protocol as proto
 from lowlux.client import Client, WorkerError, WorkerUnavailable
-from lowlux.config import ConfigError
+from lowlux.config import ConfigError, lock_path
 from lowlux.keys import generate
 from lowlux.server import Server, ServerConfig
 from workerkit import (GatedEngine, curve_setup, endpoint, engine, free_port, raw_request, runtime,  # noqa: F401
-                       serving, wait_for)
+                       serving, short_dir, wait_for)
 
 
 def request(ep: str, op: str, **fields) -> dict:
@@ -302,6 +302,26 @@ def test_a_second_worker_on_the_same_endpoint_is_refused(engine, endpoint):
         assert request(endpoint, "ping")["ok"]  # the first one is untouched
 
 
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+def test_one_worker_per_endpoint_whatever_the_sessions_runtime_folder(engine, runtime, monkeypatch, kind):
+    """Two sessions (one with XDG_RUNTIME_DIR, one with another or none) must not share one socket."""
+    endpoint = f"ipc://{runtime / 'shared.sock'}" if kind == "ipc" else f"tcp://127.0.0.1:{free_port()}"
+    with serving(engine, endpoint):
+        for other in (short_dir(), None):
+            if other is None:
+                monkeypatch.delenv("XDG_RUNTIME_DIR")
+            else:
+                monkeypatch.setenv("XDG_RUNTIME_DIR", str(other))
+            second = Server(ServerConfig(endpoint=endpoint), engine=engine)
+            try:
+                with pytest.raises(ConfigError, match=rf"pid {os.getpid()}\) already serves"):
+                    second.bind()
+            finally:
+                second.sockets.close()
+                second._lock.release()
+        assert request(endpoint, "ping")["ok"] and request(endpoint, "health")["pid"] == os.getpid()
+
+
 def test_a_plain_network_endpoint_is_refused(engine, runtime):
     with pytest.raises(ConfigError, match="reachable from the network"):
         Server(ServerConfig(endpoint=f"tcp://0.0.0.0:{free_port()}"), engine=engine).bind()
@@ -399,10 +419,14 @@ def test_an_idle_worker_exits_by_itself_when_asked_to(engine, endpoint):
 
 
 def test_a_removed_socket_file_is_recreated_and_the_lock_goes_with_the_worker(engine, endpoint, runtime):
-    path = Path(endpoint[len("ipc://"):])
+    path, lock = Path(endpoint[len("ipc://"):]), lock_path(endpoint, "serve")
     with serving(engine, endpoint):
-        assert list((runtime / "lowlux").glob("serve-*.lock"))
+        assert lock.exists() and lock.parent == path.parent  # beside the socket
         path.unlink()  # e.g. a tmp cleaner: the worker must stay reachable (and replaceable)
+        lock.unlink()  # ... and keep its endpoint to itself
         wait_for(path.is_socket, what="the socket back")
+        wait_for(lock.exists, what="the lock back")
         assert request(endpoint, "ping")["ok"]
-    assert not path.exists() and not list((runtime / "lowlux").glob("serve-*.lock"))
+        with pytest.raises(ConfigError, match="already serves"):
+            Server(ServerConfig(endpoint=endpoint), engine=engine).bind()
+    assert not path.exists() and not lock.exists()

@@ -39,13 +39,14 @@ def runtime(monkeypatch) -> Iterator[Path]:
     for name in ("LOWLUX_ENDPOINT", "LOWLUX_SERVER_KEY", "LOWLUX_CLIENT_KEY"):
         monkeypatch.delenv(name, raising=False)
     yield folder
-    kill_stray_workers(folder / "lowlux")
+    kill_stray_workers(folder)
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def kill_stray_workers(folder: Path) -> None:
-    """Workers a test started (auto-started ones too) hold a serve lock with their pid: none may outlive it."""
-    for lock in folder.glob("serve-*.lock"):
+    """Workers a test started (auto-started ones too) hold a serve lock with their pid (beside their
+    socket): none may outlive it."""
+    for lock in folder.rglob("*serve*.lock"):
         pid = lock.read_text().strip()
         if not pid.isdigit():
             continue

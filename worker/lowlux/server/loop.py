@@ -181,7 +181,14 @@ class Server:
     def _check_socket_file(self) -> None:
         """Bind again if the ipc socket file was removed: else no client could reach this worker, and
         none could replace it while it holds the lock."""
-        if self._stop.is_set() or not self.sockets.socket_file_gone():
+        if self._stop.is_set():
+            return
+        if not self._lock.ensure():
+            log.error("another worker took the lock of %s: exiting", self.config.endpoint)
+            self.exit_code = 1
+            self.stop()
+            return
+        if not self.sockets.socket_file_gone():
             return
         if not self.sockets.rebind_local():
             self.exit_code = 1
