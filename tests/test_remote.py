@@ -3,10 +3,21 @@ worker and to the other clients, and that its results come back under the names 
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+import zmq
+
+from lowlux import protocol as proto
 from lowlux.client import Client
-from workerkit import curve_setup, endpoint, engine, free_port, runtime, serving  # noqa: F401
+from lowlux.server.fetches import MAX_FETCHES_PER_PEER
+from workerkit import curve_setup, endpoint, engine, free_port, raw_request, runtime, serving, wait_for  # noqa: F401
+
+
+def request(ep: str, op: str, **fields) -> dict:
+    reply = raw_request(ep, [proto.dumps(proto.make_request(op, **fields))])
+    assert reply is not None, f"no reply to {op}"
+    return json.loads(reply[0])
 
 
 @pytest.fixture
@@ -52,3 +63,35 @@ def test_one_raw_over_the_upload_limit_is_refused_by_name_and_the_rest_are_sent(
     error = results[1]["error"]
     assert error.count(str(big)) == 1 and "upload limit" in error and "64 KiB" in error, error
     assert not big.with_name("big_lowlux.tif").exists() and small[1].with_name("small1_lowlux.tif").exists()
+
+
+def test_a_client_that_never_reads_its_fetches_gets_busy_and_the_worker_holds_few_tiffs(engine, endpoint, make_dng):
+    raw = make_dng("fetchme.dng", height=512, width=768)  # a 2.3 MB TIFF: more than a socket buffer holds
+    sends = 60
+    with serving(engine, endpoint) as server:  # uploads work on the local endpoint too
+        job = request(endpoint, "submit", files=[str(raw)], upload=True)["job"]
+        upload = proto.dumps(proto.make_request("upload", job=job, index=0))
+        assert json.loads(raw_request(endpoint, [upload, raw.read_bytes()])[0])["ok"]
+        wait_for(lambda: request(endpoint, "status", job=job)["state"] == "done", what="the file done")
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.linger = 0
+        sock.rcvhwm, sock.rcvbuf = 1, 64 * 1024  # so that not reading soon stops ZeroMQ reading for us
+        try:
+            sock.connect(endpoint)
+            for _ in range(sends):  # and never a recv while the worker answers them
+                sock.send_multipart([proto.dumps(proto.make_request("fetch", job=job, index=0))])
+            wait_for(lambda: server.fetches.served + server.fetches.refused >= sends, what="every fetch answered")
+            replies = []
+            for _ in range(sends):  # then read what came back (replies beyond the high-water mark are dropped)
+                if not sock.poll(2000):
+                    break
+                replies.append(sock.recv_multipart())
+        finally:
+            sock.close(0)
+        assert request(endpoint, "ping")["ok"]
+    bodies = [json.loads(r[0]) for r in replies]
+    with_data = [b for b, r in zip(bodies, replies) if b["ok"] and len(r) == 2]
+    busy = [b for b in bodies if not b["ok"] and b["error"]["code"] == proto.BUSY]
+    assert server.fetches.served <= MAX_FETCHES_PER_PEER + 1 and len(with_data) <= MAX_FETCHES_PER_PEER + 1
+    assert server.fetches.refused >= sends - MAX_FETCHES_PER_PEER - 1 and busy
+    assert "read the replies" in busy[0]["error"]["message"]

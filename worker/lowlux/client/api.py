@@ -27,6 +27,9 @@ from .files import UPLOAD_RATE, upload_problem, write_atomic
 
 log = logging.getLogger(__name__)
 
+FETCH_PATIENCE = 120.0
+"""Seconds a fetch is asked again while the worker answers ``busy`` (it bounds the TIFFs it sends at once)."""
+
 
 class Client:
     """A connection to one worker, optionally starting it. One per thread (ZeroMQ sockets are not thread-safe).
@@ -183,10 +186,21 @@ class Client:
     def jobs(self) -> list[dict[str, Any]]:
         return self.request("jobs")["jobs"]
 
-    def fetch(self, job: str, index: int) -> tuple[list[str], list[bytes]]:
-        """Names and bytes of the TIFFs of one finished file of an upload job."""
-        reply = self.conn.request("fetch", job=job, index=index, timeout=max(self.conn.timeout, 120.0))
-        return reply.body["outputs"], reply.blobs
+    def fetch(self, job: str, index: int, *, patience: float = FETCH_PATIENCE) -> tuple[list[str], list[bytes]]:
+        """Names and bytes of the TIFFs of one finished file of an upload job. A worker busy sending
+        other fetches (of this key's other connections, or of other clients) is asked again, for up to
+        ``patience`` seconds."""
+        deadline, delay = time.monotonic() + patience, 0.05
+        while True:
+            try:
+                reply = self.conn.request("fetch", job=job, index=index, timeout=max(self.conn.timeout, 120.0))
+            except WorkerError as exc:
+                if exc.code != proto.BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            return reply.body["outputs"], reply.blobs
 
     def release(self, job: str) -> None:
         self._naming.pop(job, None)

@@ -195,6 +195,10 @@ class Handlers:
             raise ProtocolError(proto.NOT_READY, f"{task.display} is {task.state}" +
                                 (f": {task.error}" if task.error else ""))
         try:
+            size = sum(os.stat(p).st_size for p in task.outputs)
+            refusal = self.server.fetches.refusal(peer.key, size)
+            if refusal is not None:
+                raise ProtocolError(proto.BUSY, refusal)
             data = [Path(p).read_bytes() for p in task.outputs]
         except OSError as exc:
             raise ProtocolError(proto.UNKNOWN_JOB, f"the TIFFs of {task.display} are gone ({exc.strerror})") from None

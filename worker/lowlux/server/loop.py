@@ -21,7 +21,8 @@ from ..batch import WorkerPipeline
 from ..config import ipc_path
 from ..errors import LowluxError
 from ..jobs import Scheduler
-from .handlers import Handlers, Reply
+from .fetches import FetchGate
+from .handlers import Handlers, Reply, as_bytes
 from .lock import ServeLock
 from .settings import ServerConfig
 from .sockets import Peer, Sockets
@@ -48,6 +49,7 @@ class Server:
                                        queue_size=config.queue_size, max_pixels_in_flight=config.max_pixels_in_flight)
         self.sockets = Sockets(config)
         self.spool = Spool(config.spool_dir)
+        self.fetches = FetchGate()
         self.handlers = Handlers(self)
         self._lock = ServeLock(config.endpoint)
         self._stop = threading.Event()
@@ -200,21 +202,29 @@ class Server:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            peer = self.sockets.peers[sock]
-            if peer.remote:
-                peer = Peer(remote=True, owner=frames[-1].get("User-Id") or "?")
+            if self.sockets.peers[sock].remote:  # one CURVE key is one client, however many connections
+                owner = frames[-1].get("User-Id") or "?"
+                peer = Peer(remote=True, owner=owner, key=owner)
+            else:
+                peer = Peer(remote=False, key=frames[0].bytes)
             reply = self._dispatch_frames(frames, peer)
             if reply is not None:
+                frames_out, data = reply
                 try:
-                    sock.send_multipart(reply, zmq.NOBLOCK, copy=False)
+                    tracker = sock.send_multipart(frames_out, zmq.NOBLOCK, copy=False, track=bool(data))
                 except zmq.ZMQError as exc:  # the peer went away or its pipe is full: drop the reply
                     log.debug("reply dropped: %s", exc)
+                    continue
+                if data:  # a fetch: its bytes count against the peer until ZeroMQ lets go of them
+                    self.fetches.sent(peer.key, tracker, data)
 
-    def _dispatch_frames(self, frames: list, peer: Peer) -> list | None:
+    def _dispatch_frames(self, frames: list, peer: Peer) -> tuple[list, int] | None:
+        """Unwrap the ROUTER envelope (REQ peers add an empty delimiter, DEALER peers do not); the reply's
+        frames and how many bytes of data (TIFFs) they carry."""
         """Unwrap the ROUTER envelope (REQ peers add an empty delimiter, DEALER peers do not)."""
         if len(frames) < 2:
             return None
-        envelope = [frames[0]]
+        envelope = [as_bytes(frames[0])]  # bytes: a received frame cannot be sent again with a tracker
         body = frames[1:]
         if len(body[0]) == 0:
             envelope.append(b"")
@@ -224,7 +234,7 @@ class Server:
             reply = Reply(proto.error_reply(None, proto.BAD_REQUEST, "empty request"))
         else:
             reply = self.handlers.handle(body[0], body[1:], peer)
-        return envelope + [proto.dumps(reply.body)] + reply.blobs
+        return envelope + [proto.dumps(reply.body)] + reply.blobs, sum(len(b) for b in reply.blobs)
 
     def handle(self, header: Any, blobs: list, peer: Peer) -> Reply:
         """One request to one reply (see :meth:`Handlers.handle`)."""
