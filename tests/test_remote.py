@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from lowlux import protocol as proto
-from lowlux.client import Client
+from lowlux.client import Client, WorkerError
 from lowlux.server.fetches import MAX_FETCHES_PER_PEER
 from workerkit import curve_setup, endpoint, engine, free_port, raw_request, runtime, serving, wait_for  # noqa: F401
 
@@ -95,3 +95,27 @@ def test_a_client_that_never_reads_its_fetches_gets_busy_and_the_worker_holds_fe
     assert server.fetches.served <= MAX_FETCHES_PER_PEER + 1 and len(with_data) <= MAX_FETCHES_PER_PEER + 1
     assert server.fetches.refused >= sends - MAX_FETCHES_PER_PEER - 1 and busy
     assert "read the replies" in busy[0]["error"]["message"]
+
+
+def test_one_remote_client_cannot_fill_the_queue_for_everyone(remote, endpoint, make_dng):
+    """Jobs whose bytes never come hold queue places for ten minutes: a remote key gets only its share,
+    and local requests are never refused because of remote ones."""
+    listen, keys, start = remote
+    names = [f"/never/sent{i}.dng" for i in range(10)]
+    with start(max_queued_files=100, max_queued_per_peer=40, max_awaiting_upload_per_peer=30):
+        with Client(listen, keys=keys, timeout=10) as hog:
+            accepted, refusal = 0, None
+            for _ in range(10):
+                try:
+                    hog.conn.request("submit", files=names, upload=True)
+                except WorkerError as exc:
+                    refusal = exc
+                    break
+                accepted += 1
+        assert accepted == 3 and refusal is not None and refusal.code == proto.BUSY
+        assert "awaiting upload" in refusal.message and "30" in refusal.message
+        local = request(endpoint, "submit", files=[str(make_dng("local.dng"))])
+        assert local["ok"], local
+        wait_for(lambda: request(endpoint, "status", job=local["job"])["state"] == "done", what="the local job")
+        limits = request(endpoint, "health")["limits"]
+        assert limits["max_queued_per_peer"] == 40 and limits["max_awaiting_upload_per_peer"] == 30

@@ -22,7 +22,14 @@ from .protocol import TERMINAL_STATES, new_id
 MAX_PIXELS_IN_FLIGHT = 50_000_000
 """Decoded frames held at once (waiting, on the net, being written) before the next raw is decoded."""
 MAX_QUEUED_FILES = 10_000
-"""Files waiting at once on a worker; a submit beyond that is refused as busy."""
+"""Files waiting at once on a worker, counted apart for local and for remote clients (so remote ones
+never crowd out local ones); a submit beyond that is refused as busy."""
+MAX_QUEUED_PER_PEER = 3000
+"""Files one remote client (CURVE key) may have waiting at once."""
+MAX_AWAITING_UPLOAD_PER_PEER = 2000
+"""Files one remote client may have announced and not yet sent: they hold places until they arrive
+(or for ``upload_timeout``), so a client that never sends cannot hold many."""
+LOCAL = "local"
 
 
 @dataclass(eq=False)
@@ -132,8 +139,12 @@ class QueueFull(Exception):
 class Scheduler:
     """The job table and the fair queue; thread-safe."""
 
-    def __init__(self, max_pending_files: int = MAX_QUEUED_FILES) -> None:
+    def __init__(self, max_pending_files: int = MAX_QUEUED_FILES, *, per_peer: int = MAX_QUEUED_PER_PEER,
+                 awaiting_per_peer: int = MAX_AWAITING_UPLOAD_PER_PEER) -> None:
         self.max_pending_files = max_pending_files
+        self.per_peer = per_peer
+        self.awaiting_per_peer = awaiting_per_peer
+        self._pending_by_owner: collections.Counter[str] = collections.Counter()
         self._cond = threading.Condition()
         self._jobs: dict[str, Job] = {}
         self._queues: dict[str, collections.deque[Job]] = {}
@@ -150,12 +161,41 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise QueueFull("the worker is shutting down")
-            if self._pending + len(job.tasks) > self.max_pending_files:
-                raise QueueFull(f"{self._pending} files are queued; the limit is {self.max_pending_files}")
+            self._check_room_locked(job)
             self._jobs[job.id] = job
             self._pending += len(job.tasks)
+            self._pending_by_owner[job.owner] += len(job.tasks)
             self._enqueue(job)
             self._cond.notify_all()
+
+    def _unpend(self, task: FileTask) -> None:
+        self._pending -= 1
+        owner = task.job.owner
+        self._pending_by_owner[owner] -= 1
+        if not self._pending_by_owner[owner]:
+            del self._pending_by_owner[owner]
+
+    def _check_room_locked(self, job: Job) -> None:
+        """Local jobs count against local ones only; a remote client against its own share and all
+        remote clients' together."""
+        count = len(job.tasks)
+        if job.owner == LOCAL:
+            local = self._pending_by_owner[LOCAL]
+            if local + count > self.max_pending_files:
+                raise QueueFull(f"{local} files are queued; the limit is {self.max_pending_files}")
+            return
+        mine = self._pending_by_owner[job.owner]
+        if mine + count > self.per_peer:
+            raise QueueFull(f"you have {mine} files queued; a remote client may have {self.per_peer}")
+        awaiting = sum(1 for other in self._jobs.values() if other.owner == job.owner
+                       for t in other.tasks if t.state == "queued" and not t.uploaded)
+        new = sum(1 for t in job.tasks if not t.uploaded)
+        if new and awaiting + new > self.awaiting_per_peer:
+            raise QueueFull(f"you have {awaiting} files awaiting upload; a remote client may have "
+                            f"{self.awaiting_per_peer} (send their bytes, or cancel those jobs)")
+        remote = self._pending - self._pending_by_owner[LOCAL]
+        if remote + count > self.max_pending_files:
+            raise QueueFull(f"remote clients have {remote} files queued; the limit is {self.max_pending_files}")
 
     def _enqueue(self, job: Job) -> None:
         queue = self._queues.get(job.client)
@@ -236,7 +276,7 @@ class Scheduler:
                 task = None if crowded else self._pick_locked()
                 if task is not None:
                     task.state, task.stage, task.started = "running", "decoding", time.time()
-                    self._pending -= 1
+                    self._unpend(task)
                     self._running += 1
                     return task
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -307,7 +347,7 @@ class Scheduler:
         if task.terminal:
             return
         if task.state == "queued":
-            self._pending -= 1
+            self._unpend(task)
         else:
             self._running -= 1
         self._pixels_in_flight -= task.pixels

@@ -80,7 +80,9 @@ class Handlers:
             endpoint=self.config.endpoint, remote=self.server.sockets.remote_listen,
             limits={"max_files_per_job": self.config.max_files_per_job,
                     "max_upload_bytes": self.config.max_upload_bytes,
-                    "max_queued_files": self.config.max_queued_files}))
+                    "max_queued_files": self.config.max_queued_files,
+                    "max_queued_per_peer": self.config.max_queued_per_peer,
+                    "max_awaiting_upload_per_peer": self.config.max_awaiting_upload_per_peer}))
 
     def shutdown(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         if peer.remote:

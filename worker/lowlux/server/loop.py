@@ -39,7 +39,8 @@ class Server:
 
     def __init__(self, config: ServerConfig, engine: Any = None) -> None:
         self.config = config
-        self.scheduler = Scheduler(config.max_queued_files)
+        self.scheduler = Scheduler(config.max_queued_files, per_peer=config.max_queued_per_peer,
+                                   awaiting_per_peer=config.max_awaiting_upload_per_peer)
         self._engine = engine
         self._engine_ready = threading.Event()
         self._engine_error: BaseException | None = None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol as proto
-from ..jobs import MAX_PIXELS_IN_FLIGHT, MAX_QUEUED_FILES
+from ..jobs import MAX_AWAITING_UPLOAD_PER_PEER, MAX_PIXELS_IN_FLIGHT, MAX_QUEUED_FILES, MAX_QUEUED_PER_PEER
 
 MiB = 1 << 20
 LOCAL_MAX_FRAME = 128 * MiB
@@ -39,6 +39,9 @@ class ServerConfig:
     max_pixels_in_flight: int = MAX_PIXELS_IN_FLIGHT
     """Decoded frames held at once before decoding the next raw waits (see :mod:`lowlux.batch`)."""
     max_queued_files: int = MAX_QUEUED_FILES
+    """Local and remote clients' files are counted apart, each against this."""
+    max_queued_per_peer: int = MAX_QUEUED_PER_PEER
+    max_awaiting_upload_per_peer: int = MAX_AWAITING_UPLOAD_PER_PEER
     max_files_per_job: int = proto.MAX_FILES_PER_JOB
     max_upload_bytes: int = MAX_UPLOAD_MB * MiB
     job_ttl: float = JOB_TTL
