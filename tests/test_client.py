@@ -276,3 +276,19 @@ def test_client_api_waits_from_several_threads(engine, endpoint, make_dng):
     assert sorted(results) == [0, 1, 2, 3]
     assert all(r[0]["state"] == "done" for r in results.values())
     assert proto.TERMINAL_STATES >= {r[0]["state"] for r in results.values()}
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name_and_the_others_go_on(engine, endpoint, make_dng,
+                                                                               capsysbinary):
+    latin = make_dng(os.fsdecode(b"lat\xe9.dng"))  # as argv carries such a name
+    good = make_dng("x.dng")
+    with serving(engine, endpoint):
+        code = client(endpoint, "submit", "--wait", "--format", "tsv", latin, good)
+        out, err = capsysbinary.readouterr()
+    assert code == 1 and b"Traceback" not in err, err
+    lines = out.rstrip(b"\n").split(b"\n")
+    assert lines[0].startswith(b"job\t") and len(lines) == 3
+    failed, done = (line.split(b"\t") for line in sorted(lines[1:], key=lambda line: b"done" in line))
+    error = proto.tsv_unescape(os.fsdecode(failed[4]))
+    assert failed[:3] == [b"file", b"failed", os.fsencode(latin)] and "lat\\xe9.dng: " in error and "UTF-8" in error
+    assert done[:4] == [b"file", b"done", os.fsencode(good), os.fsencode(good.with_name("x_lowlux.tif"))]

@@ -4,6 +4,7 @@ worker and to the other clients, and that its results come back under the names 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import zmq
@@ -119,3 +120,14 @@ def test_one_remote_client_cannot_fill_the_queue_for_everyone(remote, endpoint, 
         wait_for(lambda: request(endpoint, "status", job=local["job"])["state"] == "done", what="the local job")
         limits = request(endpoint, "health")["limits"]
         assert limits["max_queued_per_peer"] == 40 and limits["max_awaiting_upload_per_peer"] == 30
+
+
+def test_a_file_name_that_is_not_utf8_travels_to_a_remote_worker_and_back(remote, make_dng):
+    listen, keys, start = remote
+    latin = make_dng(os.fsdecode(b"lat\xe9.dng"))
+    with start():
+        with Client(listen, keys=keys, timeout=10) as client:
+            (entry,) = client.wait(client.submit([latin]))
+    assert entry["state"] == "done" and entry["source"] == str(latin)
+    assert os.fsencode(entry["outputs"][0]) == os.fsencode(latin.parent) + b"/lat\xe9_lowlux.tif"
+    assert os.path.exists(os.fsencode(latin.parent) + b"/lat\xe9_lowlux.tif")

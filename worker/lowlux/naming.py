@@ -53,6 +53,19 @@ def client_basename(name: str) -> str:
     return PurePosixPath(name.replace("\\", "/")).name
 
 
+def readable(name: str) -> str:
+    """A file name fit to show and to log: bytes that are not UTF-8 shown as ``\\xe9``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_target(name: str, format: str = "tiff") -> str:
     """A target must be a bare, visible file name ending as the format's files do (.tif or .tiff,
     .dng); raises ``ValueError`` otherwise."""

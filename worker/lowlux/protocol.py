@@ -75,7 +75,13 @@ def new_id() -> str:
 
 
 def dumps(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """One JSON frame, UTF-8. A file name that is not UTF-8 (its undecodable bytes are surrogate escapes,
+    as ``os.fsdecode`` gives them) makes the whole frame ASCII with ``\\udcXX`` escapes instead:
+    plain JSON, which decodes back to the very same name."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
 def make_request(op: str, request_id: str | None = None, **fields: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import zmq
 from .. import __version__
 from .. import protocol as proto
 from ..jobs import FileTask, Job, QueueFull
-from ..naming import client_basename, names_for_options
+from ..naming import client_basename, is_utf8, names_for_options, readable
 from ..protocol import ProtocolError, Reply
 from .job_options import build_options, check_targets_fit, local_path
 from .memory import peak_rss_bytes, rss_bytes
@@ -126,6 +126,11 @@ class Handlers:
         except QueueFull as exc:
             spool.remove(job)
             raise ProtocolError(proto.BUSY, str(exc)) from None
+        if not upload:  # the decoder opens files by UTF-8 name: refuse such a file now, by name
+            for task in job.tasks:
+                if not is_utf8(task.source):
+                    self.scheduler.finish(task, "failed", error=f"{readable(task.source)}: the file name is not "
+                                          "valid UTF-8, which the raw decoder cannot open; rename the file")
         reply = proto.ok_reply(msg, job=job.id, total=len(job.tasks), state=job.state, upload=upload,
                                warnings=self._hint_warnings(msg.get("hints")))
         self._remember_submit(key, reply)
