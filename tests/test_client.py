@@ -202,8 +202,16 @@ def test_sigterm_finishes_the_file_on_the_net_and_cancels_the_rest(runtime, tiny
         with Client(endpoint) as c:
             job = c.submit([big, *rest], {"out_dir": str(out)})
             wait_for(lambda: c.status(job)["files"][0]["stage"] == "inferring", what="big on the net")
+        # what darktable runs: it must hear that big is done (and import it), and that the rest was cancelled
+        waiting = subprocess.Popen(lowlux_cmd("client", "--endpoint", endpoint, "wait", job, "--format", "tsv"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 0
+        told, complaint = waiting.communicate(timeout=120)
+    assert waiting.returncode == 1, complaint  # 1: some files were cancelled; not 3, "no worker"
+    lines = sorted((line.split("\t") for line in told.splitlines()), key=lambda fields: fields[1] != "done")
+    assert [line[:2] for line in lines] == [["file", "done"]] + [["file", "cancelled"]] * 4  # as each ended
+    assert lines[0][2:4] == [str(big), str(out / "big_lowlux.tif")]
     assert tifffile.imread(out / "big_lowlux.tif").shape == (1536, 2048, 3)  # finished, complete
     assert sorted(p.name for p in out.iterdir()) == ["big_lowlux.tif"]  # the rest cancelled, no temp files
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,45 @@ def test_graceful_stop_finishes_the_running_file_and_cancels_the_rest(engine, en
     assert {p.name for p in out.iterdir()} == done and leftovers(out) == []
     for name in done:
         assert tifffile.imread(out / name).shape == (96, 128, 3)  # complete files only
+
+
+def test_a_waiting_client_hears_how_every_file_ended_when_the_worker_stops(engine, endpoint, make_dng, tmp_path):
+    """SIGTERM (stop) finishes the file on the net and cancels the rest: a client waiting on the job must
+    still be told so (darktable imports the finished TIFF), not find the worker gone."""
+    import threading
+
+    gated = GatedEngine(engine)
+    raws = [make_dng(f"w{i}.dng", seed=i) for i in range(3)]
+    out = tmp_path / "out"
+    heard: dict = {}
+
+    def wait(job: str, polled: threading.Event, drained: threading.Event) -> None:
+        with Client(endpoint, timeout=5, retries=1) as client:
+            try:
+                client.status(job)
+                polled.set()
+                drained.wait(60)
+                time.sleep(0.3)  # a client polls every 0.5 s: its next poll comes after the last file ended
+                heard["entries"] = client.wait(job)
+            except Exception as exc:  # reported by the assertion below
+                heard["error"] = exc
+
+    with serving(gated, endpoint, linger=5.0) as server:  # linger: the default
+        with Client(endpoint) as client:
+            job = client.submit(raws, {"out_dir": str(out)})
+        assert gated.entered.wait(30)
+        polled, drained = threading.Event(), threading.Event()
+        waiter = threading.Thread(target=wait, args=(job, polled, drained))
+        waiter.start()
+        assert polled.wait(30)
+        server.stop()  # what SIGTERM does
+        gated.gate.set()
+        wait_for(lambda: server.pipeline.drained, what="the pipeline drained")
+        drained.set()
+        waiter.join(60)
+    assert "error" not in heard, heard.get("error")
+    assert [e["state"] for e in heard["entries"]] == ["done", "cancelled", "cancelled"]
+    assert heard["entries"][0]["outputs"] == [str(out / "w0_lowlux.tif")] and (out / "w0_lowlux.tif").exists()
 
 
 def test_a_second_worker_on_the_same_endpoint_is_refused(engine, endpoint):

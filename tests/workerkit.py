@@ -97,7 +97,9 @@ class GatedEngine:
 
 @contextlib.contextmanager
 def serving(engine, endpoint: str, **config) -> Iterator[Server]:
-    """An in-process worker on ``endpoint``, stopped and joined on exit whatever happened."""
+    """An in-process worker on ``endpoint``, stopped and joined on exit whatever happened. It does not
+    linger after stopping (a test that needs that gives ``linger``), so a test's end costs no waiting."""
+    config.setdefault("linger", 0.0)
     server = Server(ServerConfig(endpoint=endpoint, **config), engine=engine)
     server.bind()
     thread = threading.Thread(target=server.serve_forever, name="test-worker", daemon=True)

@@ -96,6 +96,9 @@ class Job:
     """A failure of the job as a whole (its files could not even be queued)."""
     finished_at: float | None = None
     last_activity: float = field(default_factory=time.monotonic)
+    told: bool = False
+    """A client has heard how the job ended (a status showing it finished; for uploads, its release):
+    a stopping worker waits for that, a little while (see ``ServerConfig.linger``)."""
 
     def add_files(self, sources: list[str], displays: list[str] | None = None, *, uploaded: bool = True) -> None:
         displays = displays or sources

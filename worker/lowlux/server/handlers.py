@@ -184,7 +184,10 @@ class Handlers:
 
     def status(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         job = self._owned_job(msg, peer)
-        return Reply(proto.ok_reply(msg, **self.scheduler.snapshot(job.id)))
+        snapshot = self.scheduler.snapshot(job.id)
+        if snapshot["state"] in proto.TERMINAL_STATES and job.spool is None:  # uploads: told once released
+            job.told = True
+        return Reply(proto.ok_reply(msg, **snapshot))
 
     def cancel(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         job = self._owned_job(msg, peer)
@@ -217,6 +220,7 @@ class Handlers:
         if not job.terminal:
             self.scheduler.cancel(job.id, "cancelled: released by the client")
         self.server.spool.remove(job)
+        job.told = True
         return Reply(proto.ok_reply(msg, job=job.id))
 
     def jobs(self, msg: dict, blobs: list, peer: Peer) -> Reply:

@@ -141,7 +141,7 @@ class Server:
         poller = zmq.Poller()
         for sock in self.sockets.peers:
             poller.register(sock, zmq.POLLIN)
-        draining, last_chores = False, 0.0
+        draining, last_chores, awaited, linger_until = False, 0.0, [], None
         try:
             while True:
                 for sock, _ in poller.poll(100):
@@ -149,11 +149,15 @@ class Server:
                 if self._stop.is_set() and not draining:
                     draining = True
                     log.info("shutting down: cancelling queued files, finishing the one on the net")
+                    awaited = [job for job in self.scheduler if not job.terminal]
                     self.scheduler.stop(hurry=self._hurry.is_set())
                 elif draining and self._hurry.is_set() and not self.scheduler.hurrying:
                     self.scheduler.stop(hurry=True)
                 if draining and self.pipeline.drained:
-                    break
+                    if linger_until is None:
+                        linger_until = time.monotonic() + self.config.linger
+                    if all(job.told for job in awaited) or time.monotonic() >= linger_until:
+                        break
                 if time.monotonic() - last_chores > CHORES_EVERY:
                     last_chores = time.monotonic()
                     try:

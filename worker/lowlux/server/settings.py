@@ -21,6 +21,9 @@ JOB_TTL = 3600.0
 KEEP_JOBS = 1000
 UPLOAD_TIMEOUT = 600.0
 """Seconds an upload job waits for a file's bytes before that file fails."""
+LINGER = 5.0
+"""Seconds a stopping worker, its files ended, goes on answering so that clients waiting on the jobs it
+was running hear how each file ended (it exits as soon as they all have)."""
 IDLE_TIMEOUT = 0.0
 """Exit after this many seconds with no request and no work (0: never)."""
 
@@ -48,5 +51,6 @@ class ServerConfig:
     keep_jobs: int = KEEP_JOBS
     upload_timeout: float = UPLOAD_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
+    linger: float = LINGER
     """Auto-started workers use it (see :data:`lowlux.client.autostart.AUTOSTART_IDLE_TIMEOUT`)."""
     spool_dir: Path | None = None
