@@ -96,6 +96,13 @@ def malformed_frames() -> list[tuple[list[bytes], str, str]]:
         ([proto.dumps(proto.make_request("status", job="0" * 32))], proto.UNKNOWN_JOB, "no job 000"),
         ([proto.dumps(proto.make_request("fetch", job="0" * 32, index=0))], proto.UNKNOWN_JOB, "no job"),
         ([b"x" * (100 << 20)], proto.TOO_LARGE, "exceeds the limit"),
+        ([proto.dumps(proto.make_request("submit", files=["/a.dng"], options={"brightness": 10 ** 400}))],
+         proto.BAD_OPTION, "brightness"),
+        ([proto.dumps(proto.make_request("submit", files=["/a.dng"], options={"brightness": [0.5, -10 ** 400]}))],
+         proto.BAD_OPTION, "brightness"),
+        ([proto.dumps(proto.make_request("submit", files=["/a.dng"], options={"amplification": 10 ** 400}))],
+         proto.BAD_OPTION, "amplification"),
+        ([b'{"v": 1, "op": "ping", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"], proto.BAD_JSON, "nested"),
     ]
 
 

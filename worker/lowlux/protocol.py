@@ -108,6 +108,8 @@ def parse_request(frame: bytes) -> dict[str, Any]:
         msg = json.loads(frame.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(BAD_JSON, f"request is not UTF-8 JSON ({exc.__class__.__name__}: {exc})") from None
+    except RecursionError:
+        raise ProtocolError(BAD_JSON, "request JSON is nested too deeply") from None
     if not isinstance(msg, dict):
         raise ProtocolError(BAD_REQUEST, f"request must be a JSON object, not {type(msg).__name__}")
     version = msg.get("v")
@@ -135,7 +137,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+    """A finite number that fits a float (JSON integers have no bound: 400 digits are not one)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def field(msg: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,
