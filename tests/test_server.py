@@ -190,6 +190,17 @@ def test_bad_files_fail_with_a_reason_and_the_batch_goes_on(engine, endpoint, ma
     assert {p: sha256(p) for p in before} == before
 
 
+def test_an_output_folder_that_cannot_be_made_fails_the_file_naming_it(engine, endpoint, make_dng, tmp_path):
+    raw = make_dng("nowhere.dng")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with serving(engine, endpoint):
+        job = request(endpoint, "submit", files=[str(raw)], options={"out_dir": str(blocker / "out")})["job"]
+        (entry,) = finished(endpoint, job)["files"]
+    assert entry["state"] == "failed" and "internal error" not in entry["error"], entry["error"]
+    assert str(blocker) in entry["error"] and "cannot create the output folder" in entry["error"]
+
+
 def test_a_retried_submit_queues_the_job_once(engine, endpoint, make_dng):
     raw = make_dng("once.dng")
     msg = proto.dumps(proto.make_request("submit", request_id="retry-me", files=[str(raw)]))
