@@ -449,6 +449,17 @@ def test_uploads_above_the_limit_are_refused(engine, endpoint, curve_setup, make
     assert not big.with_name("big_lowlux.tif").exists()
 
 
+def test_the_documented_frame_limits_are_the_sockets_own(engine, endpoint, curve_setup):
+    server_dir, _, _ = curve_setup
+    doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text().split())
+    with serving(engine, endpoint, listen=f"tcp://127.0.0.1:{free_port()}", keys_dir=server_dir) as server:
+        limits = {peer.remote: sock.getsockopt(zmq.MAXMSGSIZE) for sock, peer in server.sockets.peers.items()}
+    mib = 1 << 20
+    assert limits == {False: 513 * mib, True: 513 * mib + 64 * 1024}
+    assert "the upload limit + 1 MiB, at least 128 MiB: 513 MiB by default" in doc
+    assert "the upload limit + 1 MiB + 64 KiB on the network endpoint" in doc
+
+
 def test_listen_without_keys_is_refused(engine, endpoint, tmp_path):
     config = ServerConfig(endpoint=endpoint, listen=f"tcp://0.0.0.0:{free_port()}", keys_dir=tmp_path / "none")
     with pytest.raises(ConfigError, match="needs CURVE keys"):

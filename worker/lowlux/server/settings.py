@@ -12,7 +12,8 @@ from ..jobs import MAX_AWAITING_UPLOAD_PER_PEER, MAX_PIXELS_IN_FLIGHT, MAX_QUEUE
 
 MiB = 1 << 20
 LOCAL_MAX_FRAME = 128 * MiB
-"""Frames above this are dropped by ZeroMQ itself (the peer is disconnected); smaller junk gets a reply."""
+"""The least frame limit of the local socket, which is the upload limit + 1 MiB when that is more (513 MiB
+by default): larger frames are dropped by ZeroMQ itself (the peer is disconnected); smaller junk gets a reply."""
 
 ENCODE_THREADS = 2
 MAX_UPLOAD_MB = 512
