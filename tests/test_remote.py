@@ -131,3 +131,15 @@ def test_a_file_name_that_is_not_utf8_travels_to_a_remote_worker_and_back(remote
     assert entry["state"] == "done" and entry["source"] == str(latin)
     assert os.fsencode(entry["outputs"][0]) == os.fsencode(latin.parent) + b"/lat\xe9_lowlux.tif"
     assert os.path.exists(os.fsencode(latin.parent) + b"/lat\xe9_lowlux.tif")
+
+
+def test_remote_clients_are_told_less_of_the_worker(remote, endpoint):
+    listen, keys, start = remote
+    with start():
+        with Client(listen, keys=keys, timeout=10) as client:
+            health, ping = client.health(), client.ping()
+        local = request(endpoint, "health")
+    private = {"pid", "weights", "endpoint", "remote", "rss", "peak_rss", "jobs"}
+    assert private.isdisjoint(health) and "pid" not in ping, sorted(health)
+    assert health["ready"] and health["device"] == "cpu" and health["limits"]["max_upload_bytes"] > 0
+    assert local["pid"] == os.getpid() and local["weights"].endswith("tiny.safetensors") and local["endpoint"]

@@ -59,25 +59,37 @@ class Handlers:
             return Reply(proto.error_reply(msg, exc.code, exc.message))
         except Exception as exc:
             log.exception("internal error on %s", (msg or {}).get("op"))
-            return Reply(proto.error_reply(msg, proto.INTERNAL, f"internal error ({exc.__class__.__name__}: {exc})"))
+            detail = exc.__class__.__name__ if peer.remote else f"{exc.__class__.__name__}: {exc}"
+            return Reply(proto.error_reply(msg, proto.INTERNAL, f"internal error ({detail})"))
 
     # ---- the worker --------------------------------------------------------------------------------------
 
-    def _liveness(self) -> dict[str, Any]:
+    def _liveness(self, peer: Peer) -> dict[str, Any]:
+        """What ``ping`` tells: a remote client learns nothing of the worker's machine (no pid)."""
         server = self.server
-        return {"version": __version__, "protocol": proto.PROTOCOL_VERSION, "pid": os.getpid(),
-                "ready": server.ready, "stopping": server.stopping, "uptime": round(server.uptime, 3)}
+        alive = {"version": __version__, "protocol": proto.PROTOCOL_VERSION, "pid": os.getpid(),
+                 "ready": server.ready, "stopping": server.stopping, "uptime": round(server.uptime, 3)}
+        if peer.remote:
+            del alive["pid"]
+        return alive
 
     def ping(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         error = self.server.engine_error
-        return Reply(proto.ok_reply(msg, **self._liveness(), error=str(error) if error else None))
+        if error is not None and peer.remote:
+            error = "the worker's engine could not load (its log says why)"
+        return Reply(proto.ok_reply(msg, **self._liveness(peer), error=str(error) if error else None))
 
     def health(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         engine = self.server.engine.describe() if self.server.ready else {}
+        counts = self.scheduler.counts()
+        local = {"rss": rss_bytes(), "peak_rss": peak_rss_bytes(), "endpoint": self.config.endpoint,
+                 "remote": self.server.sockets.remote_listen}
+        if peer.remote:  # paths, pid, memory and other clients' jobs are the worker's own business
+            engine = {k: v for k, v in engine.items() if k != "weights"}
+            counts.pop("jobs", None)
+            local = {}
         return Reply(proto.ok_reply(
-            msg, **self._liveness(), **engine,
-            **self.scheduler.counts(), rss=rss_bytes(), peak_rss=peak_rss_bytes(),
-            endpoint=self.config.endpoint, remote=self.server.sockets.remote_listen,
+            msg, **self._liveness(peer), **engine, **counts, **local,
             limits={"max_files_per_job": self.config.max_files_per_job,
                     "max_upload_bytes": self.config.max_upload_bytes,
                     "max_queued_files": self.config.max_queued_files,
