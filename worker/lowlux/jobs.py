@@ -4,7 +4,9 @@ Every state change happens under one condition variable, so the request loop (st
 pipeline threads (decode, net, encode) always see a consistent picture. Fairness: each client (a
 name the client sends, or the CURVE key of a remote peer) has its own FIFO of jobs, and the pipeline
 takes one file from each client with queued work in turn, so a 500-file batch does not make a
-one-file export from darktable wait for the whole batch.
+one-file export from darktable wait for the whole batch. The job and file records themselves are
+:mod:`lowlux.tasks`'s. Local and remote clients' queued files are counted apart, and each remote client
+against its own share, so no remote client can make the worker ``busy`` for the others.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import collections
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .protocol import TERMINAL_STATES, new_id
+from .tasks import LOCAL, FileTask, Job
+
+__all__ = ["LOCAL", "MAX_AWAITING_UPLOAD_PER_PEER", "MAX_PIXELS_IN_FLIGHT", "MAX_QUEUED_FILES", "MAX_QUEUED_PER_PEER",
+           "FileTask", "Job", "QueueFull", "Scheduler"]
 
 MAX_PIXELS_IN_FLIGHT = 50_000_000
 """Decoded frames held at once (waiting, on the net, being written) before the next raw is decoded."""
@@ -29,110 +32,6 @@ MAX_QUEUED_PER_PEER = 3000
 MAX_AWAITING_UPLOAD_PER_PEER = 2000
 """Files one remote client may have announced and not yet sent: they hold places until they arrive
 (or for ``upload_timeout``), so a client that never sends cannot hold many."""
-LOCAL = "local"
-
-
-@dataclass(eq=False)
-class FileTask:
-    """One raw file of a job, as the pipeline processes it."""
-
-    job: Job
-    index: int
-    source: str
-    """Path on the worker's disk (for uploads: the spooled copy)."""
-    display: str
-    """The path as the client named it; shown in status and error messages."""
-    state: str = "queued"
-    stage: str | None = None
-    """decoding, inferring or encoding while running."""
-    outputs: list[str] = field(default_factory=list)
-    error: str | None = None
-    uploaded: bool = True
-    """False while an upload job waits for this file's bytes; such a file is not yet schedulable."""
-    started: float | None = None
-    finished: float | None = None
-    pixels: int = 0
-    """The decoded frame's size, counted in flight until the file ends (see Scheduler.next_task)."""
-    names: list[str] = field(default_factory=list)
-    """Upload jobs: the outputs' names as the client names them (from its own source name)."""
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @property
-    def schedulable(self) -> bool:
-        return self.state == "queued" and self.uploaded
-
-    @property
-    def wire_outputs(self) -> list[str]:
-        """What a client is told of the outputs: paths, or for uploads the names it gave them."""
-        if self.job.spool is None:
-            return list(self.outputs)
-        if self.outputs and len(self.names) == len(self.outputs):  # not the worker's spool names
-            return list(self.names)
-        return [Path(p).name for p in self.outputs]
-
-    def to_wire(self) -> dict[str, Any]:
-        outputs = self.wire_outputs
-        return {"index": self.index, "state": self.state, "stage": self.stage, "source": self.display,
-                "outputs": list(outputs), "error": self.error}
-
-
-@dataclass(eq=False)
-class Job:
-    client: str
-    options: Any
-    """The ``EnhanceOptions`` every file of the job uses."""
-    owner: str = "local"
-    """Who may see and cancel it: "local", or the CURVE key of a remote peer."""
-    spool: Path | None = None
-    """Folder holding an upload job's raws and TIFFs on the worker."""
-    id: str = field(default_factory=new_id)
-    tasks: list[FileTask] = field(default_factory=list)
-    created: float = field(default_factory=time.time)
-    cancel_requested: bool = False
-    error: str | None = None
-    """A failure of the job as a whole (its files could not even be queued)."""
-    finished_at: float | None = None
-    last_activity: float = field(default_factory=time.monotonic)
-    told: bool = False
-    """A client has heard how the job ended (a status showing it finished; for uploads, its release):
-    a stopping worker waits for that, a little while (see ``ServerConfig.linger``)."""
-
-    def add_files(self, sources: list[str], displays: list[str] | None = None, *, uploaded: bool = True) -> None:
-        displays = displays or sources
-        self.tasks = [FileTask(self, i, s, d, uploaded=uploaded) for i, (s, d) in enumerate(zip(sources, displays))]
-
-    @property
-    def finished_count(self) -> int:
-        return sum(t.terminal for t in self.tasks)
-
-    @property
-    def terminal(self) -> bool:
-        return all(t.terminal for t in self.tasks)
-
-    @property
-    def state(self) -> str:
-        """queued, running, then done (even if some files failed), failed (the job itself), or cancelled."""
-        if self.terminal:
-            if self.error:
-                return "failed"
-            return "cancelled" if self.cancel_requested else "done"
-        if any(t.state != "queued" for t in self.tasks):
-            return "running"
-        return "queued"
-
-    def summary(self) -> dict[str, Any]:
-        total, finished = len(self.tasks), self.finished_count
-        counts = collections.Counter(t.state for t in self.tasks)
-        return {"job": self.id, "state": self.state, "finished": finished, "total": total,
-                "percent": round(100.0 * finished / total, 1) if total else 100.0,
-                "counts": {s: counts.get(s, 0) for s in ("queued", "running", "done", "failed", "cancelled")},
-                "client": self.client, "created": self.created, "error": self.error}
-
-    def to_wire(self) -> dict[str, Any]:
-        return {**self.summary(), "files": [t.to_wire() for t in self.tasks]}
 
 
 class QueueFull(Exception):
