@@ -344,6 +344,7 @@ def test_a_waiting_client_hears_how_every_file_ended_when_the_worker_stops(engin
         waiter.start()
         assert polled.wait(30)
         server.stop()  # what SIGTERM does
+        wait_for(lambda: server.scheduler.stopping, what="the stop under way")  # else all three may finish
         gated.gate.set()
         wait_for(lambda: server.pipeline.drained, what="the pipeline drained")
         drained.set()
@@ -351,6 +352,17 @@ def test_a_waiting_client_hears_how_every_file_ended_when_the_worker_stops(engin
     assert "error" not in heard, heard.get("error")
     assert [e["state"] for e in heard["entries"]] == ["done", "cancelled", "cancelled"]
     assert heard["entries"][0]["outputs"] == [str(out / "w0_lowlux.tif")] and (out / "w0_lowlux.tif").exists()
+
+
+def test_a_job_that_ended_just_before_the_stop_is_still_answered(engine, endpoint, make_dng):
+    with serving(engine, endpoint, linger=5.0) as server:
+        job = request(endpoint, "submit", files=[str(make_dng("last.dng"))])["job"]
+        wait_for(lambda: server.scheduler.get(job).terminal, what="the job ended")  # no client saw it yet
+        server.stop()
+        wait_for(lambda: server.pipeline.drained, what="the worker drained")
+        time.sleep(0.3)  # the waiting client's next poll
+        status = request(endpoint, "status", job=job)
+    assert status["state"] == "done" and status["files"][0]["state"] == "done"
 
 
 def test_a_second_worker_on_the_same_endpoint_is_refused(engine, endpoint):

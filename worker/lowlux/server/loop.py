@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CHORES_EVERY = 1.0
 """Seconds between two rounds of housekeeping."""
+RECENTLY_ENDED = 10.0
+"""A job that ended this many seconds before a stop, and that no client was seen to learn of, may still
+have a client polling it: the stopping worker answers it a little longer (``ServerConfig.linger``)."""
 
 
 class Server:
@@ -149,7 +152,7 @@ class Server:
                 if self._stop.is_set() and not draining:
                     draining = True
                     log.info("shutting down: cancelling queued files, finishing the one on the net")
-                    awaited = [job for job in self.scheduler if not job.terminal]
+                    awaited = self._awaited_jobs()
                     self.scheduler.stop(hurry=self._hurry.is_set())
                 elif draining and self._hurry.is_set() and not self.scheduler.hurrying:
                     self.scheduler.stop(hurry=True)
@@ -167,6 +170,13 @@ class Server:
         finally:
             self.close()
         return self.exit_code
+
+    def _awaited_jobs(self) -> list:
+        """Jobs a client may be waiting on (running, or ended a moment ago without a client having seen
+        it): a stopping worker answers until each was seen to end, for up to ``config.linger`` seconds."""
+        now = time.monotonic()
+        return [job for job in self.scheduler if not job.told
+                and (job.finished_at is None or now - job.finished_at < RECENTLY_ENDED)]
 
     def _chores(self) -> None:
         """Forget old jobs, fail abandoned uploads, notice a failed engine or an idle timeout."""
