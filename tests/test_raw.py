@@ -129,7 +129,8 @@ def _declaring(path, width: int, height: int):
         for tag in tif.pages[0].tags.values():
             if tag.code in (256, 257):
                 size = 4 if tag.dtype == 4 else 2
-                data[tag.valueoffset:tag.valueoffset + size] = (width if tag.code == 256 else height).to_bytes(size, "little")
+                value = width if tag.code == 256 else height
+                data[tag.valueoffset:tag.valueoffset + size] = value.to_bytes(size, "little")
     path.write_bytes(bytes(data))
     return path
 
