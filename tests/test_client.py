@@ -202,8 +202,16 @@ def test_sigterm_finishes_the_file_on_the_net_and_cancels_the_rest(runtime, tiny
         with Client(endpoint) as c:
             job = c.submit([big, *rest], {"out_dir": str(out)})
             wait_for(lambda: c.status(job)["files"][0]["stage"] == "inferring", what="big on the net")
+        # what darktable runs: it must hear that big is done (and import it), and that the rest was cancelled
+        waiting = subprocess.Popen(lowlux_cmd("client", "--endpoint", endpoint, "wait", job, "--format", "tsv"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 0
+        told, complaint = waiting.communicate(timeout=120)
+    assert waiting.returncode == 1, complaint  # 1: some files were cancelled; not 3, "no worker"
+    lines = sorted((line.split("\t") for line in told.splitlines()), key=lambda fields: fields[1] != "done")
+    assert [line[:2] for line in lines] == [["file", "done"]] + [["file", "cancelled"]] * 4  # as each ended
+    assert lines[0][2:4] == [str(big), str(out / "big_lowlux.tif")]
     assert tifffile.imread(out / "big_lowlux.tif").shape == (1536, 2048, 3)  # finished, complete
     assert sorted(p.name for p in out.iterdir()) == ["big_lowlux.tif"]  # the rest cancelled, no temp files
 
@@ -276,3 +284,19 @@ def test_client_api_waits_from_several_threads(engine, endpoint, make_dng):
     assert sorted(results) == [0, 1, 2, 3]
     assert all(r[0]["state"] == "done" for r in results.values())
     assert proto.TERMINAL_STATES >= {r[0]["state"] for r in results.values()}
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name_and_the_others_go_on(engine, endpoint, make_dng,
+                                                                               capsysbinary):
+    latin = make_dng(os.fsdecode(b"lat\xe9.dng"))  # as argv carries such a name
+    good = make_dng("x.dng")
+    with serving(engine, endpoint):
+        code = client(endpoint, "submit", "--wait", "--format", "tsv", latin, good)
+        out, err = capsysbinary.readouterr()
+    assert code == 1 and b"Traceback" not in err, err
+    lines = out.rstrip(b"\n").split(b"\n")
+    assert lines[0].startswith(b"job\t") and len(lines) == 3
+    failed, done = (line.split(b"\t") for line in sorted(lines[1:], key=lambda line: b"done" in line))
+    error = proto.tsv_unescape(os.fsdecode(failed[4]))
+    assert failed[:3] == [b"file", b"failed", os.fsencode(latin)] and "lat\\xe9.dng: " in error and "UTF-8" in error
+    assert done[:4] == [b"file", b"done", os.fsencode(good), os.fsencode(good.with_name("x_lowlux.tif"))]

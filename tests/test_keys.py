@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 
 import pytest
@@ -10,7 +11,7 @@ import zmq.auth
 
 from lowlux.cli import main
 from lowlux.client import Client, WorkerError
-from lowlux.keys import authorize, generate, load_client_keys
+from lowlux.keys import authorize, generate, load_client_keys, read_key_file
 from workerkit import endpoint, engine, free_port, runtime, serving  # noqa: F401
 
 
@@ -69,3 +70,31 @@ def test_remote_clients_only_see_their_own_jobs(engine, endpoint, tmp_path, make
                 bob.cancel(job)
             assert bob.jobs() == [] and [j["job"] for j in alice.jobs()] == [job]
             assert alice.wait(job)[0]["state"] == "done"
+
+
+def test_authorizing_a_key_never_replaces_another_of_the_same_name(tmp_path, capsys):
+    server_dir = tmp_path / "srv"
+    assert main(["keys", "--dir", str(server_dir), "server"]) == 0
+    (k1, _), (k2, _) = generate(tmp_path / "k1", "client"), generate(tmp_path / "k2", "client")
+    authorize_cli = ["keys", "--dir", str(server_dir), "authorize"]
+    assert main([*authorize_cli, str(k1)]) == 0
+    assert main([*authorize_cli, str(k1)]) == 0  # the same key again changes nothing
+    capsys.readouterr()
+    assert main([*authorize_cli, str(k2)]) == 2
+    err = capsys.readouterr().err
+    assert "client.key" in err and "another key" in err and "--name" in err
+    assert main([*authorize_cli, "--name", "laptop2", str(k2)]) == 0
+    authorized = {p.name: read_key_file(p)[0] for p in (server_dir / "authorized").glob("*.key")}
+    assert authorized == {"client.key": read_key_file(k1)[0], "laptop2.key": read_key_file(k2)[0]}
+    assert main([*authorize_cli, "--name", "../evil", str(k2)]) == 2
+
+
+def test_client_keys_are_named_after_the_machine_and_found_by_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(socket, "gethostname", lambda: "Night Owl.example.org")
+    monkeypatch.delenv("LOWLUX_CLIENT_KEY", raising=False)
+    folder = tmp_path / "keys"
+    assert main(["keys", "--dir", str(folder), "client"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["client-Night-Owl.key", "client-Night-Owl.key_secret"]
+    server_public, _ = generate(tmp_path, "server")
+    keys = load_client_keys(server_public, None, {"keys": {"dir": str(folder)}})
+    assert keys.client_public == read_key_file(folder / "client-Night-Owl.key")[0]

@@ -258,3 +258,11 @@ def test_files_whose_upload_never_arrives_fail_so_the_job_can_end(tmp_path):
     assert sched.next_task(timeout=0) is j.tasks[0]
     assert sched.fail_stale_uploads(max_age=0) == 1
     assert j.tasks[1].state == "failed" and j.tasks[1].error == "/client/b.dng: the upload never arrived"
+
+
+def test_names_that_are_not_utf8_travel_as_escapes_and_come_back_unchanged():
+    name = os.fsdecode(b"/photos/lat\xe9.dng")
+    frame = proto.dumps(proto.make_request("submit", files=[name]))
+    frame.decode("ascii")  # \udce9 escapes: plain JSON every parser reads
+    assert proto.parse_request(frame)["files"] == [name]
+    assert proto.dumps({"a": "夜"}).decode("utf-8") == '{"a":"夜"}'  # UTF-8 names stay as they are

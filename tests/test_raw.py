@@ -120,3 +120,26 @@ def test_directory_missing_and_empty_files_are_refused(tmp_path):
     empty.touch()
     with pytest.raises(InputError, match="empty"):
         read_raw(empty)
+
+
+def _declaring(path, width: int, height: int):
+    """The DNG at ``path`` with its ImageWidth and ImageLength tags rewritten in place (the data stays small)."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        for tag in tif.pages[0].tags.values():
+            if tag.code in (256, 257):
+                size = 4 if tag.dtype == 4 else 2
+                value = width if tag.code == 256 else height
+                data[tag.valueoffset:tag.valueoffset + size] = value.to_bytes(size, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("side", [60000, 20000])
+def test_a_small_file_that_declares_huge_dimensions_is_refused_before_any_allocation(tmp_path, side):
+    path = _declaring(write_dng(tmp_path / "huge.dng", np.full((64, 96), 600, np.uint16), black=512, white=4095),
+                      side, side)
+    assert path.stat().st_size < 20_000
+    with pytest.raises(InputError, match=rf"huge\.dng: declares {side}x{side} pixels \(\d+ MP\) in a file of only "
+                                         r"\d+ KB"):
+        read_raw(path)

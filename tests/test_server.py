@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,11 @@ import zmq
 from conftest import sha256
 from lowlux import protocol as proto
 from lowlux.client import Client, WorkerError, WorkerUnavailable
-from lowlux.config import ConfigError
-from lowlux.keys import authorize, generate, load_client_keys
+from lowlux.config import ConfigError, lock_path
+from lowlux.keys import generate
 from lowlux.server import Server, ServerConfig
-from workerkit import GatedEngine, endpoint, engine, free_port, raw_request, runtime, serving, wait_for  # noqa: F401
+from workerkit import (GatedEngine, curve_setup, endpoint, engine, free_port, raw_request, runtime,  # noqa: F401
+                       serving, short_dir, wait_for)
 
 
 def request(ep: str, op: str, **fields) -> dict:
@@ -94,6 +96,13 @@ def malformed_frames() -> list[tuple[list[bytes], str, str]]:
         ([proto.dumps(proto.make_request("status", job="0" * 32))], proto.UNKNOWN_JOB, "no job 000"),
         ([proto.dumps(proto.make_request("fetch", job="0" * 32, index=0))], proto.UNKNOWN_JOB, "no job"),
         ([b"x" * (100 << 20)], proto.TOO_LARGE, "exceeds the limit"),
+        ([proto.dumps(proto.make_request("submit", files=["/a.dng"], options={"brightness": 10 ** 400}))],
+         proto.BAD_OPTION, "brightness"),
+        ([proto.dumps(proto.make_request("submit", files=["/a.dng"], options={"brightness": [0.5, -10 ** 400]}))],
+         proto.BAD_OPTION, "brightness"),
+        ([proto.dumps(proto.make_request("submit", files=["/a.dng"], options={"amplification": 10 ** 400}))],
+         proto.BAD_OPTION, "amplification"),
+        ([b'{"v": 1, "op": "ping", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"], proto.BAD_JSON, "nested"),
     ]
 
 
@@ -179,6 +188,17 @@ def test_bad_files_fail_with_a_reason_and_the_batch_goes_on(engine, endpoint, ma
     assert status["state"] == "done"  # all files finished, some failed
     assert status2["files"][0]["state"] == "failed" and "a_file" in status2["files"][0]["error"]
     assert {p: sha256(p) for p in before} == before
+
+
+def test_an_output_folder_that_cannot_be_made_fails_the_file_naming_it(engine, endpoint, make_dng, tmp_path):
+    raw = make_dng("nowhere.dng")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with serving(engine, endpoint):
+        job = request(endpoint, "submit", files=[str(raw)], options={"out_dir": str(blocker / "out")})["job"]
+        (entry,) = finished(endpoint, job)["files"]
+    assert entry["state"] == "failed" and "internal error" not in entry["error"], entry["error"]
+    assert str(blocker) in entry["error"] and "cannot create the output folder" in entry["error"]
 
 
 def test_a_retried_submit_queues_the_job_once(engine, endpoint, make_dng):
@@ -294,11 +314,82 @@ def test_graceful_stop_finishes_the_running_file_and_cancels_the_rest(engine, en
         assert tifffile.imread(out / name).shape == (96, 128, 3)  # complete files only
 
 
+def test_a_waiting_client_hears_how_every_file_ended_when_the_worker_stops(engine, endpoint, make_dng, tmp_path):
+    """SIGTERM (stop) finishes the file on the net and cancels the rest: a client waiting on the job must
+    still be told so (darktable imports the finished TIFF), not find the worker gone."""
+    import threading
+
+    gated = GatedEngine(engine)
+    raws = [make_dng(f"w{i}.dng", seed=i) for i in range(3)]
+    out = tmp_path / "out"
+    heard: dict = {}
+
+    def wait(job: str, polled: threading.Event, drained: threading.Event) -> None:
+        with Client(endpoint, timeout=5, retries=1) as client:
+            try:
+                client.status(job)
+                polled.set()
+                drained.wait(60)
+                time.sleep(0.3)  # a client polls every 0.5 s: its next poll comes after the last file ended
+                heard["entries"] = client.wait(job)
+            except Exception as exc:  # reported by the assertion below
+                heard["error"] = exc
+
+    with serving(gated, endpoint, linger=5.0) as server:  # linger: the default
+        with Client(endpoint) as client:
+            job = client.submit(raws, {"out_dir": str(out)})
+        assert gated.entered.wait(30)
+        polled, drained = threading.Event(), threading.Event()
+        waiter = threading.Thread(target=wait, args=(job, polled, drained))
+        waiter.start()
+        assert polled.wait(30)
+        server.stop()  # what SIGTERM does
+        wait_for(lambda: server.scheduler.stopping, what="the stop under way")  # else all three may finish
+        gated.gate.set()
+        wait_for(lambda: server.pipeline.drained, what="the pipeline drained")
+        drained.set()
+        waiter.join(60)
+    assert "error" not in heard, heard.get("error")
+    assert [e["state"] for e in heard["entries"]] == ["done", "cancelled", "cancelled"]
+    assert heard["entries"][0]["outputs"] == [str(out / "w0_lowlux.tif")] and (out / "w0_lowlux.tif").exists()
+
+
+def test_a_job_that_ended_just_before_the_stop_is_still_answered(engine, endpoint, make_dng):
+    with serving(engine, endpoint, linger=5.0) as server:
+        job = request(endpoint, "submit", files=[str(make_dng("last.dng"))])["job"]
+        wait_for(lambda: server.scheduler.get(job).terminal, what="the job ended")  # no client saw it yet
+        server.stop()
+        wait_for(lambda: server.pipeline.drained, what="the worker drained")
+        time.sleep(0.3)  # the waiting client's next poll
+        status = request(endpoint, "status", job=job)
+    assert status["state"] == "done" and status["files"][0]["state"] == "done"
+
+
 def test_a_second_worker_on_the_same_endpoint_is_refused(engine, endpoint):
     with serving(engine, endpoint):
         with pytest.raises(ConfigError, match="already serves"):
             Server(ServerConfig(endpoint=endpoint), engine=engine).bind()
         assert request(endpoint, "ping")["ok"]  # the first one is untouched
+
+
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+def test_one_worker_per_endpoint_whatever_the_sessions_runtime_folder(engine, runtime, monkeypatch, kind):
+    """Two sessions (one with XDG_RUNTIME_DIR, one with another or none) must not share one socket."""
+    endpoint = f"ipc://{runtime / 'shared.sock'}" if kind == "ipc" else f"tcp://127.0.0.1:{free_port()}"
+    with serving(engine, endpoint):
+        for other in (short_dir(), None):
+            if other is None:
+                monkeypatch.delenv("XDG_RUNTIME_DIR")
+            else:
+                monkeypatch.setenv("XDG_RUNTIME_DIR", str(other))
+            second = Server(ServerConfig(endpoint=endpoint), engine=engine)
+            try:
+                with pytest.raises(ConfigError, match=rf"pid {os.getpid()}\) already serves"):
+                    second.bind()
+            finally:
+                second.sockets.close()
+                second._lock.release()
+        assert request(endpoint, "ping")["ok"] and request(endpoint, "health")["pid"] == os.getpid()
 
 
 def test_a_plain_network_endpoint_is_refused(engine, runtime):
@@ -317,19 +408,6 @@ def test_a_worker_whose_engine_cannot_load_says_why_and_exits(runtime, endpoint)
 
 
 # ---- remote mode ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def curve_setup(tmp_path):
-    """A worker keys folder with one authorized client, and a second, unauthorized client."""
-    server_dir, client_dir = tmp_path / "server-keys", tmp_path / "client-keys"
-    generate(server_dir, "server")
-    client_public, client_secret = generate(client_dir, "client")
-    authorize(server_dir, client_public)
-    _, stranger_secret = generate(client_dir, "stranger")
-    keys = load_client_keys(server_dir / "server.key", client_secret, {})
-    stranger = load_client_keys(server_dir / "server.key", stranger_secret, {})
-    return server_dir, keys, stranger
 
 
 def test_remote_clients_upload_raws_and_get_tiffs_back(engine, endpoint, curve_setup, make_dng, tmp_path):
@@ -368,15 +446,30 @@ def test_unauthenticated_peers_are_refused(engine, endpoint, curve_setup):
             assert client.ping()["ok"]
 
 
-def test_uploads_above_the_limit_are_refused(engine, endpoint, curve_setup, make_dng, tmp_path):
+def test_uploads_above_the_limit_are_refused(engine, endpoint, curve_setup, make_dng, tmp_path, monkeypatch):
     server_dir, keys, _ = curve_setup
     listen = f"tcp://127.0.0.1:{free_port()}"
     big = make_dng("big.dng", height=256, width=256)
     with serving(engine, endpoint, listen=listen, keys_dir=server_dir, max_upload_bytes=64 * 1024):
         with Client(listen, keys=keys, timeout=10) as client:
             (entry,) = client.wait(client.submit([big]))
-    assert entry["state"] == "failed" and "exceed the upload limit" in entry["error"]
+            monkeypatch.setattr(Client, "_upload_limit", lambda self: None)  # a client that sends it anyway
+            (sent,) = client.wait(client.submit([big]))
+    assert entry["state"] == "failed" and "exceed the worker's upload limit of 64 KiB" in entry["error"]
+    assert sent["state"] == "failed" and "exceed the upload limit" in sent["error"]
+    assert entry["error"].count(str(big)) == sent["error"].count(str(big)) == 1  # the path once, not twice
     assert not big.with_name("big_lowlux.tif").exists()
+
+
+def test_the_documented_frame_limits_are_the_sockets_own(engine, endpoint, curve_setup):
+    server_dir, _, _ = curve_setup
+    doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text().split())
+    with serving(engine, endpoint, listen=f"tcp://127.0.0.1:{free_port()}", keys_dir=server_dir) as server:
+        limits = {peer.remote: sock.getsockopt(zmq.MAXMSGSIZE) for sock, peer in server.sockets.peers.items()}
+    mib = 1 << 20
+    assert limits == {False: 513 * mib, True: 513 * mib + 64 * 1024}
+    assert "the upload limit + 1 MiB, at least 128 MiB: 513 MiB by default" in doc
+    assert "the upload limit + 1 MiB + 64 KiB on the network endpoint" in doc
 
 
 def test_listen_without_keys_is_refused(engine, endpoint, tmp_path):
@@ -407,10 +500,14 @@ def test_an_idle_worker_exits_by_itself_when_asked_to(engine, endpoint):
 
 
 def test_a_removed_socket_file_is_recreated_and_the_lock_goes_with_the_worker(engine, endpoint, runtime):
-    path = Path(endpoint[len("ipc://"):])
+    path, lock = Path(endpoint[len("ipc://"):]), lock_path(endpoint, "serve")
     with serving(engine, endpoint):
-        assert list((runtime / "lowlux").glob("serve-*.lock"))
+        assert lock.exists() and lock.parent == path.parent  # beside the socket
         path.unlink()  # e.g. a tmp cleaner: the worker must stay reachable (and replaceable)
+        lock.unlink()  # ... and keep its endpoint to itself
         wait_for(path.is_socket, what="the socket back")
+        wait_for(lock.exists, what="the lock back")
         assert request(endpoint, "ping")["ok"]
-    assert not path.exists() and not list((runtime / "lowlux").glob("serve-*.lock"))
+        with pytest.raises(ConfigError, match="already serves"):
+            Server(ServerConfig(endpoint=endpoint), engine=engine).bind()
+    assert not path.exists() and not lock.exists()

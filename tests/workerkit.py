@@ -39,13 +39,14 @@ def runtime(monkeypatch) -> Iterator[Path]:
     for name in ("LOWLUX_ENDPOINT", "LOWLUX_SERVER_KEY", "LOWLUX_CLIENT_KEY"):
         monkeypatch.delenv(name, raising=False)
     yield folder
-    kill_stray_workers(folder / "lowlux")
+    kill_stray_workers(folder)
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def kill_stray_workers(folder: Path) -> None:
-    """Workers a test started (auto-started ones too) hold a serve lock with their pid: none may outlive it."""
-    for lock in folder.glob("serve-*.lock"):
+    """Workers a test started (auto-started ones too) hold a serve lock with their pid (beside their
+    socket): none may outlive it."""
+    for lock in folder.rglob("*serve*.lock"):
         pid = lock.read_text().strip()
         if not pid.isdigit():
             continue
@@ -96,7 +97,9 @@ class GatedEngine:
 
 @contextlib.contextmanager
 def serving(engine, endpoint: str, **config) -> Iterator[Server]:
-    """An in-process worker on ``endpoint``, stopped and joined on exit whatever happened."""
+    """An in-process worker on ``endpoint``, stopped and joined on exit whatever happened. It does not
+    linger after stopping (a test that needs that gives ``linger``), so a test's end costs no waiting."""
+    config.setdefault("linger", 0.0)
     server = Server(ServerConfig(endpoint=endpoint, **config), engine=engine)
     server.bind()
     thread = threading.Thread(target=server.serve_forever, name="test-worker", daemon=True)
@@ -181,3 +184,18 @@ def ready(endpoint: str, timeout: float = 120.0, proc: subprocess.Popen | None =
             return reply if reply.get("ready") else None
 
     return wait_for(ping, timeout, f"a ready worker at {endpoint}")
+
+
+@pytest.fixture
+def curve_setup(tmp_path):
+    """A worker keys folder with one authorized client, and a second, unauthorized client."""
+    from lowlux.keys import authorize, generate, load_client_keys
+
+    server_dir, client_dir = tmp_path / "server-keys", tmp_path / "client-keys"
+    generate(server_dir, "server")
+    client_public, client_secret = generate(client_dir, "client")
+    authorize(server_dir, client_public)
+    _, stranger_secret = generate(client_dir, "stranger")
+    keys = load_client_keys(server_dir / "server.key", client_secret, {})
+    stranger = load_client_keys(server_dir / "server.key", stranger_secret, {})
+    return server_dir, keys, stranger

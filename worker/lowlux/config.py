@@ -11,6 +11,7 @@ Light on purpose: the client imports this on every darktable poll.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -157,9 +158,31 @@ def _endpoint_tag(endpoint: str) -> str:
     return hashlib.sha1(endpoint.encode()).hexdigest()[:12]
 
 
+def _endpoint_key(endpoint: str) -> str:
+    """What identifies an endpoint whatever its spelling: tcp's host and port (localhost is 127.0.0.1)."""
+    address = tcp_address(endpoint)
+    if address is None:
+        return endpoint
+    host = "127.0.0.1" if address[0] == "localhost" else address[0]
+    return f"tcp://{host}:{address[1]}"
+
+
 def lock_path(endpoint: str, kind: str) -> Path:
-    """``serve`` is held by a running worker for its lifetime; ``spawn`` by a client starting one."""
-    return runtime_dir() / f"{kind}-{_endpoint_tag(endpoint)}.lock"
+    """``serve`` is held by a running worker for its lifetime; ``spawn`` by a client starting one.
+
+    The same file for every process whatever its environment (``XDG_RUNTIME_DIR`` set or not): beside
+    an ipc socket (``worker.sock.serve.lock``), else keyed by host and port in the private tmp folder.
+    """
+    path = ipc_path(endpoint)
+    if path is not None:
+        with contextlib.suppress(OSError):  # the worker creates the socket's folder so, too
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path.with_name(f"{path.name}.{kind}.lock")
+    import tempfile
+
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    folder = private_dir(Path(tempfile.gettempdir()) / f"lowlux-{uid}")
+    return folder / f"{kind}-{_endpoint_tag(_endpoint_key(endpoint))}.lock"
 
 
 def log_path(endpoint: str) -> Path:

@@ -4,7 +4,9 @@ Every state change happens under one condition variable, so the request loop (st
 pipeline threads (decode, net, encode) always see a consistent picture. Fairness: each client (a
 name the client sends, or the CURVE key of a remote peer) has its own FIFO of jobs, and the pipeline
 takes one file from each client with queued work in turn, so a 500-file batch does not make a
-one-file export from darktable wait for the whole batch.
+one-file export from darktable wait for the whole batch. The job and file records themselves are
+:mod:`lowlux.tasks`'s. Local and remote clients' queued files are counted apart, and each remote client
+against its own share, so no remote client can make the worker ``busy`` for the others.
 """
 
 from __future__ import annotations
@@ -13,107 +15,23 @@ import collections
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .protocol import TERMINAL_STATES, new_id
+from .tasks import LOCAL, FileTask, Job
+
+__all__ = ["LOCAL", "MAX_AWAITING_UPLOAD_PER_PEER", "MAX_PIXELS_IN_FLIGHT", "MAX_QUEUED_FILES", "MAX_QUEUED_PER_PEER",
+           "FileTask", "Job", "QueueFull", "Scheduler"]
 
 MAX_PIXELS_IN_FLIGHT = 50_000_000
 """Decoded frames held at once (waiting, on the net, being written) before the next raw is decoded."""
 MAX_QUEUED_FILES = 10_000
-"""Files waiting at once on a worker; a submit beyond that is refused as busy."""
-
-
-@dataclass(eq=False)
-class FileTask:
-    """One raw file of a job, as the pipeline processes it."""
-
-    job: Job
-    index: int
-    source: str
-    """Path on the worker's disk (for uploads: the spooled copy)."""
-    display: str
-    """The path as the client named it; shown in status and error messages."""
-    state: str = "queued"
-    stage: str | None = None
-    """decoding, inferring or encoding while running."""
-    outputs: list[str] = field(default_factory=list)
-    error: str | None = None
-    uploaded: bool = True
-    """False while an upload job waits for this file's bytes; such a file is not yet schedulable."""
-    started: float | None = None
-    finished: float | None = None
-    pixels: int = 0
-    """The decoded frame's size, counted in flight until the file ends (see Scheduler.next_task)."""
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @property
-    def schedulable(self) -> bool:
-        return self.state == "queued" and self.uploaded
-
-    def to_wire(self) -> dict[str, Any]:
-        outputs = self.outputs
-        if self.job.spool is not None:  # a remote client sees names, not the worker's folders
-            outputs = [Path(p).name for p in outputs]
-        return {"index": self.index, "state": self.state, "stage": self.stage, "source": self.display,
-                "outputs": list(outputs), "error": self.error}
-
-
-@dataclass(eq=False)
-class Job:
-    client: str
-    options: Any
-    """The ``EnhanceOptions`` every file of the job uses."""
-    owner: str = "local"
-    """Who may see and cancel it: "local", or the CURVE key of a remote peer."""
-    spool: Path | None = None
-    """Folder holding an upload job's raws and TIFFs on the worker."""
-    id: str = field(default_factory=new_id)
-    tasks: list[FileTask] = field(default_factory=list)
-    created: float = field(default_factory=time.time)
-    cancel_requested: bool = False
-    error: str | None = None
-    """A failure of the job as a whole (its files could not even be queued)."""
-    finished_at: float | None = None
-    last_activity: float = field(default_factory=time.monotonic)
-
-    def add_files(self, sources: list[str], displays: list[str] | None = None, *, uploaded: bool = True) -> None:
-        displays = displays or sources
-        self.tasks = [FileTask(self, i, s, d, uploaded=uploaded) for i, (s, d) in enumerate(zip(sources, displays))]
-
-    @property
-    def finished_count(self) -> int:
-        return sum(t.terminal for t in self.tasks)
-
-    @property
-    def terminal(self) -> bool:
-        return all(t.terminal for t in self.tasks)
-
-    @property
-    def state(self) -> str:
-        """queued, running, then done (even if some files failed), failed (the job itself), or cancelled."""
-        if self.terminal:
-            if self.error:
-                return "failed"
-            return "cancelled" if self.cancel_requested else "done"
-        if any(t.state != "queued" for t in self.tasks):
-            return "running"
-        return "queued"
-
-    def summary(self) -> dict[str, Any]:
-        total, finished = len(self.tasks), self.finished_count
-        counts = collections.Counter(t.state for t in self.tasks)
-        return {"job": self.id, "state": self.state, "finished": finished, "total": total,
-                "percent": round(100.0 * finished / total, 1) if total else 100.0,
-                "counts": {s: counts.get(s, 0) for s in ("queued", "running", "done", "failed", "cancelled")},
-                "client": self.client, "created": self.created, "error": self.error}
-
-    def to_wire(self) -> dict[str, Any]:
-        return {**self.summary(), "files": [t.to_wire() for t in self.tasks]}
+"""Files waiting at once on a worker, counted apart for local and for remote clients (so remote ones
+never crowd out local ones); a submit beyond that is refused as busy."""
+MAX_QUEUED_PER_PEER = 3000
+"""Files one remote client (CURVE key) may have waiting at once."""
+MAX_AWAITING_UPLOAD_PER_PEER = 2000
+"""Files one remote client may have announced and not yet sent: they hold places until they arrive
+(or for ``upload_timeout``), so a client that never sends cannot hold many."""
 
 
 class QueueFull(Exception):
@@ -123,8 +41,12 @@ class QueueFull(Exception):
 class Scheduler:
     """The job table and the fair queue; thread-safe."""
 
-    def __init__(self, max_pending_files: int = MAX_QUEUED_FILES) -> None:
+    def __init__(self, max_pending_files: int = MAX_QUEUED_FILES, *, per_peer: int = MAX_QUEUED_PER_PEER,
+                 awaiting_per_peer: int = MAX_AWAITING_UPLOAD_PER_PEER) -> None:
         self.max_pending_files = max_pending_files
+        self.per_peer = per_peer
+        self.awaiting_per_peer = awaiting_per_peer
+        self._pending_by_owner: collections.Counter[str] = collections.Counter()
         self._cond = threading.Condition()
         self._jobs: dict[str, Job] = {}
         self._queues: dict[str, collections.deque[Job]] = {}
@@ -141,12 +63,41 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise QueueFull("the worker is shutting down")
-            if self._pending + len(job.tasks) > self.max_pending_files:
-                raise QueueFull(f"{self._pending} files are queued; the limit is {self.max_pending_files}")
+            self._check_room_locked(job)
             self._jobs[job.id] = job
             self._pending += len(job.tasks)
+            self._pending_by_owner[job.owner] += len(job.tasks)
             self._enqueue(job)
             self._cond.notify_all()
+
+    def _unpend(self, task: FileTask) -> None:
+        self._pending -= 1
+        owner = task.job.owner
+        self._pending_by_owner[owner] -= 1
+        if not self._pending_by_owner[owner]:
+            del self._pending_by_owner[owner]
+
+    def _check_room_locked(self, job: Job) -> None:
+        """Local jobs count against local ones only; a remote client against its own share and all
+        remote clients' together."""
+        count = len(job.tasks)
+        if job.owner == LOCAL:
+            local = self._pending_by_owner[LOCAL]
+            if local + count > self.max_pending_files:
+                raise QueueFull(f"{local} files are queued; the limit is {self.max_pending_files}")
+            return
+        mine = self._pending_by_owner[job.owner]
+        if mine + count > self.per_peer:
+            raise QueueFull(f"you have {mine} files queued; a remote client may have {self.per_peer}")
+        awaiting = sum(1 for other in self._jobs.values() if other.owner == job.owner
+                       for t in other.tasks if t.state == "queued" and not t.uploaded)
+        new = sum(1 for t in job.tasks if not t.uploaded)
+        if new and awaiting + new > self.awaiting_per_peer:
+            raise QueueFull(f"you have {awaiting} files awaiting upload; a remote client may have "
+                            f"{self.awaiting_per_peer} (send their bytes, or cancel those jobs)")
+        remote = self._pending - self._pending_by_owner[LOCAL]
+        if remote + count > self.max_pending_files:
+            raise QueueFull(f"remote clients have {remote} files queued; the limit is {self.max_pending_files}")
 
     def _enqueue(self, job: Job) -> None:
         queue = self._queues.get(job.client)
@@ -227,7 +178,7 @@ class Scheduler:
                 task = None if crowded else self._pick_locked()
                 if task is not None:
                     task.state, task.stage, task.started = "running", "decoding", time.time()
-                    self._pending -= 1
+                    self._unpend(task)
                     self._running += 1
                     return task
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -298,7 +249,7 @@ class Scheduler:
         if task.terminal:
             return
         if task.state == "queued":
-            self._pending -= 1
+            self._unpend(task)
         else:
             self._running -= 1
         self._pixels_in_flight -= task.pixels

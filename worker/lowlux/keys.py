@@ -4,7 +4,7 @@ Layout of a keys folder (default ``~/.config/lowlux/keys``, mode 0700)::
 
     server.key           the worker's public key; copy it to every client machine
     server.key_secret    the worker's secret key (mode 0600); never leaves the worker
-    client.key(_secret)  a client's pair (made on the client machine)
+    client-HOST.key(_secret)  a client's pair (made on the client machine, named after it)
     authorized/          public keys of the clients the worker accepts; anyone else is refused
 
 Files use ZeroMQ's certificate format, so ``zmq.auth.load_certificate`` and ZeroMQ's own tools read them.
@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,15 +87,49 @@ def read_key_file(path: Path) -> tuple[bytes, bytes | None]:
     return public, secret
 
 
-def authorize(folder: Path, public_file: Path) -> Path:
-    """Let the client whose public key is in ``public_file`` connect (the worker reloads on SIGHUP)."""
-    read_key_file(public_file)
-    target_dir = private_dir(folder / AUTHORIZED)
-    target = target_dir / public_file.name
+def default_client_name() -> str:
+    """``client-<host>``: a client's key pair is named after its machine, so the keys of two machines
+    do not meet under one name in the worker's authorized/ folder."""
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname().split(".")[0]).strip("-")
+    return f"client-{host}" if host else "client"
+
+
+def _check_name(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name.endswith("_secret"):
+        raise ConfigError(f"bad key name {name!r}: a plain name such as laptop")
+    return name
+
+
+def authorize(folder: Path, public_file: Path, name: str | None = None, *, force: bool = False) -> Path:
+    """Let the client whose public key is in ``public_file`` connect (the worker reloads on SIGHUP).
+
+    The key is stored as ``authorized/NAME.key`` (NAME: ``name``, else the file's own name). A different
+    key already stored under that name is never replaced silently (that would lock its client out):
+    ``force`` replaces it, or another ``name`` keeps both.
+    """
     if public_file.name.endswith("_secret"):
         raise ConfigError(f"{public_file}: that is a secret key; authorize the public one (.key)")
-    shutil.copyfile(public_file, target)
-    os.chmod(target, 0o644)
+    public, _ = read_key_file(public_file)
+    name = _check_name(name.removesuffix(".key") if name else public_file.name.removesuffix(".key"))
+    target_dir = private_dir(folder / AUTHORIZED)
+    target = target_dir / f"{name}.key"
+    if target.exists() and not force:
+        try:
+            held = read_key_file(target)[0]
+        except ConfigError:
+            held = None
+        if held == public:
+            return target  # that very key is authorized already
+        raise ConfigError(f"{target} holds another key ({held.decode() if held else 'unreadable'}); "
+                          f"authorize this one under another name (lowlux keys authorize --name NAME "
+                          f"{public_file}), or replace that one with --force")
+    for other in target_dir.glob("*.key"):
+        if other != target and read_key_file(other)[0] == public:
+            print(f"note: this key is also authorized as {other.name}", file=sys.stderr)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.copyfile(public_file, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
     return target
 
 
@@ -121,12 +157,18 @@ def load_client_keys(server_key: str | Path | None, client_key: str | Path | Non
     if not server_key:
         return None
     client_key = (client_key or os.environ.get(ENV_CLIENT_KEY) or setting("client", "client_key", config)
-                  or keys_dir(config=config) / "client.key_secret")
+                  or default_client_key(keys_dir(config=config)))
     server_public, _ = read_key_file(Path(server_key).expanduser())
     client_public, client_secret = read_key_file(Path(client_key).expanduser())
     if not client_secret:
         raise ConfigError(f"{client_key}: holds no secret key (use the .key_secret file made by `lowlux keys client`)")
     return CurveKeys(server_public, client_public, client_secret)
+
+
+def default_client_key(folder: Path) -> Path:
+    """This machine's secret key as ``lowlux keys client`` names it, or the older ``client.key_secret``."""
+    named = folder / f"{default_client_name()}.key_secret"
+    return named if named.exists() or not (folder / "client.key_secret").exists() else folder / "client.key_secret"
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
@@ -140,10 +182,12 @@ def add_keys_parser(sub) -> None:
     s = ks.add_parser("server", help="make the worker's key pair (server.key, server.key_secret)")
     s.add_argument("--force", action="store_true", help="replace an existing pair")
     c = ks.add_parser("client", help="make a client's key pair (on the client machine)")
-    c.add_argument("name", nargs="?", default="client", help="key name (default: client)")
+    c.add_argument("name", nargs="?", help="key name (default: client-<this machine's name>)")
     c.add_argument("--force", action="store_true", help="replace an existing pair")
     a = ks.add_parser("authorize", help="accept a client's public key on this worker")
     a.add_argument("public_key", type=Path, metavar="CLIENT.key")
+    a.add_argument("--name", help="store it as authorized/NAME.key (default: the file's name)")
+    a.add_argument("--force", action="store_true", help="replace a different key stored under that name")
     ks.add_parser("list", help="show the keys and the authorized clients")
     p.set_defaults(func=cmd_keys)
 
@@ -157,11 +201,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(f"{secret}\n{public}\ncopy {public.name} to each client; authorize each client with "
                   f"`lowlux keys authorize CLIENT.key`")
         elif args.keys_command == "client":
-            public, secret = generate(folder, args.name, force=args.force)
+            public, secret = generate(folder, args.name or default_client_name(), force=args.force)
             print(f"{secret}\n{public}\ncopy {public.name} to the worker and run `lowlux keys authorize "
                   f"{public.name}` there; put the worker's server.key here and pass --server-key")
         elif args.keys_command == "authorize":
-            print(authorize(folder, args.public_key))
+            print(authorize(folder, args.public_key, args.name, force=args.force))
         else:
             _list(folder)
     except ConfigError as exc:

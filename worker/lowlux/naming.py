@@ -9,8 +9,9 @@ this module imports nothing but the standard library.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import PurePath
+from collections.abc import Mapping, Sequence
+from pathlib import PurePath, PurePosixPath
+from typing import Any
 
 SUFFIX = "_lowlux"
 FORMATS = ("tiff", "dng")
@@ -28,6 +29,41 @@ def output_names(source: str | PurePath, brightness: Sequence[float] = (), targe
     if len(brightness) <= 1:
         return [f"{stem}{SUFFIX}{extension}"]
     return [f"{stem}{SUFFIX}_m{m:g}{extension}" for m in brightness]
+
+
+def names_for_options(source: str | PurePath, options: Any) -> list[str]:
+    """:func:`output_names` with the brightness, targets and format of ``options``: an ``EnhanceOptions``
+    or a submit's ``options`` object (the wire form). The worker names an uploaded file's outputs, and
+    the client the TIFFs it fetches, with this, from the client's own source name."""
+    if isinstance(options, Mapping):
+        get = options.get
+    else:
+        def get(key: str) -> Any:
+            return getattr(options, key, None)
+    brightness = get("brightness") or ()
+    if isinstance(brightness, (int, float)):
+        brightness = [brightness]
+    targets = get("targets") or ([get("target")] if get("target") else [])
+    extension = EXTENSIONS.get(get("format") or "tiff", EXTENSIONS["tiff"])
+    return output_names(source, brightness, targets, extension)
+
+
+def client_basename(name: str) -> str:
+    """The last component of a path a client sent, whatever its system's separator ('/' or '\\')."""
+    return PurePosixPath(name.replace("\\", "/")).name
+
+
+def readable(name: str) -> str:
+    """A file name fit to show and to log: bytes that are not UTF-8 shown as ``\\xe9``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_target(name: str, format: str = "tiff") -> str:

@@ -75,7 +75,13 @@ def new_id() -> str:
 
 
 def dumps(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """One JSON frame, UTF-8. A file name that is not UTF-8 (its undecodable bytes are surrogate escapes,
+    as ``os.fsdecode`` gives them) makes the whole frame ASCII with ``\\udcXX`` escapes instead:
+    plain JSON, which decodes back to the very same name."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
 def make_request(op: str, request_id: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -102,6 +108,8 @@ def parse_request(frame: bytes) -> dict[str, Any]:
         msg = json.loads(frame.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(BAD_JSON, f"request is not UTF-8 JSON ({exc.__class__.__name__}: {exc})") from None
+    except RecursionError:
+        raise ProtocolError(BAD_JSON, "request JSON is nested too deeply") from None
     if not isinstance(msg, dict):
         raise ProtocolError(BAD_REQUEST, f"request must be a JSON object, not {type(msg).__name__}")
     version = msg.get("v")
@@ -129,7 +137,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+    """A finite number that fits a float (JSON integers have no bound: 400 digits are not one)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def field(msg: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,

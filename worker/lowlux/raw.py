@@ -134,6 +134,26 @@ def _message(exc: Exception) -> str:
     return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
+MAX_RAW_PIXELS = 500_000_000
+"""More than any camera's sensor (the largest hold about 150 MP)."""
+MAX_PIXELS_PER_BYTE = 32
+"""No raw codec packs more than 32 pixels into a byte (a quarter of a bit each): a file that declares
+more pixels than that for its size is corrupt or forged."""
+
+
+def _check_declared_size(raw, path: Path) -> None:
+    """Refuse a raw whose declared size its file cannot hold, before LibRaw allocates for it: a 10 KB
+    file that declares 60000x60000 pixels must not cost gigabytes."""
+    sizes = raw.sizes  # read from the header; nothing is unpacked yet
+    pixels = int(sizes.raw_width) * int(sizes.raw_height)
+    size = path.stat().st_size
+    declared = f"declares {sizes.raw_width}x{sizes.raw_height} pixels ({pixels / 1e6:.0f} MP)"
+    if pixels > size * MAX_PIXELS_PER_BYTE:
+        raise InputError(path, f"{declared} in a file of only {max(1, size // 1024)} KB: corrupt or forged")
+    if pixels > MAX_RAW_PIXELS:
+        raise InputError(path, f"{declared}, more than any camera's sensor (at most {MAX_RAW_PIXELS // 1_000_000} MP)")
+
+
 def read_raw(path: str | Path) -> RawImage:
     """Read a raw file; raises InputError / UnsupportedSensor naming the file and the reason."""
     import rawpy
@@ -142,6 +162,7 @@ def read_raw(path: str | Path) -> RawImage:
     _check_path(path)
     try:
         with rawpy.imread(str(path)) as raw:
+            _check_declared_size(raw, path)  # before anything unpacks (allocates) the raw data
             pattern = _sensor_layout(raw, path)
             cfa = np.array(raw.raw_image_visible, dtype=np.uint16, copy=True)
             colors = raw.raw_colors_visible[:2, :2]

@@ -14,6 +14,7 @@ complete, so a crash or a cancel never leaves a partial TIFF under the final nam
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -93,7 +94,7 @@ def to_uint16_into(rgb: np.ndarray, out: np.ndarray, rows: int = 256, transform=
 
 
 def check_output(path: Path, overwrite: bool) -> None:
-    """Fail early, before any work, if the TIFF cannot be written."""
+    """Fail early, before any work, if the TIFF cannot be written (or its folder cannot be made)."""
     folder = path.parent
     if path.exists() and not overwrite:
         raise OutputError(path, "already exists (use --overwrite to replace it)")
@@ -103,6 +104,12 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise OutputError(folder, "output folder is a file")
     if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(folder, "output folder is not writable")
+    if not folder.exists():  # it will be made: its nearest existing ancestor must allow that
+        ancestor = next(p for p in folder.parents if p.exists() or p == p.parent)
+        if not ancestor.is_dir():
+            raise OutputError(folder, f"cannot create the output folder ({ancestor} is a file)")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise OutputError(folder, f"cannot create the output folder ({ancestor} is not writable)")
 
 
 def _copyable_exif(exif: dict[str, str]) -> dict[str, str]:
@@ -183,6 +190,15 @@ def copy_metadata(source: Path, target: Path, dest: Path) -> bool:
     return True
 
 
+def _write_failure(exc: OSError, nbytes: int) -> str:
+    """Why a TIFF could not be written; a full disk says how much room writing one takes."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"cannot write ({exc.strerror or exc}): writing a TIFF needs about twice its size free, here "
+                f"{2 * nbytes / 1e6:.0f} MB (the image, then a copy with the raw's metadata, before the first "
+                "is removed)")
+    return f"cannot write ({exc.strerror or exc})"
+
+
 def _temp_name(path: Path, step: str = "") -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}.{id(path):x}{step}.tmp.tif")
 
@@ -230,7 +246,7 @@ def write_output(path: Path, write: Callable[[Path], None], *, source: str | Pat
             tmp.unlink()
         _move_into_place(done, path, overwrite)
     except OSError as exc:
-        raise OutputError(path, f"cannot write ({exc.strerror or exc})") from exc
+        raise OutputError(path, _write_failure(exc, rgb.nbytes)) from exc
     finally:
         tmp.unlink(missing_ok=True)
         tagged.unlink(missing_ok=True)

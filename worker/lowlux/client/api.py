@@ -19,12 +19,16 @@ from typing import Any
 from .. import protocol as proto
 from ..config import lock_path, resolve_endpoint
 from ..errors import LowluxError
+from ..naming import client_basename, names_for_options
 from .autostart import AUTOSTART_IDLE_TIMEOUT, START_TIMEOUT, spawn_lock, start_and_wait
 from .connection import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Connection, listening
 from .errors import WorkerError, WorkerUnavailable
 from .files import UPLOAD_RATE, upload_problem, write_atomic
 
 log = logging.getLogger(__name__)
+
+FETCH_PATIENCE = 120.0
+"""Seconds a fetch is asked again while the worker answers ``busy`` (it bounds the TIFFs it sends at once)."""
 
 
 class Client:
@@ -46,6 +50,8 @@ class Client:
         self.start_timeout, self.idle_timeout = start_timeout, idle_timeout
         self.conn = Connection(self.endpoint, timeout=timeout, retries=retries, keys=keys)
         self._checked = False
+        self._naming: dict[str, dict[str, Any]] = {}
+        """Upload jobs submitted here: the options their fetched TIFFs are named with."""
 
     def __enter__(self) -> Client:
         return self
@@ -150,8 +156,10 @@ class Client:
         body = self.request("submit", files=paths, options=options, client=self.name, hints=hints or {},
                             upload=True)
         job = body["job"]
+        self._naming[job] = dict(options)
+        max_bytes = self._upload_limit()
         for index, path in enumerate(paths):
-            problem = upload_problem(Path(path), options, local)
+            problem = upload_problem(Path(path), options, local, max_bytes)
             if problem:
                 self.request("upload", job=job, index=index, error=problem)
                 continue
@@ -160,8 +168,14 @@ class Client:
                 self.conn.request("upload", job=job, index=index, blobs=[data],
                                   timeout=self.conn.timeout + len(data) / UPLOAD_RATE)
             except WorkerError as exc:
-                self.request("upload", job=job, index=index, error=f"{path}: {exc.message}")
+                message = exc.message if exc.message.startswith(path) else f"{path}: {exc.message}"
+                self.request("upload", job=job, index=index, error=message)
         return job
+
+    def _upload_limit(self) -> int | None:
+        """The largest raw the worker takes (``health``'s ``limits``); None when it does not say."""
+        limit = (self.request("health").get("limits") or {}).get("max_upload_bytes")
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
     def status(self, job: str) -> dict[str, Any]:
         return self.request("status", job=job)
@@ -172,12 +186,24 @@ class Client:
     def jobs(self) -> list[dict[str, Any]]:
         return self.request("jobs")["jobs"]
 
-    def fetch(self, job: str, index: int) -> tuple[list[str], list[bytes]]:
-        """Names and bytes of the TIFFs of one finished file of an upload job."""
-        reply = self.conn.request("fetch", job=job, index=index, timeout=max(self.conn.timeout, 120.0))
-        return reply.body["outputs"], reply.blobs
+    def fetch(self, job: str, index: int, *, patience: float = FETCH_PATIENCE) -> tuple[list[str], list[bytes]]:
+        """Names and bytes of the TIFFs of one finished file of an upload job. A worker busy sending
+        other fetches (of this key's other connections, or of other clients) is asked again, for up to
+        ``patience`` seconds."""
+        deadline, delay = time.monotonic() + patience, 0.05
+        while True:
+            try:
+                reply = self.conn.request("fetch", job=job, index=index, timeout=max(self.conn.timeout, 120.0))
+            except WorkerError as exc:
+                if exc.code != proto.BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            return reply.body["outputs"], reply.blobs
 
     def release(self, job: str) -> None:
+        self._naming.pop(job, None)
         with contextlib.suppress(WorkerError):
             self.request("release", job=job)
 
@@ -224,13 +250,28 @@ class Client:
                 on_file(entry)
         return sorted(entries, key=lambda e: e["index"])
 
+    def _local_names(self, job: str, source: Path, sent: list[str]) -> list[str]:
+        """The fetched TIFFs' names by the one rule (:func:`lowlux.naming.output_names`) from this client's
+        source name; for a job submitted elsewhere, the worker's names (the same rule), as bare names."""
+        options = self._naming.get(job)
+        if options is not None:
+            return names_for_options(source, options)
+        names = [client_basename(str(n)) for n in sent]
+        if any(not n or n.startswith(".") for n in names):
+            raise WorkerError(proto.BAD_REQUEST, f"the worker sent output names that are not plain file names: {sent}")
+        return names
+
     def _store_fetched(self, job: str, entry: dict[str, Any], out_dir: str | Path | None,
                        overwrite: bool) -> dict[str, Any]:
         source = Path(entry["source"])
         folder = Path(out_dir) if out_dir else source.parent
         try:
             names, blobs = self.fetch(job, entry["index"])
-            outputs = [str(write_atomic(folder / Path(n).name, data, overwrite)) for n, data in zip(names, blobs)]
+            names = self._local_names(job, source, names)
+            if len(names) != len(blobs):
+                raise WorkerError(proto.BAD_REQUEST, f"the worker sent {len(blobs)} file(s) for {len(names)} "
+                                                     "output name(s)")
+            outputs = [str(write_atomic(folder / n, data, overwrite)) for n, data in zip(names, blobs)]
         except (OSError, LowluxError) as exc:
             message = exc.message if isinstance(exc, WorkerError) else str(exc)
             return {**entry, "state": "failed", "outputs": [], "error": f"{source}: {message}"}

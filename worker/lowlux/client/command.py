@@ -22,6 +22,23 @@ from .connection import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from .errors import WorkerError, WorkerUnavailable
 
 
+def emit(text: str, stream: Any = None) -> None:
+    """Print a line that may hold a file name whose bytes are not UTF-8: such a name goes out as the
+    very bytes the file system has (scripts open the file by them), never as a traceback."""
+    stream = stream or sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except UnicodeEncodeError:
+        stream.flush()
+        data = (text + "\n").encode(getattr(stream, "encoding", None) or "utf-8", "surrogateescape")
+        buffer = getattr(stream, "buffer", None)
+        if buffer is None:
+            print(data.decode("utf-8", "backslashreplace"), file=stream, end="", flush=True)
+        else:
+            buffer.write(data)
+            buffer.flush()
+
+
 def client_from_args(args: argparse.Namespace, *, autostart: bool) -> Client:
     """A :class:`Client` from the connection flags, the environment and the config file."""
     from ..keys import load_client_keys
@@ -176,22 +193,22 @@ def _follow(client: Client, job: str, fmt: str, *, out_dir: Any = None, overwrit
 
 def _print_entry(entry: dict[str, Any], fmt: str, job: str) -> None:
     if fmt == "json":
-        print(json.dumps({"job": job, **entry}), flush=True)
+        emit(json.dumps({"job": job, **entry}))
     elif fmt == "tsv":
-        print(proto.file_tsv(entry), flush=True)
+        emit(proto.file_tsv(entry))
     elif entry["state"] == "done":
         for out in entry["outputs"]:
-            print(out, flush=True)
+            emit(out)
     elif entry["state"] == "cancelled":
-        print(f"cancelled: {entry['source']}", file=sys.stderr, flush=True)
+        emit(f"cancelled: {entry['source']}", sys.stderr)
     else:
-        print(f"error: {entry.get('error') or entry['source']}", file=sys.stderr, flush=True)
+        emit(f"error: {entry.get('error') or entry['source']}", sys.stderr)
 
 
 def _do_status(client: Client, args: argparse.Namespace) -> int:
     status = client.status(args.job)
     if args.format == "tsv":
-        print(proto.status_tsv(status))
+        emit(proto.status_tsv(status))
     elif args.format == "json":
         print(json.dumps(status, indent=1))
     else:
@@ -199,7 +216,7 @@ def _do_status(client: Client, args: argparse.Namespace) -> int:
               f"{status['percent']:g} %)")
         for entry in status["files"]:
             detail = " | ".join(entry["outputs"]) if entry["outputs"] else (entry["error"] or entry["stage"] or "")
-            print(f"  {entry['state']:9} {entry['source']}" + (f"  {detail}" if detail else ""))
+            emit(f"  {entry['state']:9} {entry['source']}" + (f"  {detail}" if detail else ""))
     return EXIT_OK
 
 

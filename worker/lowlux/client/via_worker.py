@@ -10,7 +10,7 @@ from typing import Any
 from .. import protocol as proto
 from ..errors import LowluxError
 from ..options import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, summary_line
-from .command import client_from_args
+from .command import client_from_args, emit
 from .errors import WorkerUnavailable
 
 
@@ -33,10 +33,10 @@ def enhance_via_worker(args: argparse.Namespace, options: Any) -> int:
                     written += len(entry["outputs"])
                     if not quiet:
                         for out in entry["outputs"]:
-                            print(out, flush=True)
+                            emit(out)
                 else:
                     failed += 1
-                    print(f"error: {entry.get('error') or entry['source'] + ': ' + entry['state']}", file=sys.stderr)
+                    emit(f"error: {entry.get('error') or entry['source'] + ': ' + entry['state']}", sys.stderr)
         except LowluxError as exc:
             print(f"lowlux enhance: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE if isinstance(exc, WorkerUnavailable) else EXIT_FAILED

@@ -13,7 +13,8 @@ complete.
 
 The modules, one concern each: :mod:`.settings` (``ServerConfig`` and its defaults), :mod:`.lock` (one
 worker per endpoint), :mod:`.sockets` (binding and CURVE), :mod:`.loop` (``Server``: the main thread),
-:mod:`.handlers` (the protocol's operations), :mod:`.job_options` (a submit's options), :mod:`.spool` (uploaded files), :mod:`.memory` (``health``'s numbers) and
+:mod:`.handlers` (the protocol's operations), :mod:`.job_options` (a submit's options), :mod:`.spool` (uploaded files),
+:mod:`.fetches` (bounds on fetch replies a client has not read), :mod:`.memory` (``health``'s numbers) and
 :mod:`.command` (``lowlux serve``).
 """
 

@@ -35,6 +35,8 @@ def add_serve_parser(sub) -> None:
                    help=f"TIFF encoder threads (default {settings.ENCODE_THREADS})")
     g.add_argument("--max-queued", type=int, default=settings.MAX_QUEUED_FILES,
                    help=f"files queued at most (default {settings.MAX_QUEUED_FILES})")
+    g.add_argument("--max-queued-per-client", type=int, default=settings.MAX_QUEUED_PER_PEER,
+                   help=f"files one remote client may have queued (default {settings.MAX_QUEUED_PER_PEER})")
     g.add_argument("--max-upload-mb", type=int, default=settings.MAX_UPLOAD_MB,
                    help=f"largest raw a remote client may send (MiB, default {settings.MAX_UPLOAD_MB})")
     g.add_argument("--job-ttl", type=float, default=settings.JOB_TTL,
@@ -59,6 +61,8 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         engine=engine_config_from_args(args),
         encode_threads=max(1, args.encode_threads),
         max_queued_files=max(1, args.max_queued),
+        max_queued_per_peer=max(1, args.max_queued_per_client),
+        max_awaiting_upload_per_peer=min(settings.MAX_AWAITING_UPLOAD_PER_PEER, max(1, args.max_queued_per_client)),
         max_upload_bytes=max(1, args.max_upload_mb) * MiB,
         job_ttl=args.job_ttl,
         idle_timeout=args.idle_timeout,

@@ -18,6 +18,7 @@ import zmq
 from .. import __version__
 from .. import protocol as proto
 from ..jobs import FileTask, Job, QueueFull
+from ..naming import client_basename, is_utf8, names_for_options, readable
 from ..protocol import ProtocolError, Reply
 from .job_options import build_options, check_targets_fit, local_path
 from .memory import peak_rss_bytes, rss_bytes
@@ -58,28 +59,42 @@ class Handlers:
             return Reply(proto.error_reply(msg, exc.code, exc.message))
         except Exception as exc:
             log.exception("internal error on %s", (msg or {}).get("op"))
-            return Reply(proto.error_reply(msg, proto.INTERNAL, f"internal error ({exc.__class__.__name__}: {exc})"))
+            detail = exc.__class__.__name__ if peer.remote else f"{exc.__class__.__name__}: {exc}"
+            return Reply(proto.error_reply(msg, proto.INTERNAL, f"internal error ({detail})"))
 
     # ---- the worker --------------------------------------------------------------------------------------
 
-    def _liveness(self) -> dict[str, Any]:
+    def _liveness(self, peer: Peer) -> dict[str, Any]:
+        """What ``ping`` tells: a remote client learns nothing of the worker's machine (no pid)."""
         server = self.server
-        return {"version": __version__, "protocol": proto.PROTOCOL_VERSION, "pid": os.getpid(),
-                "ready": server.ready, "stopping": server.stopping, "uptime": round(server.uptime, 3)}
+        alive = {"version": __version__, "protocol": proto.PROTOCOL_VERSION, "pid": os.getpid(),
+                 "ready": server.ready, "stopping": server.stopping, "uptime": round(server.uptime, 3)}
+        if peer.remote:
+            del alive["pid"]
+        return alive
 
     def ping(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         error = self.server.engine_error
-        return Reply(proto.ok_reply(msg, **self._liveness(), error=str(error) if error else None))
+        if error is not None and peer.remote:
+            error = "the worker's engine could not load (its log says why)"
+        return Reply(proto.ok_reply(msg, **self._liveness(peer), error=str(error) if error else None))
 
     def health(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         engine = self.server.engine.describe() if self.server.ready else {}
+        counts = self.scheduler.counts()
+        local = {"rss": rss_bytes(), "peak_rss": peak_rss_bytes(), "endpoint": self.config.endpoint,
+                 "remote": self.server.sockets.remote_listen}
+        if peer.remote:  # paths, pid, memory and other clients' jobs are the worker's own business
+            engine = {k: v for k, v in engine.items() if k != "weights"}
+            counts.pop("jobs", None)
+            local = {}
         return Reply(proto.ok_reply(
-            msg, **self._liveness(), **engine,
-            **self.scheduler.counts(), rss=rss_bytes(), peak_rss=peak_rss_bytes(),
-            endpoint=self.config.endpoint, remote=self.server.sockets.remote_listen,
+            msg, **self._liveness(peer), **engine, **counts, **local,
             limits={"max_files_per_job": self.config.max_files_per_job,
                     "max_upload_bytes": self.config.max_upload_bytes,
-                    "max_queued_files": self.config.max_queued_files}))
+                    "max_queued_files": self.config.max_queued_files,
+                    "max_queued_per_peer": self.config.max_queued_per_peer,
+                    "max_awaiting_upload_per_peer": self.config.max_awaiting_upload_per_peer}))
 
     def shutdown(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         if peer.remote:
@@ -113,6 +128,8 @@ class Handlers:
             job.options = build_options({**wire, "out_dir": None, "overwrite": True})
             job.spool = spool.new(job.id)
             job.add_files(spool.sources(job, files), files, uploaded=False)
+            for task in job.tasks:
+                task.names = names_for_options(client_basename(task.display), job.options)
         else:
             job.options = build_options(wire, local=True)
             job.add_files([local_path(f, "files") for f in files])
@@ -121,6 +138,11 @@ class Handlers:
         except QueueFull as exc:
             spool.remove(job)
             raise ProtocolError(proto.BUSY, str(exc)) from None
+        if not upload:  # the decoder opens files by UTF-8 name: refuse such a file now, by name
+            for task in job.tasks:
+                if not is_utf8(task.source):
+                    self.scheduler.finish(task, "failed", error=f"{readable(task.source)}: the file name is not "
+                                          "valid UTF-8, which the raw decoder cannot open; rename the file")
         reply = proto.ok_reply(msg, job=job.id, total=len(job.tasks), state=job.state, upload=upload,
                                warnings=self._hint_warnings(msg.get("hints")))
         self._remember_submit(key, reply)
@@ -174,7 +196,10 @@ class Handlers:
 
     def status(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         job = self._owned_job(msg, peer)
-        return Reply(proto.ok_reply(msg, **self.scheduler.snapshot(job.id)))
+        snapshot = self.scheduler.snapshot(job.id)
+        if snapshot["state"] in proto.TERMINAL_STATES and job.spool is None:  # uploads: told once released
+            job.told = True
+        return Reply(proto.ok_reply(msg, **snapshot))
 
     def cancel(self, msg: dict, blobs: list, peer: Peer) -> Reply:
         job = self._owned_job(msg, peer)
@@ -192,10 +217,14 @@ class Handlers:
             raise ProtocolError(proto.NOT_READY, f"{task.display} is {task.state}" +
                                 (f": {task.error}" if task.error else ""))
         try:
+            size = sum(os.stat(p).st_size for p in task.outputs)
+            refusal = self.server.fetches.refusal(peer.key, size)
+            if refusal is not None:
+                raise ProtocolError(proto.BUSY, refusal)
             data = [Path(p).read_bytes() for p in task.outputs]
         except OSError as exc:
             raise ProtocolError(proto.UNKNOWN_JOB, f"the TIFFs of {task.display} are gone ({exc.strerror})") from None
-        return Reply(proto.ok_reply(msg, job=job.id, index=task.index, outputs=[Path(p).name for p in task.outputs],
+        return Reply(proto.ok_reply(msg, job=job.id, index=task.index, outputs=task.wire_outputs,
                                     sizes=[len(d) for d in data]), data)
 
     def release(self, msg: dict, blobs: list, peer: Peer) -> Reply:
@@ -203,6 +232,7 @@ class Handlers:
         if not job.terminal:
             self.scheduler.cancel(job.id, "cancelled: released by the client")
         self.server.spool.remove(job)
+        job.told = True
         return Reply(proto.ok_reply(msg, job=job.id))
 
     def jobs(self, msg: dict, blobs: list, peer: Peer) -> Reply:

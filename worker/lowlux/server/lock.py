@@ -28,7 +28,10 @@ class ServeLock:
         except ImportError:  # no flock (Windows): the bind itself guards tcp endpoints
             return
         for _ in range(10):
-            fh = open(self.path, "a+")
+            try:
+                fh = open(self.path, "a+")
+            except OSError as exc:
+                raise ConfigError(f"cannot create the worker lock {self.path} ({exc.strerror or exc})") from None
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -50,6 +53,20 @@ class ServeLock:
     @property
     def held(self) -> bool:
         return self._fh is not None
+
+    def ensure(self) -> bool:
+        """Still ours? A tmp cleaner that removes the socket may take the lock file beside it too: then
+        lock a new one, so a second worker cannot start on this endpoint. False if another took it."""
+        if self._fh is None or _same_file(self._fh, self.path):
+            return True
+        old, self._fh = self._fh, None
+        try:
+            self.acquire()
+        except ConfigError:
+            return False
+        finally:
+            old.close()
+        return True
 
     def release(self) -> None:
         if self._fh is not None:

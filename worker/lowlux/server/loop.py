@@ -21,7 +21,8 @@ from ..batch import WorkerPipeline
 from ..config import ipc_path
 from ..errors import LowluxError
 from ..jobs import Scheduler
-from .handlers import Handlers, Reply
+from .fetches import FetchGate
+from .handlers import Handlers, Reply, as_bytes
 from .lock import ServeLock
 from .settings import ServerConfig
 from .sockets import Peer, Sockets
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CHORES_EVERY = 1.0
 """Seconds between two rounds of housekeeping."""
+RECENTLY_ENDED = 10.0
+"""A job that ended this many seconds before a stop, and that no client was seen to learn of, may still
+have a client polling it: the stopping worker answers it a little longer (``ServerConfig.linger``)."""
 
 
 class Server:
@@ -38,7 +42,8 @@ class Server:
 
     def __init__(self, config: ServerConfig, engine: Any = None) -> None:
         self.config = config
-        self.scheduler = Scheduler(config.max_queued_files)
+        self.scheduler = Scheduler(config.max_queued_files, per_peer=config.max_queued_per_peer,
+                                   awaiting_per_peer=config.max_awaiting_upload_per_peer)
         self._engine = engine
         self._engine_ready = threading.Event()
         self._engine_error: BaseException | None = None
@@ -48,6 +53,7 @@ class Server:
                                        queue_size=config.queue_size, max_pixels_in_flight=config.max_pixels_in_flight)
         self.sockets = Sockets(config)
         self.spool = Spool(config.spool_dir)
+        self.fetches = FetchGate()
         self.handlers = Handlers(self)
         self._lock = ServeLock(config.endpoint)
         self._stop = threading.Event()
@@ -138,7 +144,7 @@ class Server:
         poller = zmq.Poller()
         for sock in self.sockets.peers:
             poller.register(sock, zmq.POLLIN)
-        draining, last_chores = False, 0.0
+        draining, last_chores, awaited, linger_until = False, 0.0, [], None
         try:
             while True:
                 for sock, _ in poller.poll(100):
@@ -146,11 +152,15 @@ class Server:
                 if self._stop.is_set() and not draining:
                     draining = True
                     log.info("shutting down: cancelling queued files, finishing the one on the net")
+                    awaited = self._awaited_jobs()
                     self.scheduler.stop(hurry=self._hurry.is_set())
                 elif draining and self._hurry.is_set() and not self.scheduler.hurrying:
                     self.scheduler.stop(hurry=True)
                 if draining and self.pipeline.drained:
-                    break
+                    if linger_until is None:
+                        linger_until = time.monotonic() + self.config.linger
+                    if all(job.told for job in awaited) or time.monotonic() >= linger_until:
+                        break
                 if time.monotonic() - last_chores > CHORES_EVERY:
                     last_chores = time.monotonic()
                     try:
@@ -160,6 +170,13 @@ class Server:
         finally:
             self.close()
         return self.exit_code
+
+    def _awaited_jobs(self) -> list:
+        """Jobs a client may be waiting on (running, or ended a moment ago without a client having seen
+        it): a stopping worker answers until each was seen to end, for up to ``config.linger`` seconds."""
+        now = time.monotonic()
+        return [job for job in self.scheduler if not job.told
+                and (job.finished_at is None or now - job.finished_at < RECENTLY_ENDED)]
 
     def _chores(self) -> None:
         """Forget old jobs, fail abandoned uploads, notice a failed engine or an idle timeout."""
@@ -181,7 +198,14 @@ class Server:
     def _check_socket_file(self) -> None:
         """Bind again if the ipc socket file was removed: else no client could reach this worker, and
         none could replace it while it holds the lock."""
-        if self._stop.is_set() or not self.sockets.socket_file_gone():
+        if self._stop.is_set():
+            return
+        if not self._lock.ensure():
+            log.error("another worker took the lock of %s: exiting", self.config.endpoint)
+            self.exit_code = 1
+            self.stop()
+            return
+        if not self.sockets.socket_file_gone():
             return
         if not self.sockets.rebind_local():
             self.exit_code = 1
@@ -193,21 +217,29 @@ class Server:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            peer = self.sockets.peers[sock]
-            if peer.remote:
-                peer = Peer(remote=True, owner=frames[-1].get("User-Id") or "?")
+            if self.sockets.peers[sock].remote:  # one CURVE key is one client, however many connections
+                owner = frames[-1].get("User-Id") or "?"
+                peer = Peer(remote=True, owner=owner, key=owner)
+            else:
+                peer = Peer(remote=False, key=frames[0].bytes)
             reply = self._dispatch_frames(frames, peer)
             if reply is not None:
+                frames_out, data = reply
                 try:
-                    sock.send_multipart(reply, zmq.NOBLOCK, copy=False)
+                    tracker = sock.send_multipart(frames_out, zmq.NOBLOCK, copy=False, track=bool(data))
                 except zmq.ZMQError as exc:  # the peer went away or its pipe is full: drop the reply
                     log.debug("reply dropped: %s", exc)
+                    continue
+                if data:  # a fetch: its bytes count against the peer until ZeroMQ lets go of them
+                    self.fetches.sent(peer.key, tracker, data)
 
-    def _dispatch_frames(self, frames: list, peer: Peer) -> list | None:
+    def _dispatch_frames(self, frames: list, peer: Peer) -> tuple[list, int] | None:
+        """Unwrap the ROUTER envelope (REQ peers add an empty delimiter, DEALER peers do not); the reply's
+        frames and how many bytes of data (TIFFs) they carry."""
         """Unwrap the ROUTER envelope (REQ peers add an empty delimiter, DEALER peers do not)."""
         if len(frames) < 2:
             return None
-        envelope = [frames[0]]
+        envelope = [as_bytes(frames[0])]  # bytes: a received frame cannot be sent again with a tracker
         body = frames[1:]
         if len(body[0]) == 0:
             envelope.append(b"")
@@ -217,7 +249,7 @@ class Server:
             reply = Reply(proto.error_reply(None, proto.BAD_REQUEST, "empty request"))
         else:
             reply = self.handlers.handle(body[0], body[1:], peer)
-        return envelope + [proto.dumps(reply.body)] + reply.blobs
+        return envelope + [proto.dumps(reply.body)] + reply.blobs, sum(len(b) for b in reply.blobs)
 
     def handle(self, header: Any, blobs: list, peer: Peer) -> Reply:
         """One request to one reply (see :meth:`Handlers.handle`)."""

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol as proto
-from ..jobs import MAX_PIXELS_IN_FLIGHT, MAX_QUEUED_FILES
+from ..jobs import MAX_AWAITING_UPLOAD_PER_PEER, MAX_PIXELS_IN_FLIGHT, MAX_QUEUED_FILES, MAX_QUEUED_PER_PEER
 
 MiB = 1 << 20
 LOCAL_MAX_FRAME = 128 * MiB
-"""Frames above this are dropped by ZeroMQ itself (the peer is disconnected); smaller junk gets a reply."""
+"""The least frame limit of the local socket, which is the upload limit + 1 MiB when that is more (513 MiB
+by default): larger frames are dropped by ZeroMQ itself (the peer is disconnected); smaller junk gets a reply."""
 
 ENCODE_THREADS = 2
 MAX_UPLOAD_MB = 512
@@ -21,6 +22,9 @@ JOB_TTL = 3600.0
 KEEP_JOBS = 1000
 UPLOAD_TIMEOUT = 600.0
 """Seconds an upload job waits for a file's bytes before that file fails."""
+LINGER = 5.0
+"""Seconds a stopping worker, its files ended, goes on answering so that clients waiting on the jobs it
+was running hear how each file ended (it exits as soon as they all have)."""
 IDLE_TIMEOUT = 0.0
 """Exit after this many seconds with no request and no work (0: never)."""
 
@@ -39,11 +43,15 @@ class ServerConfig:
     max_pixels_in_flight: int = MAX_PIXELS_IN_FLIGHT
     """Decoded frames held at once before decoding the next raw waits (see :mod:`lowlux.batch`)."""
     max_queued_files: int = MAX_QUEUED_FILES
+    """Local and remote clients' files are counted apart, each against this."""
+    max_queued_per_peer: int = MAX_QUEUED_PER_PEER
+    max_awaiting_upload_per_peer: int = MAX_AWAITING_UPLOAD_PER_PEER
     max_files_per_job: int = proto.MAX_FILES_PER_JOB
     max_upload_bytes: int = MAX_UPLOAD_MB * MiB
     job_ttl: float = JOB_TTL
     keep_jobs: int = KEEP_JOBS
     upload_timeout: float = UPLOAD_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
+    linger: float = LINGER
     """Auto-started workers use it (see :data:`lowlux.client.autostart.AUTOSTART_IDLE_TIMEOUT`)."""
     spool_dir: Path | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import zmq
 
 from .. import protocol as proto
 from ..config import ConfigError, check_endpoint, ipc_path, is_local
+from .fetches import SEND_HWM
 from .settings import LOCAL_MAX_FRAME, MiB, ServerConfig
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 class Peer:
     remote: bool
     owner: str = "local"
+    key: Hashable = None
+    """Whose replies these are, for the bounds on fetches: a connection, or a remote client's CURVE key."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Sockets:
     def _router(self, max_frame: int) -> zmq.Socket:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.linger = 0
+        sock.sndhwm = SEND_HWM  # replies a peer does not read are dropped beyond this, not piled up
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
         return sock
 
