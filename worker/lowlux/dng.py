@@ -202,4 +202,4 @@ def write_linear_dng(
             tif.write(np.ascontiguousarray(linear_camera), photometric=_LINEAR_RAW, planarconfig="contig",
                       subfiletype=0, extratags=image_tags, metadata=None, **kwargs)
 
-    return write_output(path, write, source=source, overwrite=overwrite)
+    return write_output(path, write, linear_camera.nbytes, source=source, overwrite=overwrite)

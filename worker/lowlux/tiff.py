@@ -191,9 +191,9 @@ def copy_metadata(source: Path, target: Path, dest: Path) -> bool:
 
 
 def _write_failure(exc: OSError, nbytes: int) -> str:
-    """Why a TIFF could not be written; a full disk says how much room writing one takes."""
+    """Why an output could not be written; a full disk says how much room writing one takes."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"cannot write ({exc.strerror or exc}): writing a TIFF needs about twice its size free, here "
+        return (f"cannot write ({exc.strerror or exc}): writing an output needs about twice its size free, here "
                 f"{2 * nbytes / 1e6:.0f} MB (the image, then a copy with the raw's metadata, before the first "
                 "is removed)")
     return f"cannot write ({exc.strerror or exc})"
@@ -227,10 +227,10 @@ def write_tiff(
         tifffile.imwrite(tmp, rgb, photometric="rgb", iccprofile=srgb_icc_profile(),
                          software=f"lowlux {__version__}", metadata=None, **kwargs)
 
-    return write_output(path, write, source=source, overwrite=overwrite)
+    return write_output(path, write, rgb.nbytes, source=source, overwrite=overwrite)
 
 
-def write_output(path: Path, write: Callable[[Path], None], *, source: str | Path | None = None,
+def write_output(path: Path, write: Callable[[Path], None], nbytes: int, *, source: str | Path | None = None,
                  overwrite: bool = False) -> Path:
     """The one way lowlux writes an output file (TIFF or DNG): ``write(tmp)`` writes the image to a
     temporary name in the target folder, the raw's metadata is added, and the file is moved into place
@@ -246,7 +246,7 @@ def write_output(path: Path, write: Callable[[Path], None], *, source: str | Pat
             tmp.unlink()
         _move_into_place(done, path, overwrite)
     except OSError as exc:
-        raise OutputError(path, _write_failure(exc, rgb.nbytes)) from exc
+        raise OutputError(path, _write_failure(exc, nbytes)) from exc
     finally:
         tmp.unlink(missing_ok=True)
         tagged.unlink(missing_ok=True)
