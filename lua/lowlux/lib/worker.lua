@@ -294,7 +294,7 @@ function M.submit_batches(run)
     else
       local files = {}
       batch.index, batch.handled, batch.failures = {}, {}, 0
-      batch.seen_finished, batch.seen_state = 0, "queued"
+      batch.seen_finished = 0
       for i, item in ipairs(batch.items) do
         files[i] = item.source
         batch.index[item.source] = i
@@ -356,15 +356,14 @@ function M.poll(run, active)
     local finished, total, still = 0, 0, {}
     for _i, batch in ipairs(active) do
       local info = listing and listing[batch.job]
-      if info and info.finished == batch.seen_finished and info.state == batch.seen_state
-          and not M.FINAL_JOB_STATES[info.state] then
+      if info and info.finished == batch.seen_finished and not M.FINAL_JOB_STATES[info.state] then
         finished, total = finished + info.finished, total + info.total
         still[#still + 1] = batch
       else
         local st, err = M.status(run.s, batch.job)
         if st then
           batch.failures = 0
-          batch.seen_finished, batch.seen_state = st.finished, st.state
+          batch.seen_finished = st.finished
           for i, entry in ipairs(st.files) do handle(run, batch, batch.index[entry.source] or i, entry) end
           finished, total = finished + st.finished, total + st.total
           if not M.FINAL_JOB_STATES[st.state] then still[#still + 1] = batch end
