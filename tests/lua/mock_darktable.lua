@@ -162,6 +162,13 @@ function mock.new(opts)
   end
 
   dt.database = {}
+  function dt.database.delete(img)
+    rec.timeline[#rec.timeline + 1] = "delete:" .. tostring(img)
+    for i, x in ipairs(rec.imported) do
+      if x == img then table.remove(rec.imported, i) break end
+    end
+    img._deleted = true
+  end
   function dt.database.import(path)
     rec.timeline[#rec.timeline + 1] = "import:" .. path
     if dt._import_fails[path] then return nil end

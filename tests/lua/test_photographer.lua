@@ -133,16 +133,24 @@ end)
 -- 3. a replaced result gets a new thumbnail
 ------------------------------------------------------------------------------------------------
 
-T.test("with replacing on, a result that replaced a file gets its thumbnail dropped and made again", function()
+T.test("with replacing on, a replaced result leaves the library and comes in afresh, with a new thumbnail", function()
   local ctx = setup{["lua/lowlux/overwrite"] = true}
   local a, b = ctx.dir .. "/a.dng", ctx.dir .. "/b.dng"
   local ao, bo = ctx.dir .. "/a_lowlux.tif", ctx.dir .. "/b_lowlux.tif"
   T.write(ao, "old")
+  local old = ctx.dt.database.import(ao) -- the first run's result, in the library
+  old.rating = 5
   ctx.worker:set{statuses = {T.status("J1", "done", 2, 2, {{"done", a, {ao}}, {"done", b, {bo}}})}}
-  press(ctx, T.images(ctx.dt, {a, b}))
+  local srcs = T.images(ctx.dt, {a, b}, {{rating = 2}, {}})
+  press(ctx, srcs)
   local submit = ctx.worker:submits()[1]
   T.ok(has(submit, "--overwrite"), "--overwrite is passed")
   T.eq(all_after(submit, "--target"), {}, "the plain names: one job")
+  T.ok(old._deleted, "the old entry left the library")
+  local new = ctx.dt._rec.imported[1]
+  T.ok(new ~= old and tostring(new) == ao, "imported again")
+  T.eq(new.rating, 2, "and given the raw's metadata")
+  T.ok(srcs[1].group_leader == new, "and its group")
   T.eq(ctx.dt._rec.cache, {"drop:" .. ao, "generate:" .. ao .. ":true:0:0"}, "only the replaced one")
 end)
 

@@ -123,23 +123,28 @@ function M.clear_failed(image)
   end)
 end
 
--- A result that replaced a file darktable knows: drop its cached thumbnails and make a new one.
-function M.refresh_thumbnail(image)
-  local dropped = pcall(function() image:drop_cache() end)
-  local generated = pcall(function() image:generate_cache(true, 0, 0) end)
-  return dropped and generated
+-- A result that replaced a file: darktable may hold the old file's pixels (its thumbnails, and the
+-- full-size buffer that thumbnails and the darkroom are made from, which image:drop_cache() leaves
+-- alone in darktable 4.2). The old entry leaves the library (not the disk) and the file comes in
+-- afresh, with a new thumbnail; its tags, metadata and group are given again below.
+function M.forget_replaced(path)
+  local ok, old = pcall(dt.database.import, path)
+  if not ok or not old then return false end
+  pcall(function() old:drop_cache() end)
+  return (pcall(dt.database.delete, old))
 end
 
 -- Import one result and attach it to its raw as the settings say; `replaced`: the file existed
--- before (the library may show its old thumbnail).
+-- before (the library may show its old pixels).
 function M.import_result(path, source_image, s, replaced)
+  if replaced then M.forget_replaced(path) end
   local ok, image = pcall(dt.database.import, path)
   if not ok or not image then
     return nil, string.format(_("could not import %s: %s"), M.basename(path),
       ok and _("darktable refused it") or tostring(image))
   end
   local ok2, err = pcall(function()
-    if replaced then M.refresh_thumbnail(image) end
+    if replaced then pcall(function() image:generate_cache(true, 0, 0) end) end
     if source_image then
       if s.copy_metadata then M.copy_metadata(source_image, image) end
       if s.group then
@@ -272,8 +277,8 @@ function M.enhance(images, overrides)
     end,
     on_failed = function(item, reason) M.mark_failed(item.image, reason) end,
   })
-  set_running(false)
   if not ok then
+    set_running(false)
     M.report(tostring(summary))
     return nil, tostring(summary)
   end
@@ -281,6 +286,9 @@ function M.enhance(images, overrides)
   local where = where_text(folders, not elsewhere)
   if elsewhere and summary.done > 0 then where = where .. _(" (show results in the lowlux module)") end
   M.report(M.summary_text(summary, _("enhanced"), where))
+  set_running(false)
+  -- last: a script waiting for the summary finds everything else done (widget calls yield)
+  M.state.last_summary = summary
   return summary
 end
 
@@ -397,6 +405,7 @@ function M.export_run(batches, s, values)
   })
   if s.export_import then M.state.last_result_folders = folders end
   M.report(M.summary_text(summary, _("exported"), where_text(folders, false)))
+  M.state.last_summary = summary
   return summary
 end
 

@@ -271,7 +271,6 @@ function M.run(batches, opts)
   if run.progress then run.progress.valid = false end
   M.settle(run)
   run.summary.cancel_requested = run.cancel_requested
-  M.state.last_summary = run.summary
   return run.summary
 end
 
