@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOWLUX = Path(sys.executable).with_name("lowlux")
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry"]
 WIDTH, HEIGHT = 1440, 900
+UPSCALE = 3
 
 DRIVER = r"""
 local dt = require "darktable"
@@ -45,8 +46,8 @@ dt.gui.libs["lowlux"].expanded = true
 dt.gui.selection(images)
 dt.gui.action("lua/lowlux: enhance dark", 0, "", "", 1.0)
 -- the first results in, the run still going: thumbnails, then the screen
-for _ = 1, 3000 do if #dt.database >= %(count)d + 2 or api.state.last_summary then break end dt.control.sleep(100) end
-dt.control.sleep(1500)
+for _ = 1, 3000 do if #dt.database >= %(count)d + 1 or api.state.last_summary then break end dt.control.sleep(100) end
+dt.control.sleep(2500)
 os.execute("cp " .. %(fb)s .. " " .. %(shot)s)
 dt.control.sleep(200)
 local running = api.state.running and "running" or "finished"
@@ -81,7 +82,9 @@ def make_raws(folder: Path) -> None:
 
     folder.mkdir(parents=True)
     for i, name in enumerate(PHOTOS):
-        dark = make_dark_raw(getattr(data, name)(), ratio=100, rng=np.random.default_rng(i))
+        photo = getattr(data, name)()
+        photo = photo.repeat(UPSCALE, axis=0).repeat(UPSCALE, axis=1)  # bigger: a run long enough to be seen
+        dark = make_dark_raw(photo, ratio=100, rng=np.random.default_rng(i))
         write_dark_dng(folder / f"{name}.dng", dark)
 
 
