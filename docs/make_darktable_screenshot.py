@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +33,7 @@ UPSCALE = 3
 DRIVER = r"""
 local dt = require "darktable"
 local api = package.loaded["lowlux/lowlux"].api
-os.execute("xdotool mousemove 1430 890 2>/dev/null") -- Xvfb's pointer sits mid-screen, on a thumbnail
+os.execute("xdotool mousemove 1000 650 2>/dev/null") -- off the thumbnails (Xvfb puts it mid-screen) and the panels
 dt.database.import(%(folder)s)
 for _ = 1, 600 do if #dt.database >= %(count)d then break end dt.control.sleep(100) end
 local images = {}
@@ -122,15 +122,25 @@ def main() -> int:
                 if worker.poll() is not None:
                     raise SystemExit("the worker did not start")
                 time.sleep(0.2)
-            subprocess.run(
-                ["xvfb-run", "-a", "-s", f"-screen 0 {WIDTH}x{HEIGHT}x24 -fbdir {fb}", "darktable",
-                 "--configdir", str(config), "--cachedir", str(cache), "--library", str(config / "library.db"),
-                 "--conf", "write_sidecar_files=never", "--conf", "lua/_scripts_install/dont_show=TRUE",
-                 "--conf", f"lua/lowlux/endpoint={endpoint}", "--conf", "ui_last/grouping=FALSE",
-                 "--conf", f"ui_last/window_w={WIDTH}", "--conf", f"ui_last/window_h={HEIGHT}",
-                 "--conf", "ui_last/maximized=TRUE", "--conf", "plugins/lighttable/images_in_row=4",
-                 "--disable-opencl", "--luacmd", f"dofile({lua_string(tmp / 'driver.lua')})"],
-                check=True, timeout=600, env=dict(os.environ, HOME=str(tmp)))
+            command = ["xvfb-run", "-a", "-s", f"-screen 0 {WIDTH}x{HEIGHT}x24 -fbdir {fb}", "darktable",
+                       "--configdir", str(config), "--cachedir", str(cache), "--library", str(config / "library.db"),
+                       "--conf", "write_sidecar_files=never", "--conf", "lua/_scripts_install/dont_show=TRUE",
+                       "--conf", f"lua/lowlux/endpoint={endpoint}", "--conf", "ui_last/grouping=FALSE",
+                       "--conf", f"ui_last/window_w={WIDTH}", "--conf", f"ui_last/window_h={HEIGHT}",
+                       "--conf", "ui_last/maximized=TRUE", "--conf", "plugins/lighttable/images_in_row=4",
+                       "--disable-opencl", "--luacmd", f"dofile({lua_string(tmp / 'driver.lua')})"]
+            # darktable 4.2.1 now and then hangs while starting, before any script runs: try again
+            for attempt in range(3):
+                for stale in (config / "library.db", config / "data.db", shot, state, *raws.glob("*_lowlux*")):
+                    stale.unlink(missing_ok=True)
+                proc = subprocess.Popen(command, env=dict(os.environ, HOME=str(tmp)), start_new_session=True)
+                try:
+                    proc.wait(timeout=300)
+                    break
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=60)
+                    print(f"darktable hung (attempt {attempt + 1}); trying again", file=sys.stderr)
         finally:
             worker.terminate()
             worker.wait(timeout=30)
