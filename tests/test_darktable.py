@@ -46,8 +46,9 @@ STARTUP_ATTEMPTS = 3
 WORKER_START_TIMEOUT = 120
 
 # darktable's metadata keys in meta_data (dt_metadata_t) and colour label numbers (color_labels)
-META_CREATOR, META_TITLE = 0, 2
+META_CREATOR, META_TITLE, META_NOTES = 0, 2, 5
 RED = 0
+DT_IMAGE_LDR, DT_IMAGE_RAW, DT_IMAGE_S_RAW = 32, 64, 1 << 17  # images.flags (dt_image_flags_t); S_RAW: no mosaic
 
 
 def free_port() -> int:
@@ -218,6 +219,57 @@ EXPORT_BODY = r"""
   end
 """
 
+# re-runs: another brightness (new names), then with replacing on (the first results replaced,
+# their thumbnails renewed); then results into a folder pattern, and "show results"
+RERUN_BODY = r"""
+  if not api then error("the lowlux plugin did not load") end
+  local sources = {}
+  for _, img in ipairs(images) do if img.filename ~= "corrupt.dng" then sources[#sources + 1] = img end end
+  local function run(label, m)
+    api.state.last_summary = nil
+    api.widgets.brightness.value = m
+    dt.gui.selection(sources)
+    dt.gui.action("lua/lowlux: enhance dark", 0, "", "", 1.0)
+    if wait_for(label, function() return api.state.last_summary ~= nil end, 150) then
+      local s = api.state.last_summary
+      note(string.format("%s total=%d done=%d failed=%d", label, s.total, s.done, s.failed))
+    end
+  end
+  local function find(name)
+    for _, img in ipairs(dt.database) do if img.filename == name then return img end end
+  end
+  run("RUN1", 0.2)
+  run("RUN2", 0.9)
+  -- the first result's thumbnail, as the lighttable has it, and a copy of the file it shows
+  local first, second = find("night one_lowlux.tif"), find("night one_lowlux_01.tif")
+  first:generate_cache(true, 0, 0)
+  second:generate_cache(true, 0, 0)
+  note("FIRST_ID " .. first.id .. " " .. second.id)
+  os.execute(string.format("cp '%s/%s' %s", first.path, first.filename, RUN1_COPY))
+  dt.preferences.write("lowlux", "overwrite", "bool", true)
+  run("RUN3", 0.9)
+  dt.preferences.write("lowlux", "overwrite", "bool", false)
+  dt.preferences.write("lowlux", "output", "enum", "folder pattern")
+  run("RUN4", 0.5)
+  api.widgets.show_results.clicked_callback(api.widgets.show_results)
+  wait_for("the collection", function() return #dt.collection == 2 end, 20)
+  local shown = {}
+  for _, img in ipairs(dt.collection) do shown[#shown + 1] = img.filename end
+  table.sort(shown)
+  note("COLLECTION " .. table.concat(shown, ","))
+"""
+
+# a lowlux DNG: how darktable takes it, and its export through darktable's own pipeline
+DNG_BODY = r"""
+  for _, img in ipairs(images) do
+    local tiff = dt.new_format("tiff")
+    tiff.bpp = 16
+    local failed = tiff:write_image(img, DNG_EXPORT)
+    note(string.format("DNG %s raw=%s ldr=%s hdr=%s failed=%s", img.filename, tostring(img.is_raw),
+      tostring(img.is_ldr), tostring(img.is_hdr), tostring(failed)))
+  end
+"""
+
 # script_manager: stop lowlux and start it again through script_manager, require it once more (as
 # a luarc line would), counting what is registered at each step; then the lighttable flow
 SCRIPT_MANAGER_BODY = r"""
@@ -327,13 +379,18 @@ class Session:
     def image_ids(self) -> dict[str, int]:
         return {name: i for i, name in self.query("SELECT id, filename FROM images")}
 
+    def image_id(self, folder: Path, name: str) -> int | None:
+        rows = self.query("SELECT i.id FROM images i JOIN film_rolls f ON f.id = i.film_id "
+                          "WHERE f.folder = ? AND i.filename = ?", (str(folder), name))
+        return rows[0][0] if rows else None
+
     def tags(self, image_id: int) -> set[str]:
         return {n for (n,) in self.query(
             "SELECT t.name FROM tagged_images ti JOIN data.tags t ON t.id = ti.tagid WHERE ti.imgid = ?", (image_id,))}
 
 
 def darktable_session(folder: Path, worker: Worker, body: str, conf: dict[str, str],
-                      layout: str) -> tuple[Session, bool]:
+                      layout: str, raws_maker=write_raws) -> tuple[Session, bool]:
     """One darktable run in `folder`: a fresh config with the plugin installed (install_plugin).
 
     Returns the session and whether darktable hung in its own start-up, before running luarc.
@@ -344,7 +401,7 @@ def darktable_session(folder: Path, worker: Worker, body: str, conf: dict[str, s
         d.mkdir(parents=True)
     result = folder / "driver-notes.txt"
     install_plugin(config, layout, result)
-    hashes = write_raws(raws)
+    hashes = raws_maker(raws)
     driver = folder / "driver.lua"
     driver.write_text(DRIVER_PRELUDE % {"result": lua_string(result), "folder": lua_string(raws),
                                         "count": len(hashes), "body": body})
@@ -386,7 +443,7 @@ def darktable_session(folder: Path, worker: Worker, body: str, conf: dict[str, s
 
 
 def run_darktable(tmp_path: Path, worker: Worker, body: str, conf: dict[str, str], *, layout: str = "luarc",
-                  plugin: bool = True) -> Session:
+                  plugin: bool = True, raws_maker=write_raws) -> Session:
     """Run the driver in darktable; fail with darktable's log unless it ran through and quit.
 
     darktable 4.2.1 itself hangs now and then (about 1 start in 15 here, with or without any
@@ -395,7 +452,8 @@ def run_darktable(tmp_path: Path, worker: Worker, body: str, conf: dict[str, str
     """
     hangs = []
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
-        session, hung_in_startup = darktable_session(tmp_path / f"attempt{attempt}", worker, body, conf, layout)  # (xvfb-run: no space in $TMPDIR)
+        session, hung_in_startup = darktable_session(tmp_path / f"attempt{attempt}", worker, body, conf, layout,
+                                                     raws_maker)  # (xvfb-run: no space in $TMPDIR)
         if not hung_in_startup:
             break
         hangs.append(session.log[-2000:])
@@ -434,6 +492,9 @@ def test_enhance_dark_in_the_lighttable_imports_grouped_results_with_the_raws_me
     s.check("SLIDER 0.50" in s.notes, "the brightness slider does not start at the default m = 0.5")
     s.check("ACTION 3" in s.notes, "the action did not see the three selected images")
     s.check("SUMMARY total=3 done=2 failed=1 cancelled=0" in s.notes, "unexpected outcome")
+    summary = [n for n in s.notes if n.startswith("PRINT lowlux: 2 of 3 enhanced")]
+    s.check(len(summary) == 1 and "next to the raws \u2014 corrupt.dng: not a raw file" in summary[0],
+            f"the summary does not name the failure: {summary}")
     ids = s.image_ids()
     results = {name.replace(".dng", "_lowlux.tif"): name for name in GOOD}
     s.check(set(ids) == set(GOOD) | {CORRUPT} | set(results),
@@ -441,8 +502,8 @@ def test_enhance_dark_in_the_lighttable_imports_grouped_results_with_the_raws_me
     for tif, raw in results.items():
         check_tiff(s, s.raws / tif)
         tif_id, raw_id = ids[tif], ids[raw]
-        (group,), = s.query("SELECT group_id FROM images WHERE id = ?", (tif_id,))
-        s.check(group == raw_id, f"{tif} is not grouped with {raw} (the raw leads the group)")
+        groups = dict(s.query("SELECT id, group_id FROM images WHERE id IN (?, ?)", (tif_id, raw_id)))
+        s.check(groups == {tif_id: tif_id, raw_id: tif_id}, f"{tif} does not lead the group of {raw}: {groups}")
         s.check({"places|harbour", "lowlux|enhanced"} <= s.tags(tif_id), f"{tif} tags: {s.tags(tif_id)}")
         s.check("darktable|format|dng" not in s.tags(tif_id), "darktable's own tags are not copied")
         (flags,), = s.query("SELECT flags FROM images WHERE id = ?", (tif_id,))
@@ -454,6 +515,15 @@ def test_enhance_dark_in_the_lighttable_imports_grouped_results_with_the_raws_me
     s.check(not list(s.raws.glob("corrupt*.tif")), "a TIFF for the corrupt file")
     reported = [n for n in s.notes if n.startswith("PRINT lowlux: corrupt.dng: ")]
     s.check(len(reported) == 1 and "not a raw file" in reported[0], "the corrupt file was not reported by name")
+    # the reason stays readable: the raw's tag and notes, lowlux.log in darktable's configuration folder
+    corrupt = ids[CORRUPT]
+    s.check("lowlux|failed" in s.tags(corrupt), f"{CORRUPT} is not tagged lowlux|failed: {s.tags(corrupt)}")
+    notes = dict(s.query("SELECT key, value FROM meta_data WHERE id = ?", (corrupt,))).get(META_NOTES, "")
+    s.check(notes.startswith("lowlux failed: ") and "not a raw file" in notes, f"{CORRUPT} notes: {notes!r}")
+    log = s.config / "lowlux.log"
+    s.check(log.is_file() and f"\t{s.raws / CORRUPT}\t" in log.read_text() and "not a raw file" in log.read_text(),
+            f"lowlux.log: {log.read_text() if log.exists() else 'missing'}")
+    s.check(all("lowlux|failed" not in s.tags(ids[n]) for n in GOOD), "a good raw is tagged lowlux|failed")
     check_sources_untouched(s)
 
 
@@ -479,10 +549,137 @@ def test_export_to_the_lowlux_storage_writes_results_to_the_target_and_imports_t
     ids = s.image_ids()
     for tif, raw in results.items():
         s.check(tif in ids, f"{tif} was not imported")
-        (group,), = s.query("SELECT group_id FROM images WHERE id = ?", (ids[tif],))
-        s.check(group == ids[raw], f"{tif} is not grouped with {raw}")
+        groups = dict(s.query("SELECT id, group_id FROM images WHERE id IN (?, ?)", (ids[tif], ids[raw])))
+        s.check(groups == {ids[tif]: ids[tif], ids[raw]: ids[tif]}, f"{tif} does not lead the group of {raw}")
         s.check("lowlux|enhanced" in s.tags(ids[tif]), f"{tif} tags: {s.tags(ids[tif])}")
     check_sources_untouched(s)
+
+
+def mipmap(s: Session, level: int, image_id: int) -> Path | None:
+    found = list((s.config.parent / "dtcache").glob(f"mipmaps-*.d/{level}/{image_id}.jpg"))
+    return found[0] if found else None
+
+
+def test_rerun_with_another_brightness_replaced_results_and_results_in_another_folder(tmp_path, worker):
+    import tifffile
+    from PIL import Image
+
+    run1 = tmp_path / "run1 copy.tif"  # (outside the attempt folders)
+    body = RERUN_BODY.replace("RUN1_COPY", lua_string(f"'{run1}'"))
+    s = run_darktable(tmp_path, worker, body, {"cache_disk_backend": "TRUE"})
+
+    for label in ("RUN1", "RUN2", "RUN3", "RUN4"):
+        s.check(f"{label} total=2 done=2 failed=0" in s.notes, f"{label} did not enhance both raws")
+    # a re-run with another brightness: new names (darktable's _01), imported, nothing fails
+    for name in GOOD:
+        stem = name.removesuffix(".dng")
+        for tif in (f"{stem}_lowlux.tif", f"{stem}_lowlux_01.tif"):
+            check_tiff(s, s.raws / tif)
+            s.check(s.image_id(s.raws, tif) is not None, f"{tif} was not imported")
+        s.check(not (s.raws / f"{stem}_lowlux_02.tif").exists(), "replacing on wrote a new name")
+        check_tiff(s, s.raws / "lowlux" / f"{stem}_lowlux.tif")  # the folder pattern's
+    # replacing on: the thumbnail darktable keeps is renewed (written to its disk cache at quit)
+    # replacing on: the thumbnail darktable keeps is renewed (written to its disk cache at quit). The third
+    # run had the second's brightness: the replaced result's thumbnail now matches the second result's.
+    first, second = (s.image_id(s.raws, f"night one_lowlux{n}.tif") for n in ("", "_01"))
+    s.check(any(n.startswith("FIRST_ID ") and n.endswith(f" {second}") and n.split()[1] != str(first)
+                for n in s.notes), "the replaced result is the library's old entry (with the old pixels)")
+    thumbs = [mipmap(s, 0, i) for i in (first, second)]
+    s.check(None not in thumbs, f"thumbnails missing in darktable's cache: {thumbs}")
+
+    def mean8(path: Path) -> float:
+        return float(tifffile.imread(path).astype(np.float64).mean() / 257)
+
+    def thumb(path: Path) -> np.ndarray:
+        return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+
+    old, new = mean8(run1), mean8(s.raws / "night one_lowlux.tif")
+    s.check(abs(old - new) > 5, f"the runs' results are too alike to tell thumbnails apart ({old:.1f}, {new:.1f})")
+    replaced, reference = thumb(thumbs[0]), thumb(thumbs[1])
+    s.check(replaced.shape == reference.shape and np.abs(replaced - reference).mean() < 2,
+            f"the replaced result's thumbnail (mean {replaced.mean():.1f}) is not the new one's "
+            f"({reference.mean():.1f}; the files: old {old:.1f}, new {new:.1f})")
+    # results in another folder: the summary says where, show results collects that film roll
+    out = s.raws / "lowlux"
+    s.check(any(n.startswith(f"PRINT lowlux: 2 of 2 enhanced, in {out} (show results") for n in s.notes),
+            "the summary does not say where the results went")
+    shown_names = ",".join(sorted(f"{n.removesuffix('.dng')}_lowlux.tif" for n in GOOD))
+    s.check(f"COLLECTION {shown_names}" in s.notes, "show results did not collect the results' film roll")
+    check_sources_untouched(s)
+
+
+@pytest.fixture(scope="module")
+def linear_weights(tmp_path_factory) -> Path:
+    """Random weights of lowlux's linear net (output_space=linear-camera-wb): the DNG format needs them."""
+    import torch
+
+    from lowlux.model import LowLightNet, msra_init
+    from lowlux.weights import save_weights
+
+    torch.manual_seed(0)
+    return save_weights(msra_init(LowLightNet("linear-camera-wb")), tmp_path_factory.mktemp("linear") / "linear.safetensors")
+
+
+def chart_outputs(folder: Path, weights: Path) -> tuple[Path, Path, object]:
+    """A dark ColorChecker raw (lowlux.train.chart, a Sony α7S II's matrix) restored twice by lowlux:
+    as a scene-referred linear DNG and as a 16-bit sRGB TIFF. Returns both and the chart."""
+    from lowlux.dng import write_dng
+    from lowlux.train.chart import chart_cameras, make_chart
+
+    chart = make_chart(chart_cameras(["sony-a7s2"])[0], patch=32)
+    black, white = 512, 16383
+    cfa = np.round(black + chart.dark * (white - black)).astype(np.uint16)
+    (folder / "chart raw").mkdir(parents=True)
+    raw = write_dng(folder / "chart raw" / "chart.dng", cfa, black=black, white=white,
+                    color_matrix=chart.camera.xyz_to_cam, as_shot_neutral=chart.colour.as_shot_neutral)
+    outputs = []
+    for fmt, out in (("dng", folder / "dng"), ("tiff", folder / "tiff")):
+        done = subprocess.run([str(LOWLUX), "enhance", "--weights", str(weights), "--format", fmt, "-o", str(out),
+                               str(raw)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs.append(out / f"chart_lowlux.{'dng' if fmt == 'dng' else 'tif'}")
+    return outputs[0], outputs[1], chart
+
+
+def srgb_decode(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def test_a_lowlux_dng_is_a_linear_raw_to_darktable_and_renders_like_the_tiff(tmp_path, worker, linear_weights):
+    """darktable 4.2 takes lowlux's scene-referred DNG as a raw without a mosaic (LinearRaw): as-shot white
+    balance, the DNG's colour matrix, no demosaic. Exported with workflow none (no filmic, no exposure
+    boost) its ColorChecker patches match the sRGB TIFF's once each file's transfer is decoded (sRGB for
+    darktable's, LibRaw's BT.709-style curve for lowlux's)."""
+    import tifffile
+
+    from lowlux.train.chart import delta_e00
+
+    dng, tiff, chart = chart_outputs(tmp_path / "chart", linear_weights)
+    exported = tmp_path / "darktable export.tif"
+
+    def raws(folder: Path) -> dict[str, str]:
+        folder.mkdir(parents=True)
+        shutil.copy(dng, folder / dng.name)
+        return {dng.name: sha256(folder / dng.name)}
+
+    s = run_darktable(tmp_path, worker, DNG_BODY.replace("DNG_EXPORT", lua_string(exported)), {
+        "plugins/darkroom/workflow": "none", "plugins/darkroom/chromatic-adaptation": "legacy"}, raws_maker=raws)
+
+    s.check(any(n.startswith(f"DNG {dng.name} ") and n.endswith("failed=false") for n in s.notes),
+            "darktable could not export the DNG")
+    (image_id, flags), = s.query("SELECT id, flags FROM images")
+    s.check(flags & DT_IMAGE_S_RAW and not flags & (DT_IMAGE_LDR | DT_IMAGE_RAW),
+            f"flags {flags:#x}: not a raw without a mosaic (darktable's sraw)")
+    history = {op for (op,) in s.query("SELECT operation FROM history WHERE imgid = ? AND enabled = 1", (image_id,))}
+    s.check({"rawprepare", "temperature", "colorin"} <= history and "demosaic" not in history,
+            f"darktable's pipeline for the DNG: {sorted(history)}")
+    s.check(exported.is_file(), "no export")
+    ours = tifffile.imread(tiff).astype(np.float32) / 65535
+    theirs = srgb_decode(tifffile.imread(exported).astype(np.float64) / 65535)
+    s.check(theirs.shape == ours.shape, f"{theirs.shape} vs {ours.shape}")
+    de = delta_e00(chart.lab_of_linear_srgb(chart.means(theirs)), chart.patch_lab(ours))
+    print(f"ColorChecker, darktable's render of the DNG vs lowlux's TIFF: ΔE00 mean {de.mean():.3f}, max {de.max():.3f}")
+    s.check(de.mean() <= 1.0 and de.max() <= 2.0, f"ΔE00 mean {de.mean():.2f}, max {de.max():.2f}: {de.round(2)}")
 
 
 def test_with_lua_scripts_script_manager_starts_stops_and_restarts_lowlux_which_enhances(tmp_path, worker):

@@ -8,14 +8,17 @@
   worker, which keeps the model loaded.
 
   lighttable: select dark raws, open the lowlux module in the right panel, choose the
-  brightness (or a bracket of brightnesses) and press "enhance dark". Each 16-bit TIFF
-  (<name>_lowlux.tif) is imported as soon as it is ready, grouped with its raw and given its
-  tags and metadata. A key for "lowlux: enhance dark" can be set in the shortcuts dialog.
+  brightness (or a bracket of brightnesses) and press "enhance dark". Each result (a 16-bit
+  sRGB TIFF <name>_lowlux.tif, or a scene-referred linear DNG) is imported as soon as it is
+  ready, grouped with its raw (as the group leader) and given its tags and metadata; a raw
+  that fails is tagged lowlux|failed with the reason in its notes and in lowlux.log in
+  darktable's configuration folder. A key for "lowlux: enhance dark" can be set in the
+  shortcuts dialog.
 
-  export: the target storage "lowlux: enhance dark (16-bit TIFF)" sends the source raws to the
+  export: the target storage "lowlux: enhance dark (from the raw)" sends the source raws to the
   worker and writes the results where its folder and name pattern says.
 
-  preferences > lua options: the lowlux executable, the worker, where results go.
+  preferences > lua options: the lowlux executable, the worker, where results go, the format.
   Needs darktable 4.2 (Lua API 9.0.0) or newer and lowlux (its install.sh sets this up).
 ]]
 
@@ -29,7 +32,7 @@ local dt = require "darktable"
 local MODULE = "lowlux"
 local MIN_API = "9.0.0"
 local SHORTCUT_NAME = "lowlux: enhance dark"
-local STORAGE_LABEL = "lowlux: enhance dark (16-bit TIFF)"
+local STORAGE_LABEL = "lowlux: enhance dark (from the raw)"
 local INSTANCE = "lowlux.instance" -- package.loaded slot: this darktable's running lowlux
 
 -- Loaded already (luarc and script_manager both asked for it, or again after a stop): the
@@ -52,7 +55,9 @@ M.config = {
   cancel_polls = 60,         -- polls to wait for a cancelled job to settle
 }
 -- what is registered with darktable now; last_summary: the latest run's (for scripts and tests)
-M.state = {module_installed = false, view_event = false, shortcut = false, storage = false, last_summary = nil}
+-- running: a lighttable run is going; started_worker: this darktable's first job started the worker
+M.state = {module_installed = false, view_event = false, shortcut = false, exit_event = false, storage = false,
+           last_summary = nil, running = false, started_worker = false}
 
 -- The folder of this file (script_manager keeps scripts in folders of their own under lua/).
 do
@@ -92,6 +97,9 @@ M.check_min_api_version(MIN_API, MODULE)
 M.NEXT_TO_SOURCE, M.FOLDER_PATTERN = "next to the source", "folder pattern"
 local DEVICES = {"auto", "cpu", "cuda"}
 local OUTPUTS = {M.NEXT_TO_SOURCE, M.FOLDER_PATTERN}
+local FORMAT_CHOICES = {M.TIFF, M.DNG}
+local COMPRESSIONS = {"none", "deflate"}
+M.COMPRESSIONS = COMPRESSIONS
 
 -- key, type, default; with a label, in the preferences dialog (lua options) in this order:
 -- label, tooltip, choices of an enum.
@@ -105,24 +113,33 @@ local PREFS = {
   {"device", "enum", "auto", _("lowlux: device"),
     _("where a worker started by darktable runs the net: auto uses the GPU when there is one"), DEVICES},
   {"output", "enum", M.NEXT_TO_SOURCE, _("lowlux: where results go"),
-    _("next to the raw, or into the folder pattern below"), OUTPUTS},
+    _("next to the raw (its film roll), or into the folder pattern below (another film roll: the module's "
+      .. "show results button goes there)"), OUTPUTS},
   {"output_pattern", "string", "$(FILE_FOLDER)/lowlux", _("lowlux: output folder pattern"),
     _("used when results go to a folder pattern; variables like $(FILE_FOLDER), $(ROLL_NAME), $(HOME), $(EXIF.YEAR)")},
+  {"format", "enum", M.TIFF, _("lowlux: output format"),
+    _("16-bit sRGB TIFF: display-referred, ready to use; scene-referred linear DNG: camera-native linear "
+      .. "RGB with the raw's colour matrices and as-shot white balance, for darktable's scene-referred "
+      .. "workflow (needs lowlux's linear weights)"), FORMAT_CHOICES},
+  {"compression", "enum", "none", _("lowlux: compression"),
+    _("lossless compression of the results: deflate makes smaller files and takes a little longer"), COMPRESSIONS},
   {"overwrite", "bool", false, _("lowlux: replace existing results"),
-    _("enhancing again replaces an existing <name>_lowlux.tif instead of failing")},
+    _("off: enhancing again writes a new file (<name>_lowlux_01.tif, _02, ... like darktable's exports); "
+      .. "on: it replaces <name>_lowlux.tif, and the library's thumbnail is renewed")},
   {"copy_metadata", "bool", true, _("lowlux: copy tags and metadata"),
     _("give results the raw's tags, rating, colour labels, title, description, creator, publisher and rights")},
   {"group", "bool", true, _("lowlux: group results with their raw"),
     _("put each enhanced image into the group of its raw")},
-  {"leader", "bool", false, _("lowlux: make the result the group leader"),
-    _("the enhanced image becomes the leader of its raw's group")},
+  {"leader", "bool", true, _("lowlux: make the result the group leader (on by default)"),
+    _("the enhanced image leads its raw's group, so a collapsed group shows the result; off: the raw stays the leader")},
+  {"stop_worker", "bool", true, _("lowlux: stop the worker when darktable quits"),
+    _("a worker that darktable started holds the net (about 1 GB of memory) until it has been idle for 30 "
+      .. "minutes; on: darktable stops it when it quits. A worker started otherwise is left running")},
   -- the module's and the export storage's widgets remember these
   {"brightness", "float", M.BRIGHTNESS.default},
   {"bracket_on", "bool", false},
   {"bracket", "string", "0.3,0.5,0.7"},
   {"export_pattern", "string", "$(FILE_FOLDER)/darktable_exported/$(FILE_NAME)"},
-  {"export_brightness", "float", M.BRIGHTNESS.default},
-  {"export_bracket", "string", ""},
   {"export_import", "bool", false},
 }
 M.DEFAULTS, M.PREF_TYPES = {}, {}
@@ -175,16 +192,34 @@ end
 -- widgets: the lighttable module and the export storage's options
 ------------------------------------------------------------------------------------------------
 
-function M.module_enhance()
+-- The module's brightness and bracket, remembered (the export storage uses them too).
+function M.remember_module_brightness()
   local w = M.widgets
-  local overrides = {}
+  local values = {}
   if w and w.brightness then
-    overrides.brightness = tonumber(M.format_brightness(w.brightness.value))
-    overrides.bracket_on = w.bracket_on.value
-    overrides.bracket = w.bracket.text
-    for key, value in pairs(overrides) do M.set_pref(key, value) end
+    values.brightness = tonumber(M.format_brightness(w.brightness.value))
+    values.bracket_on = w.bracket_on.value
+    values.bracket = w.bracket.text
+    for key, value in pairs(values) do M.set_pref(key, value) end
   end
-  return M.enhance(dt.gui.action_images, overrides)
+  return values
+end
+
+function M.module_enhance()
+  if M.state.running then return M.enhance({}, {}) end -- says that a run is going
+  return M.enhance(dt.gui.action_images, M.remember_module_brightness())
+end
+
+-- A combobox's choice as text (darktable gives the text, a value just set may be the index).
+function M.combo_text(widget, list)
+  local v = widget.value
+  if type(v) == "number" then return list[v] end
+  return v
+end
+
+function M.index_of(list, value)
+  for i, v in ipairs(list) do if v == value then return i end end
+  return 1
 end
 
 local function brightness_slider(props, value)
@@ -225,35 +260,55 @@ local function build_widgets()
   }
   w.button = dt.new_widget("button"){
     label = _("enhance dark"),
-    tooltip = _("restore the selected dark raws; results are imported next to them as they finish"),
+    tooltip = _("restore the selected dark raws; each result is imported as it finishes, grouped with its raw: "
+      .. "next to the raw, or where preferences > lua options > lowlux: where results go says"),
     clicked_callback = function() M.module_enhance() end,
+  }
+  w.show_results = dt.new_widget("button"){
+    label = _("show results"),
+    tooltip = _("show the latest results: their film roll when they went to one folder, else every image "
+      .. "tagged lowlux|enhanced"),
+    clicked_callback = function() M.show_results() end,
   }
   w.box = dt.new_widget("box"){
     orientation = "vertical",
-    w.brightness, w.bracket_on, w.bracket, w.button,
+    w.brightness, w.bracket_on, w.bracket, w.button, w.show_results,
     M.executable_widget(), -- with lua-scripts: its chooser for the lowlux executable
   }
   -- the export storage's own options
+  w.export_about = dt.new_widget("label"){
+    label = _("writes a 16-bit sRGB TIFF or a linear DNG (preferences > lua options) from each image's raw"),
+    tooltip = _("darktable's rendering, its format options (TIFF, bit depth, compression) and size are not "
+      .. "used: a small export size above saves time. brightness and bracket: those of the lowlux module"),
+    ellipsize = "end",
+  }
   w.export_pattern = dt.new_widget("entry"){
     text = M.pref("export_pattern"),
-    tooltip = _("target folder and file name, darktable variables allowed; _lowlux.tif is appended"),
+    tooltip = _("target folder and file name, darktable variables allowed; _lowlux.tif (or .dng) is appended, "
+      .. "and _01, _02, ... when the name is taken"),
     editable = true,
   }
-  w.export_brightness = brightness_slider({label = _("brightness")}, M.pref("export_brightness"))
-  w.export_bracket = dt.new_widget("entry"){
-    text = M.pref("export_bracket"),
-    placeholder = _("bracket, e.g. 0.3,0.5,0.7 (empty: none)"),
-    tooltip = _("several brightnesses, one result each; empty: just the brightness above"),
-    editable = true,
+  w.export_brightness = dt.new_widget("label"){
+    label = _("brightness: the lowlux module's"),
+    tooltip = _("the export uses the brightness (and bracket) set in the lowlux module of the lighttable"),
   }
+  w.compression = dt.new_widget("combobox"){
+    label = _("compression"),
+    tooltip = _("lossless compression of the results (the same as preferences > lua options > lowlux: compression)"),
+    changed_callback = function(self) M.set_pref("compression", M.combo_text(self, COMPRESSIONS)) end,
+    table.unpack(COMPRESSIONS),
+  }
+  -- (the choice only once the entries are there: a constructor's fields come in hash order)
+  w.compression.value = M.index_of(COMPRESSIONS, M.pref("compression"))
   w.export_import = dt.new_widget("check_button"){
     label = _("import results into the library"),
     value = M.pref("export_import"),
   }
   w.export_box = dt.new_widget("box"){
     orientation = "vertical",
+    w.export_about,
     dt.new_widget("label"){label = _("target")},
-    w.export_pattern, w.export_brightness, w.export_bracket, w.export_import,
+    w.export_pattern, w.export_brightness, w.compression, w.export_import,
   }
   return w
 end
@@ -293,6 +348,10 @@ local function start()
       dt.register_event(MODULE, "shortcut", function(event, shortcut) M.module_enhance() end, SHORTCUT_NAME)
       M.state.shortcut = true
     end
+    if not M.state.exit_event then
+      dt.register_event(MODULE, "exit", function(event) M.on_exit() end)
+      M.state.exit_event = true
+    end
   end
   if not M.state.storage then
     dt.register_storage(MODULE, STORAGE_LABEL, M.storage_store, M.storage_finalize, M.storage_supported,
@@ -306,6 +365,7 @@ local function destroy()
   if M.state.module_installed then dt.gui.libs[MODULE].visible = false end
   for _i, what in ipairs({{"view_event", dt.destroy_event, MODULE, "view-changed"},
                           {"shortcut", dt.destroy_event, MODULE, "shortcut"},
+                          {"exit_event", dt.destroy_event, MODULE, "exit"},
                           {"storage", dt.destroy_storage, MODULE}}) do
     if M.state[what[1]] and pcall(what[2], table.unpack(what, 3)) then M.state[what[1]] = false end
   end

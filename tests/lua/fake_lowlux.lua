@@ -5,10 +5,14 @@
 --
 -- scenario.lua returns {
 --   job = "J1",                                  -- submit prints "job\tJ1"
+--   job_ids = {"J1", "J2"},                      -- or: the n-th submit gets the n-th id
 --   submit = {exit = 3, stderr = "..."},         -- or: submit fails like this
 --   statuses = {"job\t...\n...", {exit = 1, stderr = "..."}, ...},  -- one per status call, the last repeats
+--   by_job = {J2 = {...}},                       -- statuses of one job (its own count), instead of statuses
+--   jobs = {"J1\trunning\t0\t1\tc\n...", ...},  -- one per jobs call, the last repeats; absent: jobs fails
 --   after_cancel = "job\t...",                   -- status once a cancel came in
 --   cancel = {exit = 1, stderr = "..."},         -- or: cancel fails like this
+--   ping = {exit = 3, stderr = "..."},           -- or: ping answers "ok"
 -- }
 
 local dir = arg[0]:match("^(.*)/[^/]*$") or "."
@@ -27,7 +31,7 @@ append("calls.lua", "calls[#calls + 1] = {" .. table.concat(quoted, ", ") .. "}\
 local command = nil
 for i = 1, #arg do
   local a = arg[i]
-  if a == "submit" or a == "status" or a == "cancel" or a == "ping" or a == "shutdown" then
+  if a == "submit" or a == "status" or a == "cancel" or a == "ping" or a == "shutdown" or a == "jobs" then
     command = a
     break
   end
@@ -55,8 +59,16 @@ local function count(name)
   return n
 end
 
+local function job_arg()
+  for i = 1, #arg do if arg[i] == "status" or arg[i] == "cancel" then return arg[i + 1] end end
+end
+
 if command == "submit" then
   if scenario.submit then answer(scenario.submit) end
+  if scenario.job_ids then
+    local n = count("submit_count")
+    answer("job\t" .. scenario.job_ids[math.min(n, #scenario.job_ids)])
+  end
   answer("job\t" .. (scenario.job or "J1"))
 elseif command == "status" then
   local cancelled = io.open(dir .. "/cancelled", "r")
@@ -64,13 +76,28 @@ elseif command == "status" then
     cancelled:close()
     answer(scenario.after_cancel)
   end
-  local n = count("status_count")
+  local job = job_arg()
   local statuses = scenario.statuses or {}
+  local n
+  if scenario.by_job and scenario.by_job[job] then
+    statuses = scenario.by_job[job]
+    n = count("status_count_" .. job)
+  else
+    n = count("status_count")
+  end
   answer(statuses[math.min(n, #statuses)] or {exit = 1, stderr = "no status scripted"})
+elseif command == "jobs" then
+  if not scenario.jobs then answer({exit = 2, stderr = "fake lowlux: no jobs scripted"}) end
+  local n = count("jobs_count")
+  answer(scenario.jobs[math.min(n, #scenario.jobs)])
 elseif command == "cancel" then
   append("cancelled", "1")
   if scenario.cancel then answer(scenario.cancel) end
   answer("cancelled")
+elseif command == "ping" then
+  answer(scenario.ping or "lowlux worker (fake): ready")
+elseif command == "shutdown" then
+  answer(scenario.shutdown or "worker is shutting down")
 else
   answer({exit = 2, stderr = "fake lowlux: unexpected command"})
 end

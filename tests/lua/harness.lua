@@ -170,6 +170,25 @@ function T.fake_worker(dir, scenario)
     end
     return out
   end
+  -- every command the fake was asked for, in order (submit, status, jobs, cancel, ping, shutdown)
+  function w:all_commands()
+    local out = {}
+    local known = {submit = true, status = true, cancel = true, jobs = true, ping = true, shutdown = true}
+    for _, c in ipairs(self:calls()) do
+      for _, a in ipairs(c) do
+        if known[a] then out[#out + 1] = a break end
+      end
+    end
+    return out
+  end
+  -- each submit's argument list, in order
+  function w:submits()
+    local out = {}
+    for _, c in ipairs(self:calls()) do
+      for _, a in ipairs(c) do if a == "submit" then out[#out + 1] = c break end end
+    end
+    return out
+  end
   function w:call(name)
     for _, c in ipairs(self:calls()) do
       for i, a in ipairs(c) do if a == name then return c, i end end
@@ -186,7 +205,7 @@ end
 function T.load(opts)
   opts = opts or {}
   local dt = mock.new{has_gui = opts.has_gui, api_version = opts.api_version, running_os = opts.running_os,
-                      config_dir = opts.config_dir, view = opts.view}
+                      config_dir = opts.config_dir, cache_dir = opts.cache_dir, view = opts.view}
   for k, v in pairs(opts.conf or {}) do dt._conf[k] = v end
   package.loaded["darktable"] = dt
   for name, key in pairs({["lib/dtutils"] = "dtutils", ["lib/dtutils.file"] = "dtutils_file",

@@ -22,6 +22,8 @@ function mock.new(opts)
     prints = {}, logs = {}, errors = {}, executed = {}, sleeps = 0, jobs = {}, imported = {},
     libs = {}, events = {}, storages = {}, prefs_registered = {}, widgets = {}, destroyed = {},
     timeline = {}, -- ordered "kind:detail" strings: sleep, import, execute
+    cache = {},    -- "drop:<image>" and "generate:<image>:<create_dirs>:<min>:<max>", in order
+    collections = {}, -- each collect.filter call's rules
   }
   dt._rec = rec
   dt._on_sleep = nil         -- function(n) called on each dt.control.sleep (n = count so far)
@@ -33,6 +35,7 @@ function mock.new(opts)
     has_gui = opts.has_gui ~= false,
     running_os = opts.running_os or "linux",
     config_dir = opts.config_dir or "/nonexistent-config",
+    cache_dir = opts.cache_dir or "/nonexistent-cache",
     tmp_dir = "/tmp",
   }
 
@@ -105,6 +108,13 @@ function mock.new(opts)
     self.group_leader = self
   end
   function image_mt:get_tags() return dt.tags.get_tags(self) end
+  function image_mt:drop_cache()
+    rec.cache[#rec.cache + 1] = "drop:" .. tostring(self)
+    rec.timeline[#rec.timeline + 1] = "drop_cache:" .. tostring(self)
+  end
+  function image_mt:generate_cache(create_dirs, min, max)
+    rec.cache[#rec.cache + 1] = string.format("generate:%s:%s:%d:%d", tostring(self), tostring(create_dirs), min, max)
+  end
 
   rec.all_images = {}
   function dt._image(path, fields)
@@ -112,7 +122,7 @@ function mock.new(opts)
     local img = setmetatable({
       id = next_id, path = dir, filename = base, rating = 1,
       red = false, yellow = false, green = false, blue = false, purple = false,
-      title = "", description = "", creator = "", publisher = "", rights = "",
+      title = "", description = "", creator = "", publisher = "", rights = "", notes = "",
       exif_datetime_taken = "2024:01:02 03:04:05", film = {path = dir}, _tags = {},
     }, image_mt)
     img.group_leader = img
@@ -134,6 +144,11 @@ function mock.new(opts)
     for _, t in ipairs(image._tags) do if t == tag then return end end
     image._tags[#image._tags + 1] = tag
   end
+  function dt.tags.detach(tag, image)
+    for i, t in ipairs(image._tags) do
+      if t == tag then table.remove(image._tags, i) return end
+    end
+  end
   function dt.tags.get_tags(image)
     local out = {}
     for i, t in ipairs(image._tags) do out[i] = t end
@@ -147,6 +162,13 @@ function mock.new(opts)
   end
 
   dt.database = {}
+  function dt.database.delete(img)
+    rec.timeline[#rec.timeline + 1] = "delete:" .. tostring(img)
+    for i, x in ipairs(rec.imported) do
+      if x == img then table.remove(rec.imported, i) break end
+    end
+    img._deleted = true
+  end
   function dt.database.import(path)
     rec.timeline[#rec.timeline + 1] = "import:" .. path
     if dt._import_fails[path] then return nil end
@@ -161,7 +183,13 @@ function mock.new(opts)
   -- gui
   dt.gui = {views = {lighttable = {id = "lighttable", name = "lighttable"}, darkroom = {id = "darkroom", name = "darkroom"}}}
   dt.gui._view = dt.gui.views[opts.view or "lighttable"]
-  dt.gui.libs = {}
+  -- the collect module: filter(rules) sets the collection (recorded), new_rule() makes a rule
+  dt.gui.libs = {collect = {}}
+  function dt.gui.libs.collect.new_rule() return {mode = "", item = "", data = ""} end
+  function dt.gui.libs.collect.filter(rules)
+    if rules then rec.collections[#rec.collections + 1] = rules end
+    return {}
+  end
   dt.gui.action_images = {}
   function dt.gui.current_view() return dt.gui._view end
   function dt.gui.selection(list)

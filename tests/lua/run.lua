@@ -6,7 +6,7 @@ package.path = here .. "/?.lua;" .. package.path
 local T = require "harness"
 
 local FILES = {"test_protocol.lua", "test_loading.lua", "test_enhance.lua", "test_storage.lua",
-               "test_script_manager.lua"}
+               "test_script_manager.lua", "test_photographer.lua"}
 for _, file in ipairs(FILES) do
   T.current_file = file
   dofile(here .. "/" .. file)

@@ -26,7 +26,7 @@ T.test("with a GUI: lighttable module, shortcut, export storage and preferences"
   T.eq(lib.views[dt.gui.views.lighttable][1], "DT_UI_CONTAINER_PANEL_RIGHT_CENTER")
   local labels = {}
   for _, w in ipairs(lib.widget) do labels[#labels + 1] = w.label or w._type end
-  T.eq(labels, {"brightness", "bracket", "entry", "enhance dark"})
+  T.eq(labels, {"brightness", "bracket", "entry", "enhance dark", "show results"})
   local slider = lib.widget[1]
   T.eq({slider.hard_min, slider.hard_max, slider.value}, {0.1, 0.9, 0.5})
 
@@ -34,7 +34,7 @@ T.test("with a GUI: lighttable module, shortcut, export storage and preferences"
   T.eq(shortcut.extra, "lowlux: enhance dark")
   T.eq(#rec.storages, 1)
   T.eq(rec.storages[1].name, "lowlux")
-  T.eq(rec.storages[1].label, "lowlux: enhance dark (16-bit TIFF)")
+  T.eq(rec.storages[1].label, "lowlux: enhance dark (from the raw)")
   T.ok(rec.storages[1].widget, "the export storage has its options widget")
 
   local names = {}
@@ -43,8 +43,8 @@ T.test("with a GUI: lighttable module, shortcut, export storage and preferences"
     names[#names + 1] = p.name
   end
   table.sort(names)
-  T.eq(names, {"copy_metadata", "device", "endpoint", "executable", "group", "leader", "output",
-               "output_pattern", "overwrite", "weights"})
+  T.eq(names, {"compression", "copy_metadata", "device", "endpoint", "executable", "format", "group", "leader",
+               "output", "output_pattern", "overwrite", "stop_worker", "weights"})
   T.eq(find(rec.prefs_registered, "name", "device").values, {"auto", "cpu", "cuda"})
 end)
 
@@ -80,22 +80,27 @@ T.test("without lib/dtutils the script checks the API version itself", function(
   T.ok(sd.metadata, "a newer API (compared as numbers, not strings) is fine")
 end)
 
-T.test("preference defaults: next to the source, copy metadata, group, raw stays leader", function()
-  local _, _, api = T.load()
+T.test("preference defaults: next to the source, copy metadata, group, the result leads, TIFF", function()
+  local _, dt, api = T.load()
   local s = api.settings()
   T.eq({s.output, s.copy_metadata, s.group, s.leader, s.device, s.overwrite},
-       {"next to the source", true, true, false, "auto", false})
+       {"next to the source", true, true, true, "auto", false})
+  T.eq({s.format, s.compression, s.stop_worker}, {"16-bit sRGB TIFF", "none", true})
+  local leader = nil
+  for _, p in ipairs(dt._rec.prefs_registered) do if p.name == "leader" then leader = p end end
+  T.contains(leader.label, "group leader (on by default)", "the label says the result leads by default")
   T.eq({s.endpoint, s.weights, s.brightness, s.bracket_on}, {"", "", 0.5, false})
 end)
 
 T.test("preferences come from darktablerc under lua/lowlux/", function()
   local _, _, api = T.load{conf = {
     ["lua/lowlux/endpoint"] = "tcp://127.0.0.1:7777", ["lua/lowlux/device"] = "cpu",
-    ["lua/lowlux/group"] = false, ["lua/lowlux/leader"] = true, ["lua/lowlux/output"] = "folder pattern",
+    ["lua/lowlux/group"] = false, ["lua/lowlux/leader"] = false, ["lua/lowlux/output"] = "folder pattern",
+    ["lua/lowlux/format"] = "scene-referred linear DNG", ["lua/lowlux/compression"] = "deflate",
   }}
   local s = api.settings()
-  T.eq({s.endpoint, s.device, s.group, s.leader, s.output},
-       {"tcp://127.0.0.1:7777", "cpu", false, true, "folder pattern"})
+  T.eq({s.endpoint, s.device, s.group, s.leader, s.output, s.format, s.compression},
+       {"tcp://127.0.0.1:7777", "cpu", false, false, "folder pattern", "scene-referred linear DNG", "deflate"})
 end)
 
 T.test("invalid preference values fall back to the defaults", function()
@@ -125,15 +130,18 @@ T.test("the executable: preference, else lowlux.path from install.sh, else PATH"
   T.eq(api.find_executable(), "/opt/it's/lowlux", "the preference wins")
 end)
 
-T.test("destroy hides the module and removes shortcut and storage; restart brings them back", function()
+T.test("destroy hides the module and removes shortcut, exit event and storage; restart brings them back", function()
   local sd, dt = T.load()
+  T.ok(dt._event("exit"), "the exit event is registered")
   sd.destroy()
   T.eq(dt.gui.libs.lowlux.visible, false)
   T.eq(dt._event("shortcut"), nil)
+  T.eq(dt._event("exit"), nil)
   T.eq(#dt._rec.storages, 0)
   sd.restart()
   T.eq(dt.gui.libs.lowlux.visible, true)
   T.ok(dt._event("shortcut"), "shortcut registered again")
+  T.ok(dt._event("exit"), "exit event registered again")
   T.eq(#dt._rec.storages, 1)
   dt.gui.libs.lowlux.visible = false
   sd.show()

@@ -1,4 +1,4 @@
--- The export storage "lowlux: enhance dark (16-bit TIFF)".
+-- The export storage "lowlux: enhance dark (from the raw)".
 local T = require "harness"
 
 local function setup(conf, opts)
@@ -47,76 +47,116 @@ T.test("the storage offers itself for TIFF only", function()
   T.eq(ctx.storage.supported(ctx.storage, {extension = "jpg"}), false)
 end)
 
-T.test("export sends the source raws to the worker and names results after darktable's export names", function()
+local function arg_after(call, flag)
+  for i, a in ipairs(call) do if a == flag then return call[i + 1] end end
+end
+
+local function all_after(call, flag)
+  local out = {}
+  for i, a in ipairs(call) do if a == flag then out[#out + 1] = call[i + 1] end end
+  return out
+end
+
+T.test("export sends the source raws to the worker, which writes darktable's export names itself", function()
   local ctx = setup()
   local w = ctx.api.widgets
   w.export_pattern.text = "$(FILE_FOLDER)/exported $(ROLL_NAME)/$(FILE_NAME)"
-  w.export_brightness.value = 0.7
+  w.brightness.value = 0.7 -- the lowlux module's brightness
   w.export_import.value = true
   local a, b = ctx.dir .. "/a one.dng", ctx.dir .. "/b.dng"
   local imgs = T.images(ctx.dt, {a, a, b}, {{}, {duplicate_index = 1}, {}})
   local out_dir = ctx.dir .. "/exported it's a \"dark\" folder"
-  T.mkdir(out_dir)
-  -- what the worker would write into --out-dir
-  T.write(out_dir .. "/a one_lowlux.tif", "A")
-  T.write(out_dir .. "/b_lowlux.tif", "B")
-  ctx.worker:set{statuses = {T.status("J1", "done", 2, 2, {
-    {"done", a, {out_dir .. "/a one_lowlux.tif"}}, {"done", b, {out_dir .. "/b_lowlux.tif"}}})}}
+  local a0, a1, b0 = out_dir .. "/a one_lowlux.tif", out_dir .. "/a one_01_lowlux.tif", out_dir .. "/b_lowlux.tif"
+  ctx.worker:set{job_ids = {"J1", "J2"}, by_job = {
+    J1 = {T.status("J1", "done", 2, 2, {{"done", a, {a0}}, {"done", b, {b0}}})},
+    J2 = {T.status("J2", "done", 1, 1, {{"done", a, {a1}}})},
+  }}
 
   local summary, tmp = export(ctx, imgs)
 
   T.eq(ls(tmp), {}, "darktable's rendered temporary files are removed")
-
-  local submit, i = ctx.worker:call("--out-dir")
-  T.eq(submit[i + 1], out_dir)
-  T.eq({submit[#submit - 1], submit[#submit]}, {a, b}, "each raw once, even when exported twice")
-  local _, j = ctx.worker:call("--brightness")
-  T.eq(submit[j + 1], "0.7")
-  T.eq(ls(out_dir), {"a one_01_lowlux.tif", "a one_lowlux.tif", "b_lowlux.tif"},
-    "the duplicate (version 1) gets its own file, named as darktable names its export")
-  T.eq(T.read(out_dir .. "/a one_01_lowlux.tif"), "A")
+  local submits = ctx.worker:submits()
+  T.eq(#submits, 2, "the raws under their own names in one job; the duplicate in a job of its own")
+  local first, second = submits[1], submits[2]
+  T.eq(arg_after(first, "--out-dir"), out_dir)
+  T.eq({first[#first - 1], first[#first]}, {a, b})
+  T.eq(all_after(first, "--target"), {}, "the worker's own names need no --target")
+  T.eq(arg_after(first, "--brightness"), "0.7", "the module's brightness")
+  T.eq(all_after(second, "--target"), {"a one_01_lowlux.tif"}, "the duplicate (version 1) is named as darktable names its export")
+  T.eq(second[#second], a)
+  T.ok(ctx.worker:call("cp") == nil, "nothing is copied: the worker writes the final names")
   local names = {}
   for _, img in ipairs(ctx.dt._rec.imported) do
     names[#names + 1] = img.filename
     T.contains(ctx.dt._tag_names(img), "lowlux|enhanced")
   end
-  T.eq(names, {"a one_lowlux.tif", "a one_01_lowlux.tif", "b_lowlux.tif"}, "imported when asked to")
-  T.ok(ctx.dt._rec.imported[2].group_leader == imgs[2].group_leader, "grouped with the exported image")
-  T.eq({summary.done, summary.failed}, {2, 0})
+  T.eq(names, {"a one_lowlux.tif", "b_lowlux.tif", "a one_01_lowlux.tif"}, "imported when asked to")
+  T.ok(ctx.dt._rec.imported[3].group_leader == imgs[2].group_leader, "grouped with the exported image")
+  T.eq({summary.done, summary.failed}, {3, 0})
   T.eq(ctx.dt._conf["lua/lowlux/export_pattern"], "$(FILE_FOLDER)/exported $(ROLL_NAME)/$(FILE_NAME)",
     "the export options are remembered")
+  T.contains(table.concat(ctx.dt._rec.prints, "\n"), "lowlux: 3 of 3 exported, in " .. out_dir)
 end)
 
-T.test("a target name other than the raw's renames the worker's result", function()
+T.test("a target name other than the raw's goes to the worker as --target, one per bracket value", function()
   local ctx = setup()
-  ctx.api.widgets.export_pattern.text = "$(FILE_FOLDER)/out/night-$(FILE_NAME)"
-  ctx.api.widgets.export_bracket.text = "0.3,0.6"
+  local w = ctx.api.widgets
+  w.export_pattern.text = "$(FILE_FOLDER)/out/night-$(FILE_NAME)"
+  w.bracket_on.value = true
+  w.bracket.text = "0.3,0.6"
   local a = ctx.dir .. "/a.dng"
   local out_dir = ctx.dir .. "/out"
-  T.mkdir(out_dir)
-  local produced = {out_dir .. "/a_lowlux_m0.3.tif", out_dir .. "/a_lowlux_m0.6.tif"}
-  for _, p in ipairs(produced) do T.write(p, p) end
+  local produced = {out_dir .. "/night-a_lowlux_m0.3.tif", out_dir .. "/night-a_lowlux_m0.6.tif"}
   ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, produced}})}}
   export(ctx, T.images(ctx.dt, {a}))
-  local _, i = ctx.worker:call("--bracket")
-  T.eq(ctx.worker:call("--bracket")[i + 1], "0.3,0.6")
-  T.eq(ls(out_dir), {"night-a_lowlux_m0.3.tif", "night-a_lowlux_m0.6.tif"})
+  local submit = ctx.worker:submits()[1]
+  T.eq(arg_after(submit, "--bracket"), "0.3,0.6", "the module's bracket")
+  T.eq(all_after(submit, "--target"), {"night-a_lowlux_m0.3.tif", "night-a_lowlux_m0.6.tif"})
+  T.eq(arg_after(submit, "--out-dir"), out_dir)
   T.eq(#ctx.dt._rec.imported, 0, "not imported unless asked to")
+  T.eq(ctx.api.state.last_summary.done, 1)
 end)
 
-T.test("an existing target is not replaced unless replacing is switched on", function()
+T.test("an existing target gets the next free name like darktable's exports; replacing on replaces it", function()
   local ctx = setup()
   ctx.api.widgets.export_pattern.text = "$(FILE_FOLDER)/out/x-$(FILE_NAME)"
   local a = ctx.dir .. "/a.dng"
   local out_dir = ctx.dir .. "/out"
   T.mkdir(out_dir)
-  T.write(out_dir .. "/a_lowlux.tif", "new")
   T.write(out_dir .. "/x-a_lowlux.tif", "old")
-  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {out_dir .. "/a_lowlux.tif"}}})}}
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {out_dir .. "/x-a_lowlux_01.tif"}}})}}
   local summary = export(ctx, T.images(ctx.dt, {a}))
+  T.eq(all_after(ctx.worker:submits()[1], "--target"), {"x-a_lowlux_01.tif"})
   T.eq(T.read(out_dir .. "/x-a_lowlux.tif"), "old")
-  T.contains(table.concat(ctx.dt._rec.prints, "\n"), "a.dng: " .. out_dir .. "/x-a_lowlux.tif exists")
-  T.eq(summary.failed, 1)
+  T.eq({summary.done, summary.failed}, {1, 0})
+
+  local ctx2 = setup{["lua/lowlux/overwrite"] = true}
+  ctx2.api.widgets.export_pattern.text = "$(FILE_FOLDER)/out/x-$(FILE_NAME)"
+  local a2 = ctx2.dir .. "/a.dng"
+  T.mkdir(ctx2.dir .. "/out")
+  T.write(ctx2.dir .. "/out/x-a_lowlux.tif", "old")
+  ctx2.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a2, {ctx2.dir .. "/out/x-a_lowlux.tif"}}})}}
+  export(ctx2, T.images(ctx2.dt, {a2}))
+  local submit = ctx2.worker:submits()[1]
+  T.eq(all_after(submit, "--target"), {"x-a_lowlux.tif"})
+  T.ok(arg_after(submit, "--overwrite") ~= nil or submit[#submit - 3] == "--overwrite" or
+       table.concat(submit, " "):find("--overwrite", 1, true), "--overwrite is passed")
+end)
+
+T.test("the storage's options say what it writes and offer lossless compression", function()
+  local ctx = setup()
+  local w = ctx.api.widgets
+  T.contains(w.export_about.label, "16-bit sRGB TIFF or a linear DNG")
+  T.contains(w.export_about.tooltip, "a small export size above saves time")
+  T.contains(w.export_brightness.label, "the lowlux module's")
+  T.eq({w.compression[1], w.compression[2]}, {"none", "deflate"})
+  w.compression.value = "deflate"
+  w.compression.changed_callback(w.compression)
+  local a = ctx.dir .. "/a.dng"
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {ctx.dir .. "/darktable_exported/a_lowlux.tif"}}})}}
+  export(ctx, T.images(ctx.dt, {a}))
+  T.contains(ctx.worker:submits()[1], "--compress")
+  T.eq(ctx.dt._conf["lua/lowlux/compression"], "deflate")
 end)
 
 T.test("headless (darktable-cli) export uses the saved export options", function()

@@ -201,6 +201,55 @@ end
 local JOB_STATES = {queued = true, running = true, done = true, failed = true, cancelled = true}
 M.FINAL_JOB_STATES = {done = true, failed = true, cancelled = true}
 
+-- The outputs field of a file line: the paths joined by "|", which a file name may hold too.
+-- The field is split only where a "|" is followed by the start of an absolute path ("/", "C:\",
+-- "\\\\server"); the caller, who knows the names it asked for, settles the rest (M.match_outputs).
+function M.split_outputs(field)
+  local out, start, from = {}, 1, 1
+  field = field or ""
+  while true do
+    local bar = field:find("|", from, true)
+    if not bar then break end
+    local rest = field:sub(bar + 1)
+    if rest:match("^/") or rest:match("^%a:[/\\]") or rest:match("^\\\\") then
+      out[#out + 1] = field:sub(start, bar - 1)
+      start = bar + 1
+    end
+    from = bar + 1
+  end
+  out[#out + 1] = field:sub(start)
+  local kept = {}
+  for _i, p in ipairs(out) do if p ~= "" then kept[#kept + 1] = p end end
+  return kept
+end
+
+-- The paths of a file line as the names this run asked for, when the field is exactly those
+-- names joined by "|" (whatever "|" they hold); else the field's own split.
+function M.match_outputs(entry, expected)
+  -- (joined again the split field is the field: only empty pieces, which no path is, were dropped)
+  if expected and #expected > 0 and table.concat(entry.outputs, "|") == table.concat(expected, "|") then
+    local copy = {}
+    for i, p in ipairs(expected) do copy[i] = p end
+    return copy
+  end
+  return entry.outputs
+end
+
+-- `jobs` prints one line per job the worker knows: "<id>\t<state>\t<finished>\t<total>\t<client>".
+-- Returns id -> {state, finished, total}; nil and a reason when a line is unreadable.
+function M.parse_jobs(text)
+  local jobs = {}
+  for _i, line in ipairs(lines(text)) do
+    local f = split_tabs(line)
+    local finished, total = tonumber(f[3]), tonumber(f[4])
+    if not (f[1] and f[1] ~= "" and JOB_STATES[f[2]] and finished and total) then
+      return nil, string.format(_("unreadable job line: %s"), line)
+    end
+    jobs[f[1]] = {state = f[2], finished = finished, total = total}
+  end
+  return jobs
+end
+
 -- `status` prints "job\t<id>\t<state>\t<finished>\t<total>" then one line per file:
 -- "file\t<state>\t<source>\t<outputs joined by |>\t<error>".
 function M.parse_status(text)
@@ -216,9 +265,7 @@ function M.parse_status(text)
       status = {job = f[2], state = f[3], finished = finished, total = total, files = files}
     elseif f[1] == "file" then
       if not (f[2] and f[3]) then return nil, string.format(_("unreadable file line: %s"), line) end
-      local outputs = {}
-      for p in (f[4] or ""):gmatch("[^|]+") do outputs[#outputs + 1] = p end
-      files[#files + 1] = {state = f[2], source = f[3], outputs = outputs, error = f[5] or ""}
+      files[#files + 1] = {state = f[2], source = f[3], outputs = M.split_outputs(f[4]), error = f[5] or ""}
     end -- other lines: room for later protocol versions
   end
   if not status then return nil, _("the worker gave no job status") end
@@ -239,37 +286,71 @@ end
 -- file names
 ------------------------------------------------------------------------------------------------
 
--- Where the worker writes the results of `source`: `<stem>_lowlux.tif`, or one
--- `<stem>_lowlux_m<m>.tif` per brightness of a bracket; in out_dir, or next to the source.
-function M.output_names(source, values, out_dir)
-  local dir, base = M.split_path(source)
-  local stem = M.stem(base)
-  local folder = out_dir or dir
-  if #values <= 1 then return {M.join(folder, stem .. OUTPUT_SUFFIX .. ".tif")} end
+-- The output formats: the preference's choice, the worker's name for it, the files' extension.
+M.TIFF, M.DNG = "16-bit sRGB TIFF", "scene-referred linear DNG"
+M.FORMATS = {
+  [M.TIFF] = {worker = "tiff", ext = ".tif"},
+  [M.DNG] = {worker = "dng", ext = ".dng"},
+}
+
+function M.format_info(choice)
+  return M.FORMATS[choice] or M.FORMATS[M.TIFF]
+end
+
+-- The file names of one result set: `<stem>_lowlux.tif`, or one `<stem>_lowlux_m<m>.tif` per
+-- brightness of a bracket (the worker's own names); with seq > 0 darktable's way of making a
+-- name unique follows: `<stem>_lowlux_01.tif`, `<stem>_lowlux_m0.3_01.tif`.
+function M.result_names(stem, values, ext, seq)
+  ext = ext or ".tif"
+  local tail = (seq and seq > 0) and string.format("_%02d", seq) or ""
+  if #values <= 1 then return {stem .. OUTPUT_SUFFIX .. tail .. ext} end
   local names = {}
   for _i, m in ipairs(values) do
-    names[#names + 1] = M.join(folder, stem .. OUTPUT_SUFFIX .. "_m" .. M.format_brightness(m) .. ".tif")
+    names[#names + 1] = stem .. OUTPUT_SUFFIX .. "_m" .. M.format_brightness(m) .. tail .. ext
   end
   return names
 end
 
--- The final names of one export item: the target pattern names the file (without extension);
--- the worker's suffix (_lowlux, _lowlux_m0.5) and .tif follow. (The one place that decides
--- export names; the results are copied there from where the worker wrote them.)
-function M.export_targets(target, source, values)
-  local dir, base = M.split_path(target)
+-- Where the worker writes the results of `source` under its own names: in out_dir, or next to
+-- the source.
+function M.output_names(source, values, out_dir, ext)
+  local dir, base = M.split_path(source)
+  local folder = out_dir or dir
   local names = {}
-  for _i, produced in ipairs(M.output_names(source, values, dir)) do
-    local suffix = M.basename(produced):sub(#M.stem(M.basename(source)) + 1)
-    names[#names + 1] = M.join(dir, base .. suffix)
-  end
+  for i, name in ipairs(M.result_names(M.stem(base), values, ext)) do names[i] = M.join(folder, name) end
   return names
+end
+
+-- The names of a new result set in `dir`, like darktable's export names: the plain names when
+-- they are free, else _01, _02, ... (one number for all the files of a bracket). A name is taken
+-- when a file has it, unless replacing is on, or when `claimed` (this run's names) holds it.
+-- Returns the full paths, the number (0: the plain names) and, per path, whether a file exists.
+function M.unique_targets(dir, stem, values, ext, overwrite, claimed)
+  claimed = claimed or {}
+  for seq = 0, 9999 do
+    local paths, existed, free = {}, {}, true
+    for i, name in ipairs(M.result_names(stem, values, ext, seq)) do
+      local path = M.join(dir, name)
+      paths[i] = path
+      existed[i] = M.file_exists(path)
+      if claimed[path] or (existed[i] and not overwrite) then free = false end
+    end
+    if free then
+      for _i, path in ipairs(paths) do claimed[path] = true end
+      return paths, seq, existed
+    end
+  end
+  error("lowlux: no free result name for " .. M.join(dir, stem))
 end
 
 -- Is this one of our own results (so enhancing it again makes no sense)?
 function M.is_lowlux_output(filename)
   local lower = filename:lower()
-  return lower:match("_lowlux%.tiff?$") ~= nil or lower:match("_lowlux_m[%d.]+%.tiff?$") ~= nil
+  local name, ext = lower:match("^(.*)%.([^.]*)$")
+  if not name or not (ext == "tif" or ext == "tiff" or ext == "dng") then return false end
+  name = name:gsub("_%d%d+$", "", 1)     -- _01: a unique name
+  name = name:gsub("_m[%d.]+$", "", 1)   -- _m0.5: a bracket's
+  return name:match("_lowlux$") ~= nil
 end
 
 function M.source_path(image)

@@ -123,29 +123,38 @@ function M.run_client(s, args)
   return code, out, err
 end
 
+-- The `lowlux client submit` option that chooses the output format. (The client's own --format
+-- names how it prints: tsv here.)
+M.OUTPUT_FORMAT_FLAG = "--output-format"
+
 local function client_error(code, out, err, what)
   local reason = M.last_line(err) or M.last_line(out)
   if code == 127 then
     reason = string.format(_("cannot run the lowlux executable (set it in preferences > lua options): %s"),
       reason or "not found")
+  elseif reason and reason:find("unrecognized arguments: " .. M.OUTPUT_FORMAT_FLAG, 1, true) then
+    reason = string.format(_("this lowlux cannot write DNGs from darktable (its client has no %s); "
+      .. "choose %s in preferences > lua options"), M.OUTPUT_FORMAT_FLAG, M.TIFF)
   end
   return string.format("%s (%s)", what, reason or string.format(_("exit status %d"), code))
 end
 
-function M.submit(s, files, out_dir, values)
+-- One job: files (their default names), or one file under target names (full paths; the worker
+-- gets their file names and writes them in out_dir, or next to the raw).
+function M.submit(s, files, out_dir, values, targets)
   local args = {"submit"}
-  if out_dir then
-    args[#args + 1] = "--out-dir"
-    args[#args + 1] = out_dir
-  end
+  local function add(...) for _i, a in ipairs({...}) do args[#args + 1] = a end end
+  if out_dir then add("--out-dir", out_dir) end
   local parts = {}
   for _i, m in ipairs(values) do parts[#parts + 1] = M.format_brightness(m) end
-  args[#args + 1] = #values > 1 and "--bracket" or "--brightness"
-  args[#args + 1] = table.concat(parts, ",")
-  if s.overwrite then args[#args + 1] = "--overwrite" end
-  args[#args + 1] = "--format"
-  args[#args + 1] = "tsv"
-  for _i, f in ipairs(files) do args[#args + 1] = f end
+  add(#values > 1 and "--bracket" or "--brightness", table.concat(parts, ","))
+  if s.overwrite then add("--overwrite") end
+  if s.compression == "deflate" then add("--compress") end
+  local fmt = M.format_info(s.format)
+  if fmt.worker ~= "tiff" then add(M.OUTPUT_FORMAT_FLAG, fmt.worker) end
+  for _i, t in ipairs(targets or {}) do add("--target", M.basename(t)) end
+  add("--format", "tsv")
+  for _i, f in ipairs(files) do add(f) end
   local code, out, err = M.run_client(s, args)
   if code ~= 0 then return nil, client_error(code, out, err, _("the worker refused the job")) end
   local job, perr = M.parse_submit(out)
@@ -157,6 +166,13 @@ function M.status(s, job)
   local code, out, err = M.run_client(s, {"status", job, "--format", "tsv"})
   if code ~= 0 then return nil, client_error(code, out, err, _("no status from the worker")) end
   return M.parse_status(out)
+end
+
+-- Every job the worker knows, in one call (id -> state, finished, total); nil when that fails.
+function M.jobs(s)
+  local code, out = M.run_client(s, {"jobs", "--format", "text"})
+  if code ~= 0 then return nil end
+  return M.parse_jobs(out)
 end
 
 function M.cancel(s, job)
@@ -171,24 +187,90 @@ function M.report(message)
   if dt.print_log then dt.print_log(text) end
 end
 
+-- "1 image", "3 images"
+function M.count_text(n, one, many)
+  return string.format(n == 1 and one or many, n)
+end
+
 ------------------------------------------------------------------------------------------------
--- one run: submit the batches, poll them, hand each finished file to on_done, settle the rest
+-- the worker's life: who started it, stopping it when darktable quits
 ------------------------------------------------------------------------------------------------
 
--- batches: {{out_dir = folder or nil (next to the source), items = {{source = raw, ...}, ...}}, ...}
--- (M.batches makes them); opts: settings, values (brightnesses), title (progress bar),
--- on_done(item, outputs) -> error text or nil, called as soon as an item's file is finished.
--- Returns the summary {total, done, failed, cancelled, errors = {text, ...}, cancel_requested}.
+-- Before the first job of a session: does a worker answer already? If not, the submit starts
+-- one, and that one is darktable's to stop when it quits.
+function M.note_worker(s)
+  if M.state.worker_checked then return end
+  M.state.worker_checked = true
+  local code = M.run_client(s, {"--no-start", "--timeout", "2", "--retries", "1", "ping"})
+  if code ~= 0 then M.state.started_worker = true end
+end
+
+-- darktable quits: stop the worker it started (its net holds about 1 GB), if the preference says so.
+function M.on_exit()
+  if not M.state.started_worker or not M.pref("stop_worker") then return false end
+  M.state.started_worker = false
+  local code, out, err = M.run_client(M.settings(), {"--timeout", "3", "--retries", "1", "shutdown"})
+  if code ~= 0 and dt.print_log then
+    dt.print_log("lowlux: " .. client_error(code, out, err, _("the worker did not stop")))
+  end
+  return code == 0
+end
+
+------------------------------------------------------------------------------------------------
+-- failures: the toast, darktable's log, lowlux's own log file
+------------------------------------------------------------------------------------------------
+
+function M.log_path()
+  return M.join(dt.configuration.config_dir, "lowlux.log")
+end
+
+local LOG_LIMIT = 1 << 20
+
+-- One line per failure: time, the source's path, the reason (newlines as \n).
+function M.log_failure(source, reason)
+  local path = M.log_path()
+  local f = io.open(path, "rb")
+  if f then
+    local size = f:seek("end")
+    f:close()
+    if size and size > LOG_LIMIT then os.remove(path .. ".old") os.rename(path, path .. ".old") end
+  end
+  f = io.open(path, "ab")
+  if not f then return false end
+  local function flat(t) return (tostring(t):gsub("\\", "\\\\"):gsub("\t", "\\t"):gsub("\r?\n", "\\n")) end
+  f:write(os.date("%Y-%m-%d %H:%M:%S"), "\t", flat(source), "\t", flat(reason), "\n")
+  f:close()
+  return true
+end
+
+------------------------------------------------------------------------------------------------
+-- one run: submit the jobs, poll them, hand each finished file to on_done, settle the rest
+------------------------------------------------------------------------------------------------
+
+-- batches: {{out_dir = folder or nil (next to the source), single = true when the one item has
+-- its own names, items = {{source = raw, targets = {full path, ...}, ...}, ...}}, ...} (M.batches
+-- makes them): one worker job each. opts: settings, values (brightnesses), title (progress bar),
+-- on_done(item, outputs) -> error text or nil, called as soon as an item's file is finished;
+-- on_failed(item, reason), for each item that failed.
+-- Returns the summary {total, done, failed, cancelled, errors = {{source, reason, text}, ...},
+-- cancel_requested}.
 function M.run(batches, opts)
   local run = {
     batches = batches, opts = opts, s = opts.settings, cancel_requested = false,
     summary = {total = 0, done = 0, failed = 0, cancelled = 0, errors = {}},
   }
+  for _i, batch in ipairs(batches) do run.summary.total = run.summary.total + #batch.items end
+  if dt.configuration.has_gui and dt.gui and dt.gui.create_job then
+    run.progress = dt.gui.create_job(opts.title or string.format(_("lowlux: enhancing %s"),
+      M.count_text(run.summary.total, _("%d image"), _("%d images"))),
+      true, function() run.cancel_requested = true end)
+  end
+  M.note_worker(run.s)
   local active = M.submit_batches(run)
   if #active > 0 then M.poll(run, active) end
+  if run.progress then run.progress.valid = false end
   M.settle(run)
   run.summary.cancel_requested = run.cancel_requested
-  M.state.last_summary = run.summary
   return run.summary
 end
 
@@ -196,27 +278,34 @@ local function fail(run, item, reason)
   local summary = run.summary
   summary.failed = summary.failed + 1
   local text = string.format("%s: %s", M.basename(item.source), reason)
-  summary.errors[#summary.errors + 1] = text
+  summary.errors[#summary.errors + 1] = {source = item.source, reason = reason, text = text}
   M.report(text)
+  M.log_failure(item.source, reason)
+  if run.opts.on_failed then pcall(run.opts.on_failed, item, reason) end
 end
 
 -- One job per batch; returns the batches the worker took.
 function M.submit_batches(run)
   local active = {}
   for _i, batch in ipairs(run.batches) do
-    run.summary.total = run.summary.total + #batch.items
-    local files = {}
-    batch.index, batch.handled, batch.failures = {}, {}, 0
-    for i, item in ipairs(batch.items) do
-      files[i] = item.source
-      batch.index[item.source] = i
-    end
-    local job, err = M.submit(run.s, files, batch.out_dir, run.opts.values)
-    if job then
-      batch.job = job
-      active[#active + 1] = batch
+    if run.cancel_requested or dt.control.ending then
+      batch.skipped = true
     else
-      for _i, item in ipairs(batch.items) do fail(run, item, err) end
+      local files = {}
+      batch.index, batch.handled, batch.failures = {}, {}, 0
+      batch.seen_finished = 0
+      for i, item in ipairs(batch.items) do
+        files[i] = item.source
+        batch.index[item.source] = i
+      end
+      local job, err = M.submit(run.s, files, batch.out_dir, run.opts.values,
+        batch.single and batch.items[1].targets or nil)
+      if job then
+        batch.job = job
+        active[#active + 1] = batch
+      else
+        for _j, item in ipairs(batch.items) do fail(run, item, err) end
+      end
     end
   end
   return active
@@ -234,44 +323,57 @@ local function handle(run, batch, index, entry)
   elseif #entry.outputs == 0 then
     fail(run, item, _("the worker reported no output file"))
   else
-    local err = run.opts.on_done and run.opts.on_done(item, entry.outputs)
+    local outputs = M.match_outputs(entry, item.targets)
+    local ok, err = pcall(function() return run.opts.on_done and run.opts.on_done(item, outputs) end)
+    if not ok then err = tostring(err) end
     if err then fail(run, item, err) else run.summary.done = run.summary.done + 1 end
   end
 end
 
--- Ask each active batch's job for its status until all are final (or lost, or cancelled and
--- not stopping); darktable stays responsive in between.
-function M.poll(run, active)
-  local progress = nil
-  if dt.configuration.has_gui and dt.gui and dt.gui.create_job then
-    progress = dt.gui.create_job(run.opts.title or string.format(_("lowlux: enhancing %d images"), run.summary.total),
-      true, function() run.cancel_requested = true end)
+local function send_cancel(run, active)
+  M.report(_("cancelling: finishing the current file..."))
+  for _i, batch in ipairs(active) do
+    local ok, err = M.cancel(run.s, batch.job)
+    if not ok then M.report(err) end
   end
+end
+
+-- Ask the active jobs for their status until all are final (or lost, or cancelled and not
+-- stopping); darktable stays responsive in between. With several jobs (one per file when the
+-- files have names of their own) one `jobs` call per poll says which changed, and only those
+-- are asked for their files.
+function M.poll(run, active)
+  local progress = run.progress
   local cancel_sent, polls_after_cancel = false, 0
   while #active > 0 do
     if dt.control.ending then run.cancel_requested = true end
     if run.cancel_requested and not cancel_sent then
       cancel_sent = true
-      for _i, batch in ipairs(active) do
-        local ok, err = M.cancel(run.s, batch.job)
-        if not ok then M.report(err) end
-      end
+      send_cancel(run, active)
     end
+    local listing = #active > 1 and M.jobs(run.s) or nil
     local finished, total, still = 0, 0, {}
     for _i, batch in ipairs(active) do
-      local st, err = M.status(run.s, batch.job)
-      if st then
-        batch.failures = 0
-        for i, entry in ipairs(st.files) do handle(run, batch, batch.index[entry.source] or i, entry) end
-        finished, total = finished + st.finished, total + st.total
-        if not M.FINAL_JOB_STATES[st.state] then still[#still + 1] = batch end
+      local info = listing and listing[batch.job]
+      if info and info.finished == batch.seen_finished and not M.FINAL_JOB_STATES[info.state] then
+        finished, total = finished + info.finished, total + info.total
+        still[#still + 1] = batch
       else
-        batch.failures = batch.failures + 1
-        total = total + #batch.items
-        if batch.failures >= M.config.max_status_failures then
-          batch.lost = err
+        local st, err = M.status(run.s, batch.job)
+        if st then
+          batch.failures = 0
+          batch.seen_finished = st.finished
+          for i, entry in ipairs(st.files) do handle(run, batch, batch.index[entry.source] or i, entry) end
+          finished, total = finished + st.finished, total + st.total
+          if not M.FINAL_JOB_STATES[st.state] then still[#still + 1] = batch end
         else
-          still[#still + 1] = batch
+          batch.failures = batch.failures + 1
+          total = total + #batch.items
+          if batch.failures >= M.config.max_status_failures then
+            batch.lost = err
+          else
+            still[#still + 1] = batch
+          end
         end
       end
     end
@@ -289,19 +391,19 @@ function M.poll(run, active)
       dt.control.sleep(M.config.poll_ms)
     end
   end
-  if progress then progress.valid = false end
 end
 
 -- Whatever never got a final word: a lost worker, a cancel, darktable shutting down.
 function M.settle(run)
   for _i, batch in ipairs(run.batches) do
-    if batch.job then
+    if batch.job or batch.skipped then
+      batch.handled = batch.handled or {}
       for i, item in ipairs(batch.items) do
         if not batch.handled[i] then
           batch.handled[i] = true
           if batch.lost then
             fail(run, item, batch.lost)
-          elseif run.cancel_requested then
+          elseif run.cancel_requested or batch.skipped then
             run.summary.cancelled = run.summary.cancelled + 1
           else
             fail(run, item, string.format(_("job %s ended without a result for this file"), batch.job))
@@ -312,11 +414,28 @@ function M.settle(run)
   end
 end
 
-function M.summary_text(summary, verb)
+-- A reason on one line, shortened for a toast.
+local function one_line(text, limit)
+  text = tostring(text):gsub("%s*\r?\n%s*", " ")
+  if #text > limit then text = text:sub(1, limit - 3) .. "..." end
+  return text
+end
+
+-- "2 of 3 enhanced, in /photos/lowlux — night.jpg: not a raw file (+1 more, see the lowlux log)"
+-- where: where the results went (nil: nothing to say).
+function M.summary_text(summary, verb, where)
   local parts = {string.format(_("%d of %d %s"), summary.done, summary.total, verb)}
-  if summary.failed > 0 then parts[#parts + 1] = string.format(_("%d failed"), summary.failed) end
   if summary.cancelled > 0 then parts[#parts + 1] = string.format(_("%d cancelled"), summary.cancelled) end
-  return table.concat(parts, ", ")
+  if where and summary.done > 0 then parts[#parts + 1] = where end
+  local text = table.concat(parts, ", ")
+  local first = summary.errors[1]
+  if first then
+    text = text .. " \u{2014} " .. one_line(first.text, 160)
+    if summary.failed > 1 then
+      text = text .. string.format(_(" (+%d more, see the lowlux log)"), summary.failed - 1)
+    end
+  end
+  return text
 end
 
 end
