@@ -300,3 +300,12 @@ def test_a_file_name_that_is_not_utf8_is_refused_by_name_and_the_others_go_on(en
     error = proto.tsv_unescape(os.fsdecode(failed[4]))
     assert failed[:3] == [b"file", b"failed", os.fsencode(latin)] and "lat\\xe9.dng: " in error and "UTF-8" in error
     assert done[:4] == [b"file", b"done", os.fsencode(good), os.fsencode(good.with_name("x_lowlux.tif"))]
+
+
+def test_submit_asks_for_a_dng_with_output_format():
+    from lowlux.client.command import _submit_options
+    from lowlux.cli import build_parser
+
+    args = build_parser().parse_args(["client", "submit", "x.dng", "--output-format", "dng", "--format", "tsv"])
+    assert _submit_options(args)["format"] == "dng" and args.format == "tsv"
+    assert "format" not in _submit_options(build_parser().parse_args(["client", "submit", "x.dng"]))

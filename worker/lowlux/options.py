@@ -71,7 +71,7 @@ def add_enhance_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out-dir", "-o", type=Path, help="folder for the TIFFs (default: next to each raw)")
     g.add_argument("--overwrite", action="store_true", help="replace existing TIFFs")
     g.add_argument("--compress", action="store_true", help="deflate-compress the outputs (lossless; smaller, slower)")
-    g.add_argument("--format", choices=("tiff", "dng"), default="tiff",
+    g.add_argument("--format", "--output-format", dest="format", choices=("tiff", "dng"), default="tiff",
                    help="tiff: 16-bit sRGB (default); dng: scene-referred linear DNG for darktable's scene-referred "
                         "workflow (camera-native linear RGB, the raw's colour matrices; needs lowlux's linear weights)")
 

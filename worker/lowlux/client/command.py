@@ -94,9 +94,12 @@ def add_client_parser(sub) -> None:
     s.add_argument("--amplification", "-a", type=float, help="fixed amplification instead of the estimate")
     s.add_argument("--variant", help="amplifier constants (authors or paper)")
     s.add_argument("--overwrite", action="store_true", help="replace existing TIFFs")
-    s.add_argument("--compress", action="store_true", help="deflate-compress the TIFFs")
+    s.add_argument("--compress", action="store_true", help="deflate-compress the outputs (lossless)")
+    s.add_argument("--output-format", choices=("tiff", "dng"), default=None,
+                   help="tiff: 16-bit sRGB (default); dng: scene-referred linear DNG (needs linear weights)")
     s.add_argument("--target", action="append", metavar="NAME.tif",
-                   help="file name for the TIFF of a single raw (once per bracket value; default <stem>_lowlux.tif)")
+                   help="file name for the output of a single raw (once per bracket value; default "
+                        "<stem>_lowlux.tif, .dng for DNGs)")
     _format_argument(s)
 
     for name, text in (("status", "show a job's state and each file's"), ("wait", "wait for a job; "
@@ -156,6 +159,8 @@ def _submit_options(args: argparse.Namespace) -> dict[str, Any]:
         options["out_dir"] = args.out_dir
     if args.compress:
         options["compression"] = "deflate"
+    if args.output_format:
+        options["format"] = args.output_format
     if args.target:
         options["targets"] = args.target
     return options
