@@ -7,7 +7,9 @@ The pieces, each in a module named for its concern:
   after losing a worker;
 - :mod:`.tasks`: the function a worker runs for one file (shared storage, or the raw shipped as bytes);
 - :mod:`.submit`: :func:`enhance_on_cluster`, a batch fanned out from a client;
-- :mod:`.frontdoor`: :class:`ClusterRunner`, what ``lowlux serve --cluster`` fans a job out with;
+- :mod:`.pipeline`: :class:`ClusterPipeline`, what ``lowlux serve --cluster`` restores its queue with
+  (the front door: the server's job table and fair queue, the files on the cluster);
+- :mod:`.frontdoor`: :class:`ClusterRunner`, the same fan-out for a program with its own job table;
 - :mod:`.local`: a loopback :class:`~distributed.LocalCluster` for one machine's cores or GPUs;
 - :mod:`.cli`: the ``--cluster`` / ``--upload`` options and ``lowlux cluster local``.
 

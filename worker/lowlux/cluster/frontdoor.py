@@ -1,8 +1,8 @@
-"""The front door's fan-out: a job's files go to the cluster, each file's end comes back as a call.
+"""A front door's fan-out: a job's files go to the cluster, each file's end comes back as a call.
 
-``lowlux serve --cluster ADDRESS`` keeps serving darktable seats over its CURVE-secured socket and
-hands each job's files to a :class:`ClusterRunner` instead of its own pipeline. The runner knows
-nothing of the server: it takes a job id, the files and the options, and calls
+For a program with its own job table (``lowlux serve --cluster`` itself draws its files from the
+server's scheduler with :class:`~lowlux.cluster.pipeline.ClusterPipeline`). The runner knows
+nothing of its caller: it takes a job id, the files and the options, and calls
 ``on_file_done(job_id, index, state, outputs, error)`` as each file ends, with the states the
 server's scheduler records (``done``, ``failed``, ``cancelled``); :meth:`ClusterRunner.cancel`
 cancels what has not finished.

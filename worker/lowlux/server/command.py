@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, config
+from ..cluster import ENV_ADDRESS
 from ..errors import LowluxError
 from ..options import EXIT_USAGE, add_engine_arguments, engine_config_from_args
 from . import settings
@@ -29,7 +30,20 @@ def add_serve_parser(sub) -> None:
                    help="also serve remote clients on this tcp endpoint; needs CURVE keys (lowlux keys)")
     p.add_argument("--keys-dir", type=Path, help="folder with server.key_secret and authorized/ (default: "
                                                  "~/.config/lowlux/keys)")
+    p.add_argument("--spool-dir", type=Path, help="folder for remote clients' uploads (default: the system's "
+                                                  "temporary folder)")
     add_engine_arguments(p)
+    c = p.add_argument_group("cluster (a front door: restore on a Dask cluster, load no net here)")
+    c.add_argument("--cluster", metavar="ADDRESS", default=os.environ.get(ENV_ADDRESS) or None,
+                   help="restore every job on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786, "
+                        f"tls://...); the engine options travel to its workers; default ${ENV_ADDRESS}")
+    c.add_argument("--cluster-upload", action="store_true",
+                   help="send each raw's bytes to the cluster and write the TIFFs here, for workers that do not "
+                        "see this machine's files (default: they read and write shared storage, and the spool "
+                        "must be on it: --spool-dir)")
+    c.add_argument("--cluster-timeout", type=float, default=settings.CLUSTER_TIMEOUT, metavar="S",
+                   help=f"seconds to wait for the scheduler and a worker at start (default "
+                        f"{settings.CLUSTER_TIMEOUT:g})")
     g = p.add_argument_group("limits")
     g.add_argument("--encode-threads", type=int, default=settings.ENCODE_THREADS,
                    help=f"TIFF encoder threads (default {settings.ENCODE_THREADS})")
@@ -66,6 +80,10 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_upload_bytes=max(1, args.max_upload_mb) * MiB,
         job_ttl=args.job_ttl,
         idle_timeout=args.idle_timeout,
+        spool_dir=args.spool_dir,
+        cluster=args.cluster or None,
+        cluster_upload=args.cluster_upload,
+        cluster_timeout=args.cluster_timeout,
     )
 
 
@@ -94,7 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     install_signal_handlers(server)
     server.start_engine(server_config.engine)
     print(f"lowlux worker {__version__} (pid {os.getpid()}) on {server_config.endpoint}"
-          + (f" and {server_config.listen} (CURVE)" if server_config.listen else ""), file=sys.stderr, flush=True)
+          + (f" and {server_config.listen} (CURVE)" if server_config.listen else "")
+          + (f", front door of the Dask cluster at {server.cluster}" if server.cluster else ""),
+          file=sys.stderr, flush=True)
     code = server.serve_forever()
     if server.engine_error is not None:
         print(f"lowlux serve: cannot load the engine: {server.engine_error}", file=sys.stderr)

@@ -65,12 +65,15 @@ class Handlers:
     # ---- the worker --------------------------------------------------------------------------------------
 
     def _liveness(self, peer: Peer) -> dict[str, Any]:
-        """What ``ping`` tells: a remote client learns nothing of the worker's machine (no pid)."""
+        """What ``ping`` tells: a remote client learns nothing of the worker's machine (no pid), nor of the
+        cluster a front door restores on."""
         server = self.server
         alive = {"version": __version__, "protocol": proto.PROTOCOL_VERSION, "pid": os.getpid(),
                  "ready": server.ready, "stopping": server.stopping, "uptime": round(server.uptime, 3)}
         if peer.remote:
             del alive["pid"]
+        elif server.cluster:
+            alive["cluster"] = server.cluster
         return alive
 
     def ping(self, msg: dict, blobs: list, peer: Peer) -> Reply:
@@ -80,10 +83,13 @@ class Handlers:
         return Reply(proto.ok_reply(msg, **self._liveness(peer), error=str(error) if error else None))
 
     def health(self, msg: dict, blobs: list, peer: Peer) -> Reply:
-        engine = self.server.engine.describe() if self.server.ready else {}
+        """A front door (``serve --cluster``) has no engine here: a local client is told of its cluster instead."""
+        engine = self.server.engine.describe() if self.server.engine is not None else {}
         counts = self.scheduler.counts()
         local = {"rss": rss_bytes(), "peak_rss": peak_rss_bytes(), "endpoint": self.config.endpoint,
                  "remote": self.server.sockets.remote_listen}
+        if self.server.cluster:
+            local.update(self.server.pipeline.describe())
         if peer.remote:  # paths, pid, memory and other clients' jobs are the worker's own business
             engine = {k: v for k, v in engine.items() if k != "weights"}
             counts.pop("jobs", None)
@@ -156,7 +162,7 @@ class Handlers:
 
     def _hint_warnings(self, hints: Any) -> list[str]:
         """The worker has one engine; a client's device/dtype wish it cannot honour is reported, not fatal."""
-        if not isinstance(hints, dict) or not self.server.ready:
+        if not isinstance(hints, dict) or self.server.engine is None:  # loading, or a front door
             return []
         engine = self.server.engine.describe()
         warnings = []

@@ -2,9 +2,11 @@
 
 The main thread only moves frames between the sockets and :mod:`~lowlux.server.handlers` — it never
 waits on the net — so ``status`` and ``ping`` are answered at once even while a 50-megapixel raw is
-being restored. The work runs on :class:`lowlux.batch.WorkerPipeline`. Once a second the loop does its
-chores: forget old jobs, fail abandoned uploads, notice a failed engine, an idle timeout or a removed
-socket file.
+being restored. The work runs on :class:`lowlux.batch.WorkerPipeline`, or, with a cluster address
+(``lowlux serve --cluster``), on :class:`lowlux.cluster.pipeline.ClusterPipeline`: the worker is then a
+front door that loads no net and fans its queue out over the Dask cluster, with the same protocol, job
+table and fairness. Once a second the loop does its chores: forget old jobs, fail abandoned uploads,
+notice a failed engine, an idle timeout or a removed socket file.
 """
 
 from __future__ import annotations
@@ -47,15 +49,18 @@ class Server:
         self._engine = engine
         self._engine_ready = threading.Event()
         self._engine_error: BaseException | None = None
-        if engine is not None:
+        self.cluster: str | None = config.cluster or None
+        """The Dask scheduler's address when this worker is a front door (no net is loaded here)."""
+        if engine is not None and self.cluster is None:
             self._engine_ready.set()
-        self.pipeline = WorkerPipeline(self.scheduler, self._get_engine, encode_threads=config.encode_threads,
-                                       queue_size=config.queue_size, max_pixels_in_flight=config.max_pixels_in_flight)
         self.sockets = Sockets(config)
         self.spool = Spool(config.spool_dir)
         self.fetches = FetchGate()
-        self.handlers = Handlers(self)
         self._lock = ServeLock(config.endpoint)
+        self.pipeline: Any = self._cluster_pipeline() if self.cluster else WorkerPipeline(
+            self.scheduler, self._get_engine, encode_threads=config.encode_threads, queue_size=config.queue_size,
+            max_pixels_in_flight=config.max_pixels_in_flight)
+        self.handlers = Handlers(self)
         self._stop = threading.Event()
         self._hurry = threading.Event()
         self._reload_keys = threading.Event()
@@ -66,20 +71,42 @@ class Server:
 
     # ---- start-up ----------------------------------------------------------------------------------------
 
+    def _cluster_pipeline(self) -> Any:
+        """Connect to the cluster and load the engine on its workers; ``ClusterError`` names the address."""
+        from ..cluster.pipeline import ClusterPipeline
+        from ..engine import EngineConfig
+
+        log.info("connecting to the Dask scheduler at %s", self.cluster)
+        pipeline = ClusterPipeline(self.scheduler, self.cluster, self.config.engine or EngineConfig(),
+                                   upload=self.config.cluster_upload, connect_timeout=self.config.cluster_timeout)
+        log.info("front door of the cluster at %s: %d worker(s), %d thread(s)%s", self.cluster, pipeline.workers,
+                 pipeline.threads, "; the raws are sent to it" if pipeline.upload else "; shared storage")
+        self._engine_ready.set()
+        return pipeline
+
     def bind(self) -> None:
         """Claim the endpoint(s); raises ``ConfigError`` (another worker, unsafe endpoint, missing keys)."""
-        endpoint, remote = self.sockets.check()
-        self._lock.acquire()
         try:
-            self.sockets.bind(endpoint, remote)
+            endpoint, remote = self.sockets.check()
+            self._lock.acquire()
+            try:
+                self.sockets.bind(endpoint, remote)
+            except BaseException:
+                self.sockets.close()
+                self._lock.release()
+                raise
         except BaseException:
-            self.sockets.close()
-            self._lock.release()
+            if self.cluster:  # a front door that will not serve lets go of its cluster connection
+                self.pipeline.join(timeout=0)
             raise
         self.bound.set()
 
     def start_engine(self, engine_config: Any) -> None:
-        """Load the net on a thread: the worker answers ping (``ready: false``) while it loads."""
+        """Load the net on a thread: the worker answers ping (``ready: false``) while it loads. A front door
+        (``config.cluster``) loads none: the cluster's workers hold the engine."""
+        if self.cluster:
+            return
+
         def load() -> None:
             try:
                 from ..engine import Engine
@@ -104,12 +131,12 @@ class Server:
 
     @property
     def ready(self) -> bool:
-        return self._engine_ready.is_set() and self._engine is not None
+        return self._engine_ready.is_set() and (self._engine is not None or self.cluster is not None)
 
     @property
     def engine(self) -> Any:
-        """The loaded engine, or None while it loads (or when it could not)."""
-        return self._engine if self.ready else None
+        """The loaded engine, or None while it loads (or when it could not, or on a front door)."""
+        return self._engine if self.ready and self.cluster is None else None
 
     @property
     def engine_error(self) -> BaseException | None:

@@ -27,6 +27,8 @@ LINGER = 5.0
 was running hear how each file ended (it exits as soon as they all have)."""
 IDLE_TIMEOUT = 0.0
 """Exit after this many seconds with no request and no work (0: never)."""
+CLUSTER_TIMEOUT = 10.0
+"""Seconds a front door (``--cluster``) waits for the Dask scheduler and its first worker at start."""
 
 
 @dataclass
@@ -55,3 +57,11 @@ class ServerConfig:
     linger: float = LINGER
     """Auto-started workers use it (see :data:`lowlux.client.autostart.AUTOSTART_IDLE_TIMEOUT`)."""
     spool_dir: Path | None = None
+    """Where remote clients' uploads are kept (default: the system's temporary folder)."""
+    cluster: str | None = None
+    """A Dask scheduler's address (tcp://host:8786, tls://...): restore there, as its front door, and load
+    no net here (see :mod:`lowlux.cluster.pipeline`)."""
+    cluster_upload: bool = False
+    """Send each raw's bytes with its task and write the TIFFs here; else the cluster's workers read and
+    write the files where they lie (shared storage, the spool included)."""
+    cluster_timeout: float = CLUSTER_TIMEOUT
