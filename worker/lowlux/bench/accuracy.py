@@ -82,11 +82,10 @@ def eval_data(raw_dir=None, clean_dir=None):
     from pathlib import Path
 
     data = shared_data()
-    raw_dir = Path(raw_dir) if raw_dir else data / "raw"
-    clean_dir = Path(clean_dir) if clean_dir else data / "clean"
-    raw_dir, clean_dir = (d if d.is_dir() else None for d in (raw_dir, clean_dir))
+    wanted = (Path(raw_dir) if raw_dir else data / "raw", Path(clean_dir) if clean_dir else data / "clean")
+    raw_dir, clean_dir = (d if d.is_dir() else None for d in wanted)
     if raw_dir is None and clean_dir is None:
-        return [], [], f"no evaluation data ({data / 'raw'} and {data / 'clean'} are absent)"
+        return [], [], f"skipped: no evaluation data ({wanted[0]} and {wanted[1]} are absent)"
     try:
         from ..train.chart import build_charts
         from ..train.evalset import build_eval_set
@@ -100,13 +99,55 @@ def eval_data(raw_dir=None, clean_dir=None):
     return items, charts, f"{len(items)} evaluation items, {len(charts)} charts"
 
 
-def restore_all(engine, items) -> list:
-    """Each item restored by ``engine`` at its GT exposure ratio and rendered to sRGB, as
-    :func:`lowlux.train.evaluate.net_restorer` does (the colour stage for the linear nets)."""
+def restore_all(engine, items, mode: str = "gt") -> list:
+    """Each item restored by ``engine`` and rendered to sRGB, as :func:`lowlux.train.evaluate.net_restorer`
+    does (the colour stage for the linear nets), amplified by its GT exposure ratio (``gt``) or by the
+    amplifier (``amp``, as the pipeline does)."""
     from ..train.evaluate import as_srgb, net_input
 
     space = engine.model.output_space
-    return [as_srgb(engine.restore(net_input(it, space), it.ratio), it, space) for it in items]
+    return [as_srgb(engine.restore(net_input(it, space), it.amplification(mode)), it, space) for it in items]
+
+
+MODES = ("gt", "amp")
+
+
+def measure_rule(weights, device: str, pairs: list[tuple[str, str]], raw_dir=None, clean_dir=None) -> dict:
+    """In a bench child: the :data:`RULE` figures of each (backend, precision) in ``pairs`` against
+    float32 of the same backend, on the evaluation set and charts, worst of both amplifications.
+
+    ``{"note": ..., "rows": [{"backend", "dtype", "seconds", "figures", "per_mode"}]}``; no rows (and the
+    reason in ``note``) without the evaluation data.
+    """
+    import time
+
+    from ..engine import EngineConfig
+    from .engines import make_engine
+
+    items, charts, note = eval_data(raw_dir, clean_dir)
+    rows = []
+    if not items:
+        return {"note": note, "rows": rows}
+    every = list(items) + list(charts)
+    references: dict[str, dict[str, list]] = {}
+    for backend, dtype in pairs:
+        if backend not in references:
+            engine = make_engine(EngineConfig(weights=weights, device=device, dtype="float32", backend=backend))
+            references[backend] = {m: restore_all(engine, every, m) for m in MODES}
+            engine.close()
+        t0 = time.perf_counter()
+        engine = make_engine(EngineConfig(weights=weights, device=device, dtype=dtype, backend=backend))
+        outputs = {m: restore_all(engine, every, m) for m in MODES}
+        seconds = time.perf_counter() - t0
+        runtime = engine.describe()["backend"]
+        engine.close()
+        per_mode = {m: rule_figures(references[backend][m], outputs[m], items, charts) for m in MODES}
+        worst = {k: max(f[k] for f in per_mode.values()) for k in (*RULE, "max_abs_diff")}
+        worst["max_diff_255"] = worst["max_abs_diff"] * 255
+        worst["passes"] = all(f["passes"] for f in per_mode.values())
+        rows.append({"backend": backend, "dtype": dtype, "runtime": runtime, "seconds": seconds,
+                     "figures": worst, "per_mode": per_mode})
+    return {"note": note, "rows": rows}
 
 
 def rule_figures(reference: list, outputs: list, items, charts) -> dict:
@@ -138,5 +179,8 @@ def rule_figures(reference: list, outputs: list, items, charts) -> dict:
         "ssim_ref": float(np.mean(ssim_ref)) if n else None,
         "delta_e00_ref": float(np.mean(de_ref)) if de_ref else None,
     }
-    fig["passes"] = all(fig[k] is not None and fig[k] <= limit for k, limit in RULE.items())
+    fig["max_diff_255"] = fig["max_abs_diff"] * 255
+    # The pixel bound on the float outputs (stricter than on rounded 8-bit values, which it implies).
+    fig["passes"] = (all(fig[k] is not None and fig[k] <= limit for k, limit in RULE.items())
+                     and fig["max_diff_255"] <= RULE["levels_8bit"])
     return fig
