@@ -29,10 +29,12 @@ BACKENDS = ("torch", "openvino", "onnxruntime")
 BACKEND_ENV = "LOWLUX_BACKEND"
 AUTO_ORDER = ("openvino", "onnxruntime", "torch")
 
-BYTES_PER_PIXEL = {("torch", "float32"): 100.0, ("openvino", "float32"): 60.0, ("openvino", "bfloat16"): 36.0,
+BYTES_PER_PIXEL = {("torch", "float32"): 100.0, ("openvino", "float32"): 60.0, ("openvino", "bfloat16"): 60.0,
                    ("onnxruntime", "float32"): 120.0}
 """Working memory of a forward per input pixel, input and output excluded (measured at 12 MP,
-rounded up); decides when and how finely to tile."""
+rounded up); decides when and how finely to tile. OpenVINO bf16 needs less (36), but counted as f32 it
+tiles like f32: a whole 12 MP frame in bf16 took the file -> TIFF path to 1.0-1.1 GB, three strips keep
+it under 0.8 GB (docs/benchmarks.md, round 2)."""
 
 
 def bytes_per_pixel(backend: str, dtype: str) -> float:
@@ -82,21 +84,21 @@ def bf16_units() -> str | None:
 BF16_VERDICTS: dict[tuple[str, str, str], dict] = {
     ("c67fc208b3a86029", "openvino", "amx"): {
         "weights": "lowlux-default.safetensors", "output_space": "srgb", "passes": True,
-        "psnr_db": 0.009, "ssim": 0.00004, "delta_e00": 0.013, "max_diff_255": 1.87, "levels_8bit": 2,
-        "measured": "lowlux bench (accuracy rows), the 12 comparable evaluation items at their GT ratio "
-                    "and with the amplifier, 4 charts; Intel Xeon (Sapphire Rapids class, AMX), "
-                    "OpenVINO 2026.4.1; docs/benchmarks.md, round 2",
+        "psnr_db": 0.009, "ssim": 0.0002, "delta_e00": 0.043, "levels_8bit": 2, "max_diff_255": 2.14,
+        "measured": "lowlux bench 2026-11-30 (docs/benchmarks/round2-12mp.json): the 12 comparable evaluation "
+                    "items and 4 charts, at the GT ratio and with the amplifier (worst of both), against "
+                    "OpenVINO f32; Intel Xeon with AMX (2 cores), OpenVINO 2026.4.1, graphs v6",
     },
     ("c67fc208b3a86029", "torch", "amx"): {
         "weights": "lowlux-default.safetensors", "output_space": "srgb", "passes": False,
-        "psnr_db": 0.010, "ssim": 0.0002, "delta_e00": 0.015, "max_diff_255": 2.43, "levels_8bit": 2,
-        "measured": "as above, torch 2.13 bf16 autocast: one pixel 2.43/255 from float32",
+        "psnr_db": 0.011, "ssim": 0.0004, "delta_e00": 0.044, "levels_8bit": 3, "max_diff_255": 2.70,
+        "measured": "as above, torch 2.13 bf16 autocast against torch float32",
     },
     ("8f5c05dd840fb781", "openvino", "amx"): {
         "weights": "runs/colour/best.safetensors (linear, partly trained)", "output_space": "linear-camera-wb",
-        "passes": False, "psnr_db": 0.011, "ssim": 0.0003, "delta_e00": 0.009, "max_diff_255": 3.41,
-        "levels_8bit": 4, "measured": "as above; the colour stage's tone curve magnifies the net's "
-                                      "deviation in the shadows",
+        "passes": False, "psnr_db": 0.011, "ssim": 0.0003, "delta_e00": 0.017, "levels_8bit": 4,
+        "max_diff_255": 3.37, "measured": "as above (docs/benchmarks/round2-12mp-linear.json); the colour "
+                                         "stage's tone curve magnifies the net's deviation in the shadows",
     },
 }
 """The accuracy rule's committed verdicts for bf16 (:func:`auto_dtype`), keyed by the weights file's

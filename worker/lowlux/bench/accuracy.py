@@ -66,7 +66,8 @@ RULE = {"psnr_db": 0.05, "ssim": 0.002, "delta_e00": 0.2, "levels_8bit": 2}
 """How much a faster numeric path may change the evaluation set's scores and outputs, against
 float32 of the same backend, and still be chosen automatically (docs/benchmarks.md, "Round 2"):
 mean PSNR by at most 0.05 dB, mean SSIM by 0.002, the colour chart's mean ΔE00 (worst camera) by
-0.2, and no output pixel by more than 2 levels of an 8-bit output."""
+0.2, and no pixel of an 8-bit output (each output rounded to 1/255) by more than 2 levels.
+The float outputs' largest difference is reported beside it (``max_diff_255``)."""
 
 
 def shared_data() -> "Path":
@@ -179,8 +180,7 @@ def rule_figures(reference: list, outputs: list, items, charts) -> dict:
         "ssim_ref": float(np.mean(ssim_ref)) if n else None,
         "delta_e00_ref": float(np.mean(de_ref)) if de_ref else None,
     }
-    fig["max_diff_255"] = fig["max_abs_diff"] * 255
-    # The pixel bound on the float outputs (stricter than on rounded 8-bit values, which it implies).
-    fig["passes"] = (all(fig[k] is not None and fig[k] <= limit for k, limit in RULE.items())
-                     and fig["max_diff_255"] <= RULE["levels_8bit"])
+    fig["max_diff_255"] = fig["max_abs_diff"] * 255  # reported beside it: how close to the bound
+    # The pixel bound as the rule states it: on 8-bit outputs (each rounded to 1/255).
+    fig["passes"] = all(fig[k] is not None and fig[k] <= limit for k, limit in RULE.items())
     return fig
