@@ -257,3 +257,36 @@ def test_the_cache_folder_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv(export.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert export.cache_dir() == tmp_path / "xdg" / "lowlux"
+
+
+def test_auto_precision_is_float32_unless_a_committed_measurement_passed_for_these_weights(weights, monkeypatch):
+    from lowlux.backends import choice
+
+    digest = file_digest(weights)
+    monkeypatch.setattr(choice, "bf16_units", lambda: "amx")
+    assert backends.auto_dtype(CPU, "openvino", weights) == "float32"  # never measured
+    monkeypatch.setitem(choice.BF16_VERDICTS, (digest, "openvino", "amx"), {"passes": False})
+    monkeypatch.setitem(choice.BF16_VERDICTS, (digest, "torch", "amx"), {"passes": True})
+    assert backends.auto_dtype(CPU, "openvino", weights) == "float32"  # measured, failed
+    assert backends.auto_dtype(CPU, "torch", weights) == "bfloat16"  # measured, passed
+    assert backends.auto_dtype(torch.device("cuda"), "torch", weights) == "float32"
+    monkeypatch.setattr(choice, "bf16_units", lambda: "avx512_bf16")  # measured on other units
+    assert backends.auto_dtype(CPU, "torch", weights) == "float32"
+    monkeypatch.setattr(choice, "bf16_units", lambda: None)  # bf16 would be emulated
+    assert backends.auto_dtype(CPU, "torch", weights) == "float32"
+
+
+def test_an_engine_resolves_auto_to_the_measured_precision_and_float32_forces_the_exact_path(weights, monkeypatch):
+    from lowlux.backends import choice
+
+    monkeypatch.setattr(choice, "bf16_units", lambda: "amx")
+    monkeypatch.setitem(choice.BF16_VERDICTS, (file_digest(weights), "torch", "amx"), {"passes": True})
+    engine = Engine(EngineConfig(weights=weights, backend="torch"))
+    assert engine.config.dtype == engine.describe()["dtype"] == "bfloat16" and engine.auto_dtype
+    exact = Engine(EngineConfig(weights=weights, backend="torch", dtype="float32"))
+    assert exact.describe()["dtype"] == "float32"
+    other = Engine(EngineConfig(weights=weights, backend="onnxruntime" if installed("onnxruntime") else "torch",
+                                device="cpu", dtype="auto"))
+    assert other.describe()["dtype"] == ("float32" if other.backend_name != "torch" else "bfloat16")
+    with pytest.raises(ValueError, match="dtype"):
+        Engine(EngineConfig(weights=weights, dtype="int8"))

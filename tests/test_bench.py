@@ -10,9 +10,16 @@ from lowlux.cli import main
 
 def test_bench_writes_a_row_per_configuration_with_the_reference_first(tmp_path, tiny_weights, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--sizes", "64x96", "--runs", "2", "--json", str(out), "--weights", str(tiny_weights)]) == 0
+    assert main(["bench", "--sizes", "64x96", "--runs", "2", "--json", str(out), "--weights", str(tiny_weights),
+                 "--no-accuracy"]) == 0
     rows = json.loads(out.read_text())
+    peaks = [r for r in rows if r["backend"] == "peak"]
+    rows = [r for r in rows if r["backend"] != "peak"]
     assert rows[0]["reference"] is True and rows[0]["dtype"] == "float32"
+    # the machine's convolution peak at each precision, and each net row's share of it
+    assert peaks and all(p["extra"]["gmac_per_s"] > 0 and p["size"] == "1024x1024" for p in peaks)
+    assert {p["dtype"] for p in peaks} == {r["dtype"] for r in rows if r["backend"] != "e2e"}
+    assert all(r["extra"]["peak_fraction"] > 0 for r in rows if r["backend"] != "e2e")
     for row in rows:
         assert row["size"] == "64x96"
         assert row["min_s"] <= row["median_s"] <= row["max_s"]
@@ -31,6 +38,9 @@ def test_bench_writes_a_row_per_configuration_with_the_reference_first(tmp_path,
     assert all(d > 1e-3 for d in reduced)
     e2e, = (r for r in rows if r["backend"] == "e2e")
     assert 0 < e2e["extra"]["one_file_peak_rss_mb"] <= e2e["peak_rss_mb"]  # the batch comes after
+    for profile in (e2e["extra"]["profile"], e2e["extra"]["batch_profile"]):  # the stages, one file and batched
+        assert {"decode (LibRaw)", "net", "quantise (uint16)", "encode (TIFF)", "metadata"} <= set(profile)
+    assert sum(1 for r in rows if "(default)" in r["name"]) <= 1
     assert "eager fp32 (reference)" in capsys.readouterr().out
 
 
@@ -68,10 +78,45 @@ def test_a_configuration_that_fails_costs_its_row_only_and_the_exit_status(tmp_p
 
     monkeypatch.setattr(child, "run_child", flaky)
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    args = ["bench", "--sizes", "64x96", "--runs", "2", "--no-e2e", "--only", "channels_last,concurrent",
+    args = ["bench", "--sizes", "64x96", "--runs", "2", "--no-e2e", "--no-peak", "--only", "channels_last,concurrent",
             "--json", str(out), "--markdown", str(md), "--weights", str(tiny_weights)]
     assert main(args) == 1
     names = [r["name"] for r in json.loads(out.read_text())]
     assert names == ["eager fp32 (reference)", "torch concurrent encoders"]
     assert "torch channels_last at 64x96: RuntimeError: out of memory" in md.read_text()
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_the_accuracy_rule_figures_and_verdict():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lowlux.bench.accuracy import RULE, rule_figures
+
+    rng = np.random.default_rng(0)
+    items = [SimpleNamespace(target=rng.random((64, 64, 3), dtype=np.float32)) for _ in range(2)]
+    reference = [np.clip(it.target + rng.normal(0, 0.05, it.target.shape).astype(np.float32), 0, 1) for it in items]
+    same = rule_figures(reference, [r.copy() for r in reference], items, [])
+    assert same["psnr_db"] == same["ssim"] == same["max_abs_diff"] == same["levels_8bit"] == 0
+    assert not same["passes"]  # no chart, no verdict
+    chart = SimpleNamespace(delta_e=lambda srgb: np.array([float(srgb.mean())]))
+
+    def nudged(image, levels):  # one pixel moved by ``levels`` of 255
+        out = image.copy()
+        out[3, 4, 1] = out[3, 4, 1] + np.float32(levels / 255) if out[3, 4, 1] < 0.5 else out[3, 4, 1] - np.float32(levels / 255)
+        return out
+
+    ok = rule_figures(reference + [reference[0]], [nudged(r, 1.5) for r in reference] + [reference[0]],
+                      items, [chart])
+    assert ok["levels_8bit"] <= 2 and ok["max_diff_255"] < 1.6 and ok["delta_e00"] == 0 and ok["passes"]
+    bad = rule_figures(reference + [reference[0]], [nudged(r, 2.5) for r in reference] + [reference[0]],
+                       items, [chart])
+    assert bad["max_diff_255"] > RULE["levels_8bit"] and not bad["passes"]
+
+
+def test_without_the_evaluation_data_the_accuracy_rows_are_skipped_with_the_reason(tmp_path):
+    from lowlux.bench.accuracy import measure_rule
+
+    res = measure_rule(None, "cpu", [("torch", "bfloat16")], tmp_path / "no-raws", tmp_path / "no-photos")
+    assert res["rows"] == [] and "skipped" in res["note"] and "no-raws" in res["note"]

@@ -216,3 +216,21 @@ def test_normalising_by_table_and_amplifying_from_the_histogram_change_nothing()
             a = estimate_amplification(direct, m, variant)
             b = estimate_amplification(values, m, variant, counts=counts)
             assert abs(a - b) <= 1e-6 * a, (variant, m)
+
+
+def test_the_banded_threaded_conversion_gives_the_same_uint16_as_the_plain_formula():
+    from lowlux import curves
+    from lowlux.colour import CameraColour, linear_srgb, render_srgb
+    from lowlux.tiff import to_uint16_into
+
+    rng = np.random.default_rng(5)
+    rgb = (rng.random((203, 97, 3), dtype=np.float32) * 1.1 - 0.05)
+    colour = CameraColour(np.array([[0.9, 0.2, -0.1], [-0.3, 1.2, 0.1], [0.05, -0.2, 0.9]]), (2.1, 1.0, 0.8))
+    # the colour stage computes the curve in place: bit for bit the curve module's
+    assert np.array_equal(render_srgb(rgb, colour), curves.encode(linear_srgb(rgb, colour)))
+    plain = np.clip(render_srgb(rgb, colour), 0, 1) * np.float32(65535) + np.float32(0.5)
+    expected = plain.astype(np.uint16)
+    for rows, threads in ((None, None), (7, 1), (7, 3), (256, 2), (1, 4)):
+        out = np.zeros((97, 203, 3), np.uint16).transpose(1, 0, 2)  # a turned view, as the pipeline writes
+        to_uint16_into(rgb, out, rows=rows, threads=threads, transform=lambda band: render_srgb(band, colour))
+        assert np.array_equal(out, expected), (rows, threads)

@@ -129,3 +129,32 @@ def test_an_unknown_output_space_is_refused():
 
     with pytest.raises(ValueError, match="output space"):
         LowLightNet("xyz")
+
+
+def test_the_blocks_fast_forms_compute_the_papers_convolutions():
+    # The forward forms skip concatenations and the narrow grouped conv (docs/benchmarks.md, round 2);
+    # the same parameters through the plain modules give the same values.
+    from torch.nn import functional as F
+
+    from lowlux.model import HSE_SCALE, channel_shuffle
+
+    torch.manual_seed(3)
+    net = msra_init(LowLightNet()).eval()
+    packed = torch.rand(1, 4, 64, 96)
+    mse, hse, lse = torch.rand(1, 64, 16, 24), torch.rand(1, 64, 16, 24), torch.rand(1, 12, 64, 96)
+    with torch.no_grad():
+        head = net.hse.reduce[0](F.pixel_unshuffle(packed, HSE_SCALE))
+        assert (net.hse.head(packed) - head).abs().max() <= 1e-5
+        fb1 = net.fb1.expand(net.fb1.reduce(channel_shuffle(torch.cat((mse, hse), 1), 2)))
+        fb1 = F.pixel_shuffle(F.leaky_relu(fb1, 0.2), 4)
+        assert (net.fb1(mse, hse) - fb1).abs().max() <= 1e-5
+        fb2 = F.pixel_shuffle(net.fb2.conv(torch.cat((lse, fb1), 1)), 2).clamp(0, 1)
+        assert (net.fb2(lse, fb1) - fb2).abs().max() <= 1e-5
+
+
+def test_the_fast_forms_train_like_the_plain_modules():
+    # Weight norm stays a parametrisation of the same modules: gradients reach every parameter.
+    torch.manual_seed(4)
+    net = apply_weight_norm(msra_init(LowLightNet()))
+    net(torch.rand(1, 1, 64, 64)).mean().backward()
+    assert all(p.grad is not None for p in net.parameters())

@@ -117,7 +117,8 @@ def white_balance_mosaic(mosaic: np.ndarray, wb: tuple[float, float, float]) -> 
 
 
 def _apply(matrix: np.ndarray, image: np.ndarray) -> np.ndarray:
-    return np.einsum("...c,rc->...r", image, matrix.astype(np.float32), optimize=True).astype(np.float32)
+    out = np.einsum("...c,rc->...r", image, matrix.astype(np.float32), optimize=True)
+    return out.astype(np.float32, copy=False)
 
 
 def linear_srgb(linear_wb: np.ndarray, colour: CameraColour) -> np.ndarray:
@@ -130,7 +131,26 @@ def linear_srgb(linear_wb: np.ndarray, colour: CameraColour) -> np.ndarray:
     lowest = min(colour.wb)
     if lowest < 1.0:
         x = x / np.float32(lowest)
-    return np.clip(_apply(colour.cam_to_rgb, np.clip(x, 0.0, 1.0)), 0.0, 1.0)
+        np.clip(x, 0.0, 1.0, out=x)
+    else:
+        x = np.clip(x, 0.0, 1.0)
+    out = _apply(colour.cam_to_rgb, x)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _encode_in_place(x: np.ndarray) -> np.ndarray:
+    """:func:`lowlux.curves.encode` of ``x`` (float32, already in [0, 1]) computed in place: the same
+    float32 operations in the same order, without its temporaries (the colour stage's largest cost)."""
+    g3, g4 = curves.constants()
+    toe = x < g3
+    low = x[toe] * np.float32(curves.TOE) if toe.any() else None
+    np.maximum(x, g3, out=x)
+    np.power(x, np.float32(curves.POWER), out=x)
+    x *= np.float32(1 + g4)
+    x -= np.float32(g4)
+    if low is not None:
+        x[toe] = low
+    return x
 
 
 def render_srgb(linear_wb: np.ndarray, colour: CameraColour) -> np.ndarray:
@@ -139,4 +159,4 @@ def render_srgb(linear_wb: np.ndarray, colour: CameraColour) -> np.ndarray:
     The matrix is LibRaw's and the tone curve is LibRaw's default (:mod:`lowlux.curves`), so a
     restoration and LibRaw's render of the clean raw agree wherever the net is right.
     """
-    return curves.encode(linear_srgb(linear_wb, colour))
+    return _encode_in_place(linear_srgb(linear_wb, colour))

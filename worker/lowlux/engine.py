@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .backends import DTYPES, Backend, bytes_per_pixel, choose_backend, create_backend
+from .backends import DTYPES, Backend, auto_dtype, bytes_per_pixel, choose_backend, create_backend
 from .errors import WeightsError
 from .model import LowLightNet
 from .mosaic import CodedMosaic
@@ -67,7 +67,10 @@ def resolve_weights(weights: str | Path | None) -> Path:
 class EngineConfig:
     weights: str | Path | None = None
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
+    """auto (:func:`lowlux.backends.auto_dtype`: bfloat16 where a committed measurement shows these weights
+    meet the accuracy rule on this CPU's bf16 units and backend, else float32), float32 (exact),
+    bfloat16, float16 (CUDA)."""
     concurrent: bool = False
     """Run LSE, MSE and HSE concurrently (torch backend: threads on CPU, one CUDA stream each on GPU)."""
     channels_last: bool = False
@@ -88,9 +91,8 @@ class Engine:
     """A loaded net, ready to restore amplified RGGB mosaics of any size divisible by 32."""
 
     def __init__(self, config: EngineConfig = EngineConfig()) -> None:
-        self.config = config
-        if config.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+        if config.dtype != "auto" and config.dtype not in DTYPES:
+            raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}")
         if config.tile is not None and config.tile < 0:
             raise ValueError("tile must be None (automatic), 0 (never) or a positive size")
         if config.threads:
@@ -98,11 +100,23 @@ class Engine:
         self.device = resolve_device(config.device)
         self.weights_path = resolve_weights(config.weights)
         self.model: LowLightNet = load_model(self.weights_path)
+        self.auto_dtype = config.dtype == "auto"
+        if self.auto_dtype:
+            config = replace(config, dtype=self._auto_dtype(config))
+        self.config = config
         self.dtype = DTYPES[config.dtype]
         name = choose_backend(config.backend, self.device, config.dtype)
         self.backend: Backend = self._create(name)
         self._lock = threading.Lock()
         log.info("engine ready: %s", self.describe())
+
+    def _auto_dtype(self, config: EngineConfig) -> str:
+        """The precision of ``dtype="auto"`` for the backend that float32 would get (see :func:`auto_dtype`)."""
+        backend = choose_backend(config.backend, self.device, "float32")
+        dtype = auto_dtype(self.device, backend, self.weights_path)
+        if dtype != "float32" and choose_backend(config.backend, self.device, dtype) != backend:
+            return "float32"  # the verdict is the backend's own
+        return dtype
 
     def _create(self, name: str) -> Backend:
         config = self.config
@@ -114,6 +128,9 @@ class Engine:
             if name == "torch" or config.backend not in ("", "auto"):
                 raise
             log.warning("backend %s failed to start (%s: %s); using torch", name, exc.__class__.__name__, exc)
+            if self.auto_dtype and config.dtype != "float32":  # the automatic precision was that backend's
+                self.config = config = replace(config, dtype="float32")
+                self.dtype = DTYPES["float32"]
             return create_backend("torch", self.model, self.weights_path, self.device, config.dtype, **kwargs)
 
     @property

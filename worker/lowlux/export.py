@@ -31,7 +31,7 @@ from .weights import file_digest, output_space
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "LOWLUX_CACHE_DIR"
-GRAPH_VERSION = 5
+GRAPH_VERSION = 6
 """Bump whenever the net's parts (:class:`~lowlux.model.LowLightNet`) or how they are exported change."""
 OPSET = 17
 GRAPHS = ("full", "head", "context", "local")

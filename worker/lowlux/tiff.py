@@ -18,6 +18,7 @@ import errno
 import io
 import logging
 import os
+import threading
 from functools import lru_cache
 from collections.abc import Callable
 from pathlib import Path
@@ -77,20 +78,62 @@ def to_uint16(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_uint16_into(rgb: np.ndarray, out: np.ndarray, rows: int = 256, transform=None) -> None:
-    """:func:`to_uint16` written into ``out`` (any view, e.g. a turned one), in bands of rows
-    so the float temporaries stay small and in cache. ``transform`` (band -> band), if given, is
-    applied to each band first (the colour stage)."""
+BAND_BYTES = 1 << 18
+"""Float bytes per band of :func:`to_uint16_into`: small enough that a band and its temporaries stay in
+a core's L2 cache. With 13 MB bands (256 rows at 12 MP) the colour stage ran half as fast, bound by
+memory (docs/benchmarks.md, round 2)."""
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    """The threads :func:`to_uint16_into` shares its bands with (one per core, at most 4)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(min(os.cpu_count() or 1, 4), thread_name_prefix="lowlux-quantise")
+        return _POOL
+
+
+def to_uint16_into(rgb: np.ndarray, out: np.ndarray, rows: int | None = None, transform=None,
+                   threads: int | None = None) -> None:
+    """:func:`to_uint16` written into ``out`` (any view, e.g. a turned one), in bands of ``rows`` rows
+    (default: about :data:`BAND_BYTES` of floats) so the float temporaries stay small and in cache.
+    ``transform`` (band -> band), if given, is applied to each band first (the colour stage). The
+    bands are shared among ``threads`` threads (default: one per core; numpy releases the GIL while it
+    computes); every band gets the same operations whatever the split, so the result is the same."""
     if rgb.shape != out.shape:
         raise ValueError(f"shape mismatch: {rgb.shape} into {out.shape}")
-    tmp = np.empty((min(rows, rgb.shape[0]), *rgb.shape[1:]), dtype=np.float32)
-    for y in range(0, rgb.shape[0], rows):
-        src = rgb[y : y + rows] if transform is None else transform(rgb[y : y + rows])
-        t = tmp[: src.shape[0]]
-        np.clip(src, 0.0, 1.0, out=t)
-        t *= np.float32(65535.0)
-        t += np.float32(0.5)
-        np.copyto(out[y : y + rows], t, casting="unsafe")
+    height = rgb.shape[0]
+    if height == 0:
+        return
+    row_bytes = max(1, rgb[:1].size * 4)
+    rows = rows or max(1, BAND_BYTES // row_bytes)
+    threads = threads or min(os.cpu_count() or 1, 4)
+    # Whole bands per thread; at least a few bands each, or the hand-over costs more than it saves.
+    per_thread = -(-height // threads)
+    per_thread = max(-(-per_thread // rows) * rows, 4 * rows)
+    chunks = [(y, min(y + per_thread, height)) for y in range(0, height, per_thread)]
+
+    def convert(y0: int, y1: int) -> None:
+        tmp = np.empty((min(rows, y1 - y0), *rgb.shape[1:]), dtype=np.float32)
+        for y in range(y0, y1, rows):
+            end = min(y + rows, y1)
+            src = rgb[y:end] if transform is None else transform(rgb[y:end])
+            t = tmp[: end - y]
+            np.clip(src, 0.0, 1.0, out=t)
+            t *= np.float32(65535.0)
+            t += np.float32(0.5)
+            np.copyto(out[y:end], t, casting="unsafe")
+
+    if len(chunks) == 1:
+        convert(*chunks[0])
+        return
+    for f in [_pool().submit(convert, *c) for c in chunks]:
+        f.result()
 
 
 def check_output(path: Path, overwrite: bool) -> None:

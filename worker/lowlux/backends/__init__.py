@@ -29,12 +29,12 @@ lowlux uses are imported from here.
 """
 
 from .base import DTYPES, Backend, ExportedBackend
-from .choice import (AUTO_ORDER, BACKEND_ENV, BACKENDS, BYTES_PER_PIXEL, bytes_per_pixel, choose_backend,
-                     cpu_has_bf16, create_backend, installed, supports)
+from .choice import (AUTO_ORDER, BACKEND_ENV, BACKENDS, BF16_VERDICTS, BYTES_PER_PIXEL, auto_dtype, bf16_units,
+                     bytes_per_pixel, choose_backend, cpu_has_bf16, create_backend, installed, supports)
 from .onnxruntime_backend import OnnxRuntimeBackend
 from .openvino_backend import OpenVinoBackend
 from .torch_backend import TorchBackend
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_ENV", "BYTES_PER_PIXEL", "DTYPES", "Backend", "ExportedBackend",
-           "OnnxRuntimeBackend", "OpenVinoBackend", "TorchBackend", "bytes_per_pixel", "choose_backend",
+__all__ = ["AUTO_ORDER", "BACKENDS", "BACKEND_ENV", "BF16_VERDICTS", "BYTES_PER_PIXEL", "DTYPES", "Backend", "ExportedBackend",
+           "OnnxRuntimeBackend", "OpenVinoBackend", "TorchBackend", "auto_dtype", "bf16_units", "bytes_per_pixel", "choose_backend",
            "cpu_has_bf16", "create_backend", "installed", "supports"]

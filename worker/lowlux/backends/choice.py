@@ -29,10 +29,12 @@ BACKENDS = ("torch", "openvino", "onnxruntime")
 BACKEND_ENV = "LOWLUX_BACKEND"
 AUTO_ORDER = ("openvino", "onnxruntime", "torch")
 
-BYTES_PER_PIXEL = {("torch", "float32"): 100.0, ("openvino", "float32"): 60.0, ("openvino", "bfloat16"): 36.0,
+BYTES_PER_PIXEL = {("torch", "float32"): 100.0, ("openvino", "float32"): 60.0, ("openvino", "bfloat16"): 60.0,
                    ("onnxruntime", "float32"): 120.0}
 """Working memory of a forward per input pixel, input and output excluded (measured at 12 MP,
-rounded up); decides when and how finely to tile."""
+rounded up); decides when and how finely to tile. OpenVINO bf16 needs less (36), but counted as f32 it
+tiles like f32: a whole 12 MP frame in bf16 took the file -> TIFF path to 1.0-1.1 GB, three strips keep
+it under 0.8 GB (docs/benchmarks.md, round 2)."""
 
 
 def bytes_per_pixel(backend: str, dtype: str) -> float:
@@ -66,6 +68,65 @@ def cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def bf16_units() -> str | None:
+    """The CPU's native bf16 units, as the accuracy verdicts name them: ``amx`` (AMX tiles; such CPUs
+    also have AVX-512 BF16), ``avx512_bf16``, or None (bf16 would be emulated)."""
+    flags = _cpu_flags()
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return None
+
+
+BF16_VERDICTS: dict[tuple[str, str, str], dict] = {
+    ("c67fc208b3a86029", "openvino", "amx"): {
+        "weights": "lowlux-default.safetensors", "output_space": "srgb", "passes": True,
+        "psnr_db": 0.009, "ssim": 0.0002, "delta_e00": 0.043, "levels_8bit": 2, "max_diff_255": 2.14,
+        "measured": "lowlux bench 2026-11-30 (docs/benchmarks/round2-12mp.json): the 12 comparable evaluation "
+                    "items and 4 charts, at the GT ratio and with the amplifier (worst of both), against "
+                    "OpenVINO f32; Intel Xeon with AMX (2 cores), OpenVINO 2026.4.1, graphs v6",
+    },
+    ("c67fc208b3a86029", "torch", "amx"): {
+        "weights": "lowlux-default.safetensors", "output_space": "srgb", "passes": False,
+        "psnr_db": 0.011, "ssim": 0.0004, "delta_e00": 0.044, "levels_8bit": 3, "max_diff_255": 2.70,
+        "measured": "as above, torch 2.13 bf16 autocast against torch float32",
+    },
+    ("8f5c05dd840fb781", "openvino", "amx"): {
+        "weights": "runs/colour/best.safetensors (linear, partly trained)", "output_space": "linear-camera-wb",
+        "passes": False, "psnr_db": 0.011, "ssim": 0.0003, "delta_e00": 0.017, "levels_8bit": 4,
+        "max_diff_255": 3.37, "measured": "as above (docs/benchmarks/round2-12mp-linear.json); the colour "
+                                         "stage's tone curve magnifies the net's deviation in the shadows",
+    },
+}
+"""The accuracy rule's committed verdicts for bf16 (:func:`auto_dtype`), keyed by the weights file's
+digest (:func:`lowlux.weights.file_digest`), backend and bf16 units: whether bf16 changed the
+evaluation set's mean PSNR by at most 0.05 dB, mean SSIM by 0.002, the charts' ΔE00 by 0.2 and no
+output pixel by more than 2/255, against float32 of the same backend (``lowlux bench`` prints the
+figures; :data:`lowlux.bench.accuracy.RULE`). Weights, backends and CPUs not measured run float32."""
+
+
+def auto_dtype(device: torch.device, backend: str, weights: str | Path | None = None) -> str:
+    """The precision ``dtype="auto"`` runs: bfloat16 where the CPU has native bf16 units and a committed
+    measurement (:data:`BF16_VERDICTS`) shows these weights on this backend meet the accuracy rule
+    there; float32 everywhere else (GPUs included: fp16 there is not measured against the rule yet)."""
+    if device.type != "cpu" or weights is None:
+        return "float32"
+    units = bf16_units()
+    if units is None:
+        return "float32"
+    from ..weights import file_digest
+
+    try:
+        digest = file_digest(weights)
+    except OSError:
+        return "float32"
+    verdict = BF16_VERDICTS.get((digest, backend, units))
+    if not verdict or not verdict["passes"] or supports(backend, device, "bfloat16") is not None:
+        return "float32"
+    return "bfloat16"
 
 
 @lru_cache(maxsize=1)

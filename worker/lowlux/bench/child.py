@@ -2,8 +2,8 @@
 
 A fresh process per row keeps each row's peak RSS its own and leaves no compiled graphs, caches or
 threads behind for the next row. The parent calls :func:`run_child`, which starts
-``python -m lowlux.bench KIND PAYLOAD`` (:mod:`lowlux.bench.__main__`); the child measures and
-prints its result as one JSON line.
+``python -m lowlux.bench KIND PAYLOAD`` (:mod:`lowlux.bench.__main__`; KIND ``net``, ``e2e``, ``peak``
+or ``accuracy``); the child measures and prints its result as one JSON line.
 """
 
 from __future__ import annotations
@@ -93,7 +93,16 @@ def main(argv: list[str]) -> None:
     from .e2e import measure_e2e
 
     kind, payload = argv[0], json.loads(argv[1])
-    if kind == "net":
+    if kind == "peak":
+        from .peak import measure_peaks
+
+        res = {"peaks": measure_peaks([tuple(p) for p in payload["pairs"]], payload["runs"], payload["warmup"])}
+    elif kind == "accuracy":
+        from .accuracy import measure_rule
+
+        res = measure_rule(payload["weights"], payload.get("device", "auto"), [tuple(p) for p in payload["pairs"]],
+                           payload.get("eval_raw"), payload.get("eval_clean"))
+    elif kind == "net":
         res = measure_net(Config(**payload["config"]), tuple(payload["size"]), payload["runs"], payload["warmup"],
                           payload["weights"], payload["ref_out"], payload["save_out"], payload.get("device", "auto"))
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import child
 from .configs import Config, default_configs
-from .report import Row, format_row, header, machine_line, markdown_tables
+from .report import Row, format_row, header, machine_line, markdown_tables, secs
 from .workload import count_macs
 
 DEFAULT_SIZES = "512x512,1024x1024,2848x4256,6000x4000,5504x8256,9504x6336"
@@ -40,6 +40,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-e2e", action="store_true", help="skip the file -> TIFF end-to-end rows")
     p.add_argument("--only", help="comma-separated config names (substrings) to run besides the reference")
+    p.add_argument("--no-peak", action="store_true", help="skip the machine's convolution peak (GMAC/s)")
+    p.add_argument("--no-accuracy", action="store_true",
+                   help="skip the accuracy rule's figures of each reduced precision on the evaluation set")
+    p.add_argument("--eval-raw", type=Path, help="raw folder of the evaluation set (default: the shared data)")
+    p.add_argument("--eval-clean", type=Path, help="photograph folder of the evaluation set (default: the shared data)")
     p.add_argument("--json", type=Path, default=Path("bench-results.json"), help="results file (JSON list of rows)")
     p.add_argument("--markdown", type=Path, help="also write the results as Markdown tables")
 
@@ -54,6 +59,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(header())
     configs = default_configs(args)
     failures: list[str] = []
+    peaks = {} if getattr(args, "no_peak", False) else _peaks(args, configs, device, rows)
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             size_s = f"{size[0]}x{size[1]}"
@@ -77,7 +83,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     continue
                 med = statistics.median(res["times"])
                 ref_median = med if config.reference else ref_median
-                rows.append(_net_row(config, size_s, gmacs, res, ref_median))
+                rows.append(_net_row(config, size_s, gmacs, res, ref_median, peaks))
                 print(format_row(rows[-1]), flush=True)
             Path(ref_path).unlink(missing_ok=True)
             if not args.no_e2e:
@@ -86,6 +92,10 @@ def run_bench(args: argparse.Namespace) -> int:
                 rows.append(_e2e_row(size_s, gmacs, res))
                 print(format_row(rows[-1]) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items())
                       + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}", flush=True)
+                for label, key in (("one file", "profile"), ("batch, per file", "batch_profile")):
+                    print(f"  stages, {label}: {profile_line(res.get(key, {}))}", flush=True)
+    if not getattr(args, "no_accuracy", False):
+        _accuracy(args, configs, weights, device, rows)
     _write_results(args, rows, machine, failures)
     if failures:
         print(f"{len(failures)} configuration(s) failed:", *failures, sep="\n  ", file=sys.stderr)
@@ -93,25 +103,89 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _net_row(config: Config, size_s: str, gmacs: float, res: dict, ref_median: float | None) -> Row:
-    """A net row from a child's result; its speed-up is against the reference's median."""
+def _peaks(args: argparse.Namespace, configs: list[Config], device: str, rows: list[Row]) -> dict[str, float]:
+    """The machine's convolution peak per precision (:mod:`.peak`), as rows; ``{dtype: GMAC/s}``, the
+    best runtime's. CPU only."""
+    from ..engine import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return {}
+    dtypes = list(dict.fromkeys(c.dtype for c in configs))
+    pairs = [(b, d) for d in dtypes for b in ("openvino", "torch")]
+    res = child.run_child("peak", {"pairs": pairs, "runs": args.runs, "warmup": args.warmup})
+    peaks: dict[str, float] = {}
+    for p in res["peaks"]:
+        from .peak import SIZE, peak_macs
+
+        med = statistics.median(p["times"])
+        rows.append(Row(f"peak: 3x3 conv 64->64, {p['backend']}", "peak", p["dtype"], f"{SIZE[0]}x{SIZE[1]}", med,
+                        min(p["times"]), max(p["times"]), len(p["times"]), 0.0, peak_macs() / 1e9,
+                        extra={"runtime": p["backend"], "gmac_per_s": p["gmac_per_s"]}))
+        print(f"{rows[-1].name:28s} {p['dtype']:>10s} {secs(med):>9s}  {p['gmac_per_s']:.0f} GMAC/s", flush=True)
+        peaks[p["dtype"]] = max(peaks.get(p["dtype"], 0.0), p["gmac_per_s"])
+    return peaks
+
+
+def _accuracy(args: argparse.Namespace, configs: list[Config], weights: str | None, device: str,
+              rows: list[Row]) -> None:
+    """The accuracy rule's figures (:func:`.accuracy.measure_rule`) of every reduced precision run here,
+    against float32 of the same backend, as rows (backend ``accuracy``)."""
+    from .accuracy import RULE
+
+    names = {}
+    for c in configs:
+        if c.dtype != "float32" and not c.concurrent and (c.backend, c.dtype) not in names:
+            names[(c.backend, c.dtype)] = c.name
+    if not names:
+        return
+    res = child.run_child("accuracy", {"pairs": list(names), "weights": weights, "device": device,
+                                       "eval_raw": str(args.eval_raw) if getattr(args, "eval_raw", None) else None,
+                                       "eval_clean": str(args.eval_clean) if getattr(args, "eval_clean", None) else None})
+    print(f"accuracy rule (against float32 of the same backend; limits: PSNR {RULE['psnr_db']} dB, SSIM "
+          f"{RULE['ssim']}, chart dE00 {RULE['delta_e00']}, any pixel {RULE['levels_8bit']}/255): {res['note']}")
+    for r in res["rows"]:
+        f = r["figures"]
+        name = f"accuracy: {names[(r['backend'], r['dtype'])]}"
+        rows.append(Row(name, "accuracy", r["dtype"], "evaluation set", r["seconds"], r["seconds"], r["seconds"], 1,
+                        0.0, 0.0, f["max_abs_diff"], extra={"runtime": r["runtime"], "figures": f,
+                                                            "per_mode": r["per_mode"], "data": res["note"]}))
+        print(f"{name:40s} PSNR {f['psnr_db']:.3f} dB  SSIM {f['ssim']:.5f}  dE00 {f['delta_e00']:.3f}  "
+              f"max {f['max_diff_255']:.2f}/255 ({f['levels_8bit']} levels)  "
+              f"{'PASSES' if f['passes'] else 'fails'}", flush=True)
+
+
+def _net_row(config: Config, size_s: str, gmacs: float, res: dict, ref_median: float | None,
+             peaks: dict[str, float] | None = None) -> Row:
+    """A net row from a child's result; its speed-up is against the reference's median, its GMAC/s
+    against the machine's peak at its precision (when measured)."""
     med = statistics.median(res["times"])
+    rate = gmacs / med
+    peak = (peaks or {}).get(config.dtype)
     return Row(config.name, config.backend, config.dtype, size_s, med, min(res["times"]), max(res["times"]),
                len(res["times"]), res["peak_rss_mb"], gmacs, res.get("max_abs_diff"),
                res.get("photo_max_abs_diff"), None if config.reference else ref_median / med, config.reference,
                {"device": res["device"], "concurrent": config.concurrent, "channels_last": config.channels_last,
-                "runtime": res["backend_detail"], "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"]}
+                "runtime": res["backend_detail"], "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"],
+                "gmac_per_s": rate} | ({"peak_fraction": rate / peak} if peak else {})
                | ({"gpu_peak_mb": res["gpu_peak_mb"], "fps": 1 / med} if "gpu_peak_mb" in res else {}))
 
 
 def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
     """The end-to-end row from its child's result (stage medians in ``extra``)."""
     med = statistics.median(res["times"])
-    return Row("file -> TIFF (end to end)", "e2e", "float32", size_s, med,
+    return Row("file -> TIFF (end to end)", "e2e", res.get("dtype", "float32"), size_s, med,
                min(res["times"]), max(res["times"]), len(res["times"]), res["peak_rss_mb"], gmacs,
                speedup=None, extra={**res["stages"], "runtime": res["backend_detail"],
                                     "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"],
-                                    "one_file_peak_rss_mb": res["one_file_peak_rss_mb"]})
+                                    "one_file_peak_rss_mb": res["one_file_peak_rss_mb"],
+                                    "output_space": res.get("output_space"), "profile": res.get("profile", {}),
+                                    "batch_profile": res.get("batch_profile", {})})
+
+
+def profile_line(profile: dict[str, float]) -> str:
+    """``net 0.41 s (62%), decode (LibRaw) 0.06 s (9%), ...``: each stage's time and share, largest first."""
+    total = sum(profile.values()) or 1.0
+    return ", ".join(f"{k} {v:.3f} s ({100 * v / total:.0f}%)" for k, v in sorted(profile.items(), key=lambda kv: -kv[1]))
 
 
 def _write_results(args: argparse.Namespace, rows: list[Row], machine: str, failures: list[str]) -> None:

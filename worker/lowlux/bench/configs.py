@@ -59,7 +59,35 @@ def default_configs(args: argparse.Namespace) -> list[Config]:
             configs.append(Config(label, backend=backend, dtype=dtype, large=backend != "onnxruntime"))
     if supports("openvino", device, "float32") is None:
         configs.append(Config("openvino fp32, tiles <=2048", backend="openvino", tile=2048))
+    mark_default(configs, device, getattr(args, "weights", None))
     only = [v.strip() for v in (getattr(args, "only", None) or "").split(",") if v.strip()]
     if only:
         configs = [c for c in configs if c.reference or any(o in c.name for o in only)]
     return configs
+
+
+def default_run(device, weights) -> tuple[str, str]:
+    """(backend, precision) that an engine with the default settings runs for these weights here."""
+    from ..backends import auto_dtype, choose_backend
+    from ..errors import WeightsError
+    from ..engine import resolve_weights
+
+    backend = choose_backend("auto", device, "float32")
+    try:
+        path = resolve_weights(weights)
+    except WeightsError:
+        return backend, "float32"
+    dtype = auto_dtype(device, backend, path)
+    if dtype != "float32" and choose_backend("auto", device, dtype) != backend:
+        dtype = "float32"
+    return backend, dtype
+
+
+def mark_default(configs: list[Config], device, weights) -> None:
+    """Name the row that runs by default (default backend and precision, automatic tiles) "... (default)"."""
+    backend, dtype = default_run(device, weights)
+    for c in configs:
+        if not c.reference and c.backend == backend and c.dtype == dtype and c.tile is None and not c.concurrent \
+                and not c.channels_last:
+            c.name += " (default)"
+            return

@@ -17,6 +17,83 @@ from .memory import maxrss_mb, peak_rss_mb, reset_peak
 from .workload import bench_input
 
 
+class StageClock:
+    """Exclusive time per pipeline stage, across threads: the pipeline's own functions wrapped for the
+    run (nothing in the pipeline changes). A stage called inside another (the colour stage inside the
+    quantisation, the metadata copy inside the TIFF write) is counted once, as itself."""
+
+    def __init__(self) -> None:
+        import threading
+        from collections import defaultdict
+
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._undo: list = []
+
+    def _add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+
+    def wrap(self, owner, name: str, stage: str) -> None:
+        import functools
+
+        original = getattr(owner, name)
+        clock = self
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            stack = getattr(clock._local, "stack", None)
+            if stack is None:
+                stack = clock._local.stack = []
+            now = time.perf_counter()
+            if stack:  # pause the caller's stage
+                clock._add(stack[-1][0], now - stack[-1][1])
+            stack.append([stage, now])
+            try:
+                return original(*args, **kwargs)
+            finally:
+                end = time.perf_counter()
+                clock._add(stage, end - stack.pop()[1])
+                if stack:
+                    stack[-1][1] = end
+
+        setattr(owner, name, timed)
+        self._undo.append((owner, name, original))
+
+    def install(self) -> "StageClock":
+        """Wrap the stages of :mod:`lowlux.pipeline` and :mod:`lowlux.tiff` and the engine's net calls."""
+        from .. import pipeline, tiff
+        from ..engine import Engine
+        from ..mosaic import CodedMosaic
+        from ..raw import RawImage
+
+        for owner, name, stage in (
+                (pipeline, "read_raw", "decode (LibRaw)"),
+                (RawImage, "normalised_histogram", "amplifier"), (pipeline, "estimate_amplification", "amplifier"),
+                (pipeline, "coded_for_net", "pad (sensor codes)"),
+                (pipeline, "_net_mosaic", "white balance"),
+                (CodedMosaic, "normalised", "normalise + amplify"),
+                (Engine, "_call", "net"),
+                (pipeline, "render_srgb", "colour stage"),
+                (pipeline, "to_uint16_into", "quantise (uint16)"),
+                (tiff, "write_output", "encode (TIFF)"),
+                (tiff, "copy_metadata", "metadata")):
+            self.wrap(owner, name, stage)
+        return self
+
+    def remove(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()
+
+    def take(self) -> dict[str, float]:
+        with self._lock:
+            out = dict(self.seconds)
+            self.seconds.clear()
+        return out
+
+
 def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto") -> dict:
     """In the child: a synthetic DNG of this size through decode -> net -> TIFF, default engine."""
     import numpy as np
@@ -35,9 +112,11 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
         del cfa
         options = EnhanceOptions(out_dir=Path(tmp), overwrite=True)
         stages: dict[str, list[float]] = {"decode_s": [], "net_s": [], "encode_s": [], "total_s": []}
+        clock = StageClock().install()
         for i in range(runs + 1):
             if i == 1:
                 reset_peak()
+                clock.take()  # the warm-up's stages are not counted
             t0 = time.perf_counter()
             d = decode(raw, options)
             t1 = time.perf_counter()
@@ -52,11 +131,17 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
             for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
                 stages[key].append(value)
         one_file_peak = peak_rss_mb()  # files one after another, before the overlapped batch
-        stages["batch_per_file_s"] = [batch_per_file(engine, raw, options, max(runs, 3))]
+        profile = {k: v / runs for k, v in clock.take().items()}
+        count = max(runs, 3)
+        stages["batch_per_file_s"] = [batch_per_file(engine, raw, options, count)]
+        batch_profile = {k: v / count for k, v in clock.take().items()}
+        clock.remove()
     tiles = engine.tiles(*(-(-v // 32) * 32 for v in size))
     return {"times": stages["total_s"], "stages": {k: statistics.median(v) for k, v in stages.items()},
             "peak_rss_mb": peak_rss_mb(), "one_file_peak_rss_mb": one_file_peak, "maxrss_mb": maxrss_mb(),
-            "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1}
+            "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1,
+            "dtype": engine.config.dtype, "output_space": engine.model.output_space,
+            "profile": profile, "batch_profile": batch_profile}
 
 
 def batch_per_file(engine, raw: Path, options, count: int) -> float:

@@ -36,13 +36,31 @@ class Row:
 def markdown_tables(rows: list[Row], machine: str) -> str:
     """One table per size: every row with its ratio to the reference."""
     out = [f"Machine: {machine}", ""]
+    peaks = [r for r in rows if r.backend == "peak"]
+    if peaks:
+        out += ["### Machine peak (one 3x3 conv, 64 -> 64 channels, 1024 x 1024)", "",
+                "| runtime | precision | median s | min s | GMAC/s |", "|---|---|---:|---:|---:|"]
+        out += [f"| {r.extra['runtime']} | {r.dtype} | {secs(r.median_s)} | {secs(r.min_s)} | {rate(r)} |" for r in peaks]
+        out.append("")
+    rule = [r for r in rows if r.backend == "accuracy"]
+    if rule:
+        out += [f"### Accuracy rule (against float32 of the same backend; {rule[0].extra['data']})", "",
+                "| precision | PSNR change dB | SSIM change | chart dE00 change | max pixel change | verdict |",
+                "|---|---:|---:|---:|---:|---|"]
+        for r in rule:
+            f = r.extra["figures"]
+            out.append(f"| {r.name.removeprefix('accuracy: ')} | {f['psnr_db']:.3f} | {f['ssim']:.5f} | "
+                       f"{f['delta_e00']:.3f} | {f['max_diff_255']:.2f}/255 ({f['levels_8bit']} levels) | "
+                       f"{'passes' if f['passes'] else 'fails'} |")
+        out.append("")
+    rows = [r for r in rows if r.backend not in ("peak", "accuracy")]
     for size in dict.fromkeys(r.size for r in rows):
         h, w = (int(v) for v in size.split("x"))
         gpu = any("gpu_peak_mb" in r.extra for r in rows if r.size == size)
         out += [f"### {size} ({h * w / 1e6:.1f} MP, {next(r.gmacs for r in rows if r.size == size):.1f} GMACs)", "",
                 "| config | runtime | median s | min s | max s | speed-up | peak RSS MB | max abs diff "
-                "| on a photo | tiles |" + (" fps | GPU peak MB |" if gpu else ""),
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "")]
+                "| on a photo | tiles | GMAC/s | of peak |" + (" fps | GPU peak MB |" if gpu else ""),
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "")]
         for r in rows:
             if r.size != size:
                 continue
@@ -57,7 +75,8 @@ def markdown_tables(rows: list[Row], machine: str) -> str:
                 name += f" ({stages}; one file at a time: peak {r.extra['one_file_peak_rss_mb']:.0f} MB)" \
                     if "one_file_peak_rss_mb" in r.extra else f" ({stages})"
             out.append(f"| {name} | {r.extra.get('runtime', '')} | {secs(r.median_s)} | {secs(r.min_s)} | {secs(r.max_s)} "
-                       f"| {speed} | {r.peak_rss_mb:.0f} | {diff} | {photo} | {r.extra.get('tiles', '')} |"
+                       f"| {speed} | {r.peak_rss_mb:.0f} | {diff} | {photo} | {r.extra.get('tiles', '')} "
+                       f"| {rate(r)} | {fraction(r)} |"
                        + (cuda if gpu else ""))
         out.append("")
     return "\n".join(out)
@@ -90,7 +109,8 @@ def machine_line() -> str:
 def header() -> str:
     """The console table's heading, matching :func:`format_row`."""
     return (f"{'config':28s} {'size':>10s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'speed-up':>8s} "
-            f"{'peak RSS MB':>11s} {'GMACs':>7s} {'max |diff|':>10s} {'photo':>8s} {'tiles':>5s}")
+            f"{'peak RSS MB':>11s} {'GMACs':>7s} {'max |diff|':>10s} {'photo':>8s} {'tiles':>5s} {'GMAC/s':>6s} "
+            f"{'of peak':>7s}")
 
 
 def format_row(r: Row) -> str:
@@ -99,4 +119,14 @@ def format_row(r: Row) -> str:
     diff = "" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}"
     photo = "" if r.photo_max_abs_diff is None else f"{r.photo_max_abs_diff:.1e}"
     return (f"{r.name:28s} {r.size:>10s} {secs(r.median_s):>9s} {secs(r.min_s):>7s} {secs(r.max_s):>7s} {speed:>8s} "
-            f"{r.peak_rss_mb:11.0f} {r.gmacs:7.1f} {diff:>10s} {photo:>8s} {r.extra.get('tiles', ''):>5}")
+            f"{r.peak_rss_mb:11.0f} {r.gmacs:7.1f} {diff:>10s} {photo:>8s} {r.extra.get('tiles', ''):>5} "
+            f"{rate(r):>6s} {fraction(r):>7s}")
+
+
+def rate(r: Row) -> str:
+    return f"{r.extra['gmac_per_s']:.0f}" if "gmac_per_s" in r.extra else ""
+
+
+def fraction(r: Row) -> str:
+    """The row's GMAC/s as a share of the machine's convolution peak at its precision (:mod:`.peak`)."""
+    return f"{100 * r.extra['peak_fraction']:.0f}%" if "peak_fraction" in r.extra else ""

@@ -8,26 +8,21 @@ from __future__ import annotations
 
 
 def count_macs(height: int, width: int) -> float:
-    """Multiply-accumulates of one forward pass at this size (conv layers; exact for this net)."""
+    """Multiply-accumulates of one forward pass at this size: the convolutions the net's forward
+    actually runs, whatever their form (a module, or ``F.conv2d`` on a slice of a module's weight),
+    counted by torch's FLOP counter (two FLOPs per MAC; exact for this net)."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from ..model import LowLightNet
 
     model = LowLightNet().eval()
-    total = 0
-
-    def hook(module, _inputs, output):
-        nonlocal total
-        k = module.kernel_size[0] * module.kernel_size[1]
-        total += output.numel() * (module.in_channels // module.groups) * k
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            m.register_forward_hook(hook)
+    counter = FlopCounterMode(display=False)
     # Every layer scales with the area, so a small multiple-of-32 probe gives the exact count.
-    with torch.no_grad():
+    with torch.no_grad(), counter:
         model(torch.zeros(1, 1, 64, 64))
-    return total * (height * width) / (64 * 64)
+    convs = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+    return convs / 2 * (height * width) / (64 * 64)
 
 
 def bench_input(height: int, width: int):
