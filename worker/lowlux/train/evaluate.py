@@ -62,10 +62,11 @@ def as_srgb(out: np.ndarray, item: EvalItem, space: str) -> np.ndarray:
 
 
 def net_restorer(weights: Path, threads: int | None = None) -> Restorer:
-    """A restorer running lowlux's own inference engine with the given weights (CPU)."""
+    """A restorer running lowlux's own inference engine with the given weights (CPU, float32: scores
+    are of the weights, not of a faster numeric path)."""
     from ..engine import Engine, EngineConfig
 
-    engine = Engine(EngineConfig(weights=weights, device="cpu", threads=threads))
+    engine = Engine(EngineConfig(weights=weights, device="cpu", dtype="float32", threads=threads))
     space = engine.model.output_space
     return lambda item, amp: as_srgb(engine.restore(net_input(item, space), amp), item, space)
 
