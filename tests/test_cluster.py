@@ -8,6 +8,8 @@ named, and the front door's adapter must report each file and cancel.
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import socket
@@ -309,3 +311,21 @@ def test_enhance_and_cluster_commands_are_on_the_command_line():
     args = build_parser().parse_args(["enhance", "x.dng", "--cluster", "tcp://127.0.0.1:9", "--upload"])
     assert (args.cluster, args.upload) == ("tcp://127.0.0.1:9", True)
     assert build_parser().parse_args(["cluster", "local", "--workers", "2"]).workers == 2
+
+
+def test_bench_measures_the_cluster_on_request(monkeypatch, capsys, tmp_path):
+    from lowlux.bench import cluster as bench_cluster
+    from lowlux.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--cluster", "--cluster-files", "2", "--sizes", "64x96",
+                                      "--no-upload", "--json", str(tmp_path / "cluster.json")])
+    calls = []
+    monkeypatch.setattr(bench_cluster, "run_cluster", lambda files, options, config, workers, upload, cache:
+                        calls.append((workers, upload, len(files))) or
+                        {"config": f"{workers}", "files_per_s": 1.0, "seconds": 2.0, "engine_load_s": 0.1})
+    monkeypatch.setattr(bench_cluster, "run_local", lambda files, options, config:
+                        {"config": "local", "files_per_s": 1.0})
+    assert args.func(args) == 0
+    assert calls == [(1, False, 2), (2, False, 2)]
+    assert "files/s" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cluster.json").read_text())["files"] == 2

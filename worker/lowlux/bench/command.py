@@ -47,9 +47,19 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-clean", type=Path, help="photograph folder of the evaluation set (default: the shared data)")
     p.add_argument("--json", type=Path, default=Path("bench-results.json"), help="results file (JSON list of rows)")
     p.add_argument("--markdown", type=Path, help="also write the results as Markdown tables")
+    g = p.add_argument_group("cluster (lowlux bench --cluster)")
+    g.add_argument("--cluster", action="store_true",
+                   help="instead: files/s of a batch on a local Dask cluster, 1 and 2 workers, against a local "
+                        "loop (synthetic dark raws of the first --sizes entry)")
+    g.add_argument("--cluster-files", type=int, default=6, help="raws in the cluster batch (default 6)")
+    g.add_argument("--no-upload", action="store_true", help="skip the cluster's --upload rows")
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "cluster", False):
+        from .cluster import run_cluster_bench
+
+        return run_cluster_bench(args)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     weights = str(args.weights) if args.weights else None
     device = getattr(args, "device", "auto")

@@ -1,5 +1,5 @@
-#!/usr/bin/env python3
-"""Files per second on a local Dask cluster: 1 worker against 2, shared storage and --upload.
+"""``lowlux bench --cluster``: files per second on a local Dask cluster, 1 worker against 2, shared
+storage and --upload.
 
 Writes a batch of synthetic 12 MP dark raws (a smooth scene through lowlux's own sensor model,
 ``lowlux.train.synth``), then for each configuration starts a loopback cluster, loads the engine on
@@ -8,8 +8,8 @@ counted), and times the batch. With one worker the net gets every core; with two
 split between them (``--threads`` per engine), so the comparison is what a machine's cores give as
 one worker or as several. A local ``enhance_file`` loop in this process is the reference.
 
-    PYTHONPATH=worker .venv/bin/python scripts/bench_cluster.py --json cluster.json
-    PYTHONPATH=worker .venv/bin/python scripts/bench_cluster.py --files 4 --size 1424x2128 --no-upload
+    lowlux bench --cluster --json cluster.json
+    lowlux bench --cluster --cluster-files 4 --sizes 1424x2128 --no-upload
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -27,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The folder holding the ``lowlux`` package, put on the Dask workers' path."""
 
 
 def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -40,7 +40,7 @@ def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def write_raws(folder: Path, count: int, height: int, width: int) -> list[Path]:
-    from lowlux.train.synth import make_dark_raw, write_dark_dng
+    from ..train.synth import make_dark_raw, write_dark_dng
 
     dark = make_dark_raw(scene(height, width), ratio=100.0, rng=np.random.default_rng(0))
     return [write_dark_dng(folder / f"bench{i:02d}.dng", dark, exif={"Exif.Photo.ExposureTime": "1/30"})
@@ -56,8 +56,8 @@ def cpu_model() -> str:
 
 
 def run_local(files, options, config) -> dict:
-    from lowlux.engine import Engine
-    from lowlux.pipeline import enhance_file
+    from ..engine import Engine
+    from ..pipeline import enhance_file
 
     engine = Engine(config)
     described = engine.describe()
@@ -73,10 +73,10 @@ def run_local(files, options, config) -> dict:
 
 
 def run_cluster(files, options, config, workers: int, upload: bool, cache: str) -> dict:
-    from lowlux.cluster.local import start_local_cluster
-    from lowlux.cluster.submit import connect, enhance_on_cluster, prepare
+    from ..cluster.local import start_local_cluster
+    from ..cluster.submit import connect, enhance_on_cluster, prepare
 
-    env = {"PYTHONPATH": str(REPO / "worker"), "LOWLUX_CACHE_DIR": cache}
+    env = {"PYTHONPATH": str(PACKAGE_ROOT), "LOWLUX_CACHE_DIR": cache}
     cluster = start_local_cluster(workers, 1, memory_limit=None, env=env)
     client = connect(cluster.scheduler_address, timeout=60)
     try:
@@ -100,43 +100,35 @@ def run_cluster(files, options, config, workers: int, upload: bool, cache: str) 
             "seconds": seconds, "files_per_s": len(files) / seconds}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--files", type=int, default=6)
-    p.add_argument("--size", default="2848x4256", help="HxW of the raws (default 12 MP)")
-    p.add_argument("--weights", type=Path, help="default: the shipped weights")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--no-upload", action="store_true", help="skip the --upload rows")
-    p.add_argument("--no-local", action="store_true", help="skip the local reference row")
-    p.add_argument("--json", type=Path)
-    args = p.parse_args()
+def run_cluster_bench(args: argparse.Namespace) -> int:
+    """Local reference, then 1 and 2 workers (shared storage, and --upload unless ``--no-upload``)."""
+    from ..engine import EngineConfig
+    from ..pipeline import EnhanceOptions
 
-    from lowlux.engine import EngineConfig
-    from lowlux.pipeline import EnhanceOptions
-
-    height, width = (int(v) for v in args.size.lower().split("x"))
+    height, width = (int(v) for v in args.sizes.split(",")[0].lower().split("x"))
+    weights = getattr(args, "weights", None)
+    backend = getattr(args, "backend", "auto")
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="lowlux-bench-cluster-") as tmp:
         tmp = Path(tmp)
         (tmp / "raws").mkdir()
-        files = write_raws(tmp / "raws", args.files, height, width)
+        files = write_raws(tmp / "raws", args.cluster_files, height, width)
         cache = os.environ.get("LOWLUX_CACHE_DIR") or str(tmp / "cache")
         os.environ["LOWLUX_CACHE_DIR"] = cache
         plan = [(1, False), (2, False)] + ([] if args.no_upload else [(1, True), (2, True)])
-        if not args.no_local:
-            config = EngineConfig(weights=args.weights, backend=args.backend, threads=cores)
-            rows.append(run_local(files, EnhanceOptions(out_dir=tmp / "local"), config))
-            print(f"{rows[-1]['config']}: {rows[-1]['files_per_s']:.3f} files/s", flush=True)
+        config = EngineConfig(weights=weights, backend=backend, threads=cores)
+        rows.append(run_local(files, EnhanceOptions(out_dir=tmp / "local"), config))
+        print(f"{rows[-1]['config']}: {rows[-1]['files_per_s']:.3f} files/s", flush=True)
         for workers, upload in plan:
-            config = EngineConfig(weights=args.weights, backend=args.backend, threads=max(1, cores // workers))
+            config = EngineConfig(weights=weights, backend=backend, threads=max(1, cores // workers))
             out = tmp / f"out-{workers}-{int(upload)}"
             rows.append(run_cluster(files, EnhanceOptions(out_dir=out), config, workers, upload, cache))
             print(f"{rows[-1]['config']}: {rows[-1]['files_per_s']:.3f} files/s "
-                  f"({rows[-1]['seconds']:.2f} s for {args.files}; engine load {rows[-1]['engine_load_s']:.1f} s)",
+                  f"({rows[-1]['seconds']:.2f} s for {len(files)}; engine load {rows[-1]['engine_load_s']:.1f} s)",
                   flush=True)
-    report = {"size": f"{height}x{width}", "files": args.files, "cpu": cpu_model(), "cores": cores,
+    report = {"size": f"{height}x{width}", "files": len(files), "cpu": cpu_model(), "cores": cores,
               "load_before": load_before, "load_after": os.getloadavg(), "python": platform.python_version(),
               "rows": rows}
     print(f"machine: {report['cpu']}, {cores} core(s); load average before {load_before[0]:.2f}, "
@@ -144,7 +136,3 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
