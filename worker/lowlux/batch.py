@@ -48,6 +48,16 @@ def describe_failure(task: FileTask, exc: BaseException) -> str:
     return text
 
 
+def record_failure(scheduler: Scheduler, task: FileTask, exc: BaseException) -> None:
+    """A file failed: its reason recorded for the client, logged (with the traceback if unexpected)."""
+    message = describe_failure(task, exc)
+    if isinstance(exc, LowluxError):
+        log.info("failed: %s", message)
+    else:
+        log.error("unexpected failure: %s", message, exc_info=exc)
+    scheduler.finish(task, "failed", error=message)
+
+
 def remove_stale_temporaries(outputs: list[Path]) -> None:
     """Delete what a killed worker left half-written for these outputs.
 
@@ -200,9 +210,4 @@ class WorkerPipeline:
             self._encode_slots.release()
 
     def _fail(self, task: FileTask, exc: BaseException) -> None:
-        message = describe_failure(task, exc)
-        if isinstance(exc, LowluxError):
-            log.info("failed: %s", message)
-        else:
-            log.error("unexpected failure: %s", message, exc_info=exc)
-        self.scheduler.finish(task, "failed", error=message)
+        record_failure(self.scheduler, task, exc)

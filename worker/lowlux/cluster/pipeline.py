@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..batch import describe_failure
+from ..batch import record_failure
 from ..engine import EngineConfig
 from ..errors import LowluxError
 from ..jobs import FileTask, Job, Scheduler
@@ -246,9 +246,4 @@ class ClusterPipeline:
                 staging.remove_job_dirs(folders, job.id)
 
     def _fail(self, task: FileTask, exc: BaseException) -> None:
-        message = describe_failure(task, exc)
-        if isinstance(exc, LowluxError):
-            log.info("failed: %s", message)
-        else:
-            log.error("unexpected failure: %s", message, exc_info=exc)
-        self.scheduler.finish(task, "failed", error=message)
+        record_failure(self.scheduler, task, exc)
