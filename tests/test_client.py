@@ -309,3 +309,11 @@ def test_submit_asks_for_a_dng_with_output_format():
     args = build_parser().parse_args(["client", "submit", "x.dng", "--output-format", "dng", "--format", "tsv"])
     assert _submit_options(args)["format"] == "dng" and args.format == "tsv"
     assert "format" not in _submit_options(build_parser().parse_args(["client", "submit", "x.dng"]))
+
+
+def test_a_worker_the_client_starts_stays_up_as_long_as_asked(monkeypatch):
+    from lowlux.cli import build_parser
+    from lowlux.client.command import client_from_args
+
+    args = build_parser().parse_args(["client", "ping", "--idle-timeout", "300", "--no-start"])
+    assert client_from_args(args, autostart=False).idle_timeout == 300.0

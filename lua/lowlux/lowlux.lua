@@ -133,8 +133,11 @@ local PREFS = {
   {"leader", "bool", true, _("lowlux: make the result the group leader (on by default)"),
     _("the enhanced image leads its raw's group, so a collapsed group shows the result; off: the raw stays the leader")},
   {"stop_worker", "bool", true, _("lowlux: stop the worker when darktable quits"),
-    _("a worker that darktable started holds the net (about 1 GB of memory) until it has been idle for 30 "
-      .. "minutes; on: darktable stops it when it quits. A worker started otherwise is left running")},
+    _("a worker that darktable started holds the net (about 1 GB of memory) until it has been idle as long as "
+      .. "the next preference says; on: darktable stops it when it quits. A worker started otherwise is left running")},
+  {"keep_warm", "integer", 30, _("lowlux: keep a started worker warm (minutes)"),
+    _("how long a worker darktable started waits unused before it exits; warm, the next run starts at once"),
+    {1, 1440}},
   -- the module's and the export storage's widgets remember these
   {"brightness", "float", M.BRIGHTNESS.default},
   {"bracket_on", "bool", false},
@@ -146,7 +149,7 @@ M.DEFAULTS, M.PREF_TYPES = {}, {}
 local CHOICES = {}
 for _i, p in ipairs(PREFS) do
   M.DEFAULTS[p[1]], M.PREF_TYPES[p[1]] = p[3], p[2]
-  if p[6] then
+  if p[6] and p[2] == "enum" then
     CHOICES[p[1]] = {}
     for _j, choice in ipairs(p[6]) do CHOICES[p[1]][choice] = true end
   end
@@ -160,6 +163,8 @@ function M.pref(key)
     if value == "" and default ~= "" then return default end
     if CHOICES[key] and not CHOICES[key][value] then return default end
   elseif kind == "float" and not M.valid_brightness(value) then
+    return default
+  elseif kind == "integer" and (type(value) ~= "number" or value < 1) then
     return default
   end
   return value

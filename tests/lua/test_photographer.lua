@@ -254,6 +254,21 @@ T.test("a worker that was running already, or the preference off, is left runnin
   T.eq(ctx2.worker:all_commands(), {"ping", "submit", "status"})
 end)
 
+T.test("a worker darktable starts stays warm as long as the preference says, 30 minutes by default", function()
+  local ctx = setup()
+  local a = ctx.dir .. "/a.dng"
+  ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {ctx.dir .. "/a_lowlux.tif"}}})}}
+  press(ctx, T.images(ctx.dt, {a}))
+  local submit = ctx.worker:call("submit")
+  T.ok(has(submit, "--idle-timeout") and has(submit, "1800"), "30 minutes by default")
+
+  local ctx2 = setup{["lua/lowlux/keep_warm"] = 5}
+  ctx2.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", ctx2.dir .. "/a.dng",
+    {ctx2.dir .. "/a_lowlux.tif"}}})}}
+  press(ctx2, T.images(ctx2.dt, {ctx2.dir .. "/a.dng"}))
+  T.ok(has(ctx2.worker:call("submit"), "300"), "5 minutes")
+end)
+
 ------------------------------------------------------------------------------------------------
 -- 9. words
 ------------------------------------------------------------------------------------------------

@@ -49,7 +49,9 @@ def client_from_args(args: argparse.Namespace, *, autostart: bool) -> Client:
     device = getattr(args, "device", None)
     if device in (None, "auto"):
         device = config.setting("worker", "device", file_config) or device
-    idle = config.setting("worker", "idle_timeout", file_config)
+    idle = getattr(args, "idle_timeout", None)
+    if idle is None:
+        idle = config.setting("worker", "idle_timeout", file_config)
     return Client(config.resolve_endpoint(getattr(args, "endpoint", None), file_config),
                   timeout=getattr(args, "timeout", DEFAULT_TIMEOUT), retries=getattr(args, "retries", DEFAULT_RETRIES),
                   keys=keys, name=getattr(args, "name", None), weights=weights, device=device,
@@ -68,6 +70,9 @@ def _connection_arguments(p: argparse.ArgumentParser, *, inner: bool) -> None:
     g.add_argument("--no-start", action="store_true", default=d(False), help="never start a worker")
     g.add_argument("--weights", default=d(None), help="weights for a worker this client starts")
     g.add_argument("--device", default=d(None), help="device for a worker this client starts (auto, cpu, cuda)")
+    g.add_argument("--idle-timeout", type=float, default=d(None), metavar="S",
+                   help="seconds a worker this client starts stays up unused (default: the config file's "
+                        "[worker] idle_timeout, else 1800)")
     g.add_argument("--server-key", default=d(None), help="remote worker's public key (server.key): CURVE mode")
     g.add_argument("--client-key", default=d(None), help="this client's secret key (default: keys/client.key_secret)")
     g.add_argument("--name", default=d(None), help="client name for fair queueing (default: host:pid)")
