@@ -26,10 +26,12 @@ from ..colour import CameraColour, from_libraw
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("LOWLUX_CACHE", Path.home() / ".cache" / "lowlux")) / "train"
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 
-LIBRAW_SID_RENDER = dict(use_camera_wb=True, no_auto_bright=True, output_bps=16, user_flip=0)
-"""SID's ground-truth rendering (``user_flip=0`` keeps the sensor orientation so pixels align)."""
+LIBRAW_SID_RENDER = dict(use_camera_wb=True, no_auto_bright=True, output_bps=16, user_flip=0, adjust_maximum_thr=0.0)
+"""SID's ground-truth rendering (``user_flip=0`` keeps the sensor orientation so pixels align), at the
+raw's true exposure: LibRaw's default ``adjust_maximum_thr=0.75`` rescales a raw whose brightest pixel
+passes 75 % of the white level to that pixel (the Canon 550D chart's reference was 1.285x too bright)."""
 
 
 def _key(path: Path, tag: str) -> str:
