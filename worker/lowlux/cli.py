@@ -84,8 +84,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_enhance(sub) -> None:
-    p = sub.add_parser("enhance", help="restore dark raw files to 16-bit sRGB TIFFs",
-                       description="Restore dark raw files; writes <stem>_lowlux.tif next to each (or in --out-dir).")
+    p = sub.add_parser("enhance", help="restore dark raw files to 16-bit sRGB TIFFs (or linear DNGs)",
+                       description="Restore dark raw files; writes <stem>_lowlux.tif (--format dng: <stem>_lowlux.dng) "
+                                   "next to each (or in --out-dir).")
     p.add_argument("files", nargs="+", type=Path, metavar="RAW")
     add_enhance_options(p)
     add_engine_arguments(p)
