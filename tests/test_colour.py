@@ -80,6 +80,22 @@ def test_the_colour_stage_is_libraws_matrix_and_curve():
                        atol=1e-6)
 
 
+
+def test_training_renders_a_batch_exactly_as_the_colour_stage_renders_an_image():
+    import torch
+
+    from lowlux.colour import render_srgb_batch, stage_gain
+
+    rng = np.random.default_rng(1)
+    colours = [CameraColour(SONY_A7S2_XYZ_TO_CAM, WB), CameraColour(SONY_A7S2_XYZ_TO_CAM, (0.8, 1.0, 1.6))]
+    linear = rng.random((2, 6, 6, 3)).astype(np.float32)
+    batch = render_srgb_batch(torch.from_numpy(linear).permute(0, 3, 1, 2),
+                              torch.tensor(np.stack([c.cam_to_rgb for c in colours]), dtype=torch.float32),
+                              torch.tensor([stage_gain(c.wb) for c in colours]))
+    for image, colour, rendered in zip(linear, colours, batch.permute(0, 2, 3, 1).numpy()):
+        assert np.allclose(rendered, render_srgb(image, colour), atol=2e-6)
+    assert stage_gain((0.8, 1.0, 1.6)) == pytest.approx(1.25) and stage_gain(WB) == 1.0
+
 def test_the_colour_stage_reproduces_libraws_render_of_a_real_raw():
     rawpy = pytest.importorskip("rawpy")
     path = need(SHARED / "data" / "raw" / "canon-550d-colorchart.dng", "the Canon 550D colour-chart raw")

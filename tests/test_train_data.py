@@ -67,8 +67,8 @@ def test_pairs_are_deterministic_and_shaped(tmp_path, make_dng):
     raws = RawSource.from_folder(tmp_path, tmp_path / "cache")
     photos = CleanSource.from_folder(_photo_folder(tmp_path), tmp_path / "cache")
     ds = PairDataset([raws, photos], [1, 1], crop=64, seed=7)
-    x1, y1 = ds[12]
-    x2, y2 = ds[12]
+    x1, y1, _, _ = ds[12]
+    x2, y2, _, _ = ds[12]
     assert x1.shape == (1, 64, 64) and y1.shape == (3, 64, 64)
     assert np.array_equal(x1.numpy(), x2.numpy()) and np.array_equal(y1.numpy(), y2.numpy())
     assert not np.array_equal(ds[13][0].numpy(), x1.numpy())
@@ -177,19 +177,24 @@ def test_linear_pairs_are_white_balanced_at_the_input_with_a_linear_target(tmp_p
     source = CleanSource.from_folder(_noise_photos(tmp_path), tmp_path / "cache", space="linear-camera-wb")
     data = PairDataset([source], [1.0], 32, seed=3)
     pair = data.pair(0)
-    x, y = data[0]
+    x, y, cam_to_rgb, gain = data[0]
     assert pair.wb[1] == 1.0 and pair.wb != (1.0, 1.0, 1.0)
     gains = np.tile(rggb_gains(pair.wb), (16, 16))
     assert np.allclose(x[0].numpy(), np.clip(pair.dark * gains * np.float32(pair.ratio), 0, 1))
     assert y.shape == (3, 32, 32) and 0 <= float(y.min()) and float(y.max()) <= 1
+    # the loss renders this example through its own camera's colour stage
+    assert np.allclose(cam_to_rgb.numpy(), pair.colour.cam_to_rgb, atol=1e-6)
+    assert float(gain) == pytest.approx(1 / min(min(pair.wb), 1.0))
 
 
 def test_srgb_pairs_are_not_white_balanced(tmp_path):
     source = CleanSource.from_folder(_noise_photos(tmp_path), tmp_path / "cache")
     data = PairDataset([source], [1.0], 32, seed=3)
     pair = data.pair(0)
-    assert pair.wb == (1.0, 1.0, 1.0)
-    assert np.allclose(data[0][0][0].numpy(), np.clip(pair.dark * np.float32(pair.ratio), 0, 1))
+    assert pair.wb == (1.0, 1.0, 1.0) and pair.colour is None
+    x, _, cam_to_rgb, gain = data[0]
+    assert np.allclose(x[0].numpy(), np.clip(pair.dark * np.float32(pair.ratio), 0, 1))
+    assert np.array_equal(cam_to_rgb.numpy(), np.eye(3, dtype=np.float32)) and float(gain) == 1.0
 
 
 def test_photographs_get_a_real_cameras_matrix_and_a_plausible_as_shot_balance():

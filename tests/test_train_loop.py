@@ -232,14 +232,48 @@ def test_a_new_run_can_start_from_shipped_weights(tmp_path):
         assert torch.allclose(a(x), b(x), atol=1e-5)
 
 
-def test_the_linear_loss_compares_on_the_tone_curve():
+def test_the_linear_loss_scores_the_rendered_picture():
     import torch
 
     from lowlux import curves
     from lowlux.train.loss import RestorationLoss
 
     out, target = torch.rand(2, 3, 32, 32) * 0.05, torch.rand(2, 3, 32, 32) * 0.05
-    linear, _ = RestorationLoss(1.0, 0.0, on_curve=True)(out, target)
+    eye, one = torch.eye(3).expand(2, 3, 3), torch.ones(2)
+    rendered, _ = RestorationLoss(1.0, 0.0, render=True, camera_weight=0.0)(out, target, eye, one)
     plain, _ = RestorationLoss(1.0, 0.0)(curves.encode(out), curves.encode(target))
-    assert torch.allclose(linear, plain)
-    assert float(linear) > 3 * float(RestorationLoss(1.0, 0.0)(out, target)[0])  # shadows weigh more
+    assert torch.allclose(rendered, plain)  # an identity colour stage: the tone curve alone
+    assert float(rendered) > 3 * float(RestorationLoss(1.0, 0.0)(out, target)[0])  # shadows weigh more
+
+
+def test_the_rendered_loss_weighs_errors_as_each_cameras_matrix_amplifies_them():
+    import torch
+
+    from lowlux.train.loss import RestorationLoss
+
+    target = torch.full((2, 3, 32, 32), 0.2)
+    out = target.clone()
+    out[:, 0] += 0.01  # the same error in camera red for both examples
+    saturating = torch.tensor([[1.9, -0.7, -0.2], [-0.3, 1.6, -0.3], [0.0, -0.5, 1.5]])
+    mild = torch.eye(3)
+    loss = RestorationLoss(1.0, 0.0, render=True, camera_weight=0.0)
+    strong, _ = loss(out[:1], target[:1], saturating[None], torch.ones(1))
+    weak, _ = loss(out[:1], target[:1], mild[None], torch.ones(1))
+    assert float(strong) > 2 * float(weak)
+    with pytest.raises(ValueError, match="colour matrix"):
+        loss(out, target)
+
+
+def test_the_rendered_loss_keeps_a_gradient_where_the_render_clips():
+    import torch
+
+    from lowlux.train.loss import RestorationLoss
+
+    out = torch.full((1, 3, 16, 16), 0.9, requires_grad=True)
+    target = torch.full((1, 3, 16, 16), 0.95)
+    clipping = torch.eye(3)[None] * 3  # every channel of the render saturates at 1
+    RestorationLoss(1.0, 0.0, render=True, camera_weight=0.2)(out, target, clipping, torch.ones(1))[0].backward()
+    assert float(out.grad.abs().sum()) > 0
+    out.grad = None
+    RestorationLoss(1.0, 0.0, render=True, camera_weight=0.0)(out, target, clipping, torch.ones(1))[0].backward()
+    assert float(out.grad.abs().sum()) == 0

@@ -128,14 +128,32 @@ def linear_srgb(linear_wb: np.ndarray, colour: CameraColour) -> np.ndarray:
     multipliers that is a no-op unless R or B is below 1.
     """
     x = np.asarray(linear_wb, dtype=np.float32)
-    lowest = min(colour.wb)
-    if lowest < 1.0:
-        x = x / np.float32(lowest)
+    gain = stage_gain(colour.wb)
+    if gain != 1.0:
+        x = x * np.float32(gain)
         np.clip(x, 0.0, 1.0, out=x)
     else:
         x = np.clip(x, 0.0, 1.0)
     out = _apply(colour.cam_to_rgb, x)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def stage_gain(wb: tuple[float, float, float]) -> float:
+    """The colour stage's gain before its matrix: LibRaw never darkens a channel, so when a
+    multiplier is below 1 it scales them all until the smallest is 1."""
+    return 1.0 / min(min(wb), 1.0)
+
+
+def render_srgb_batch(linear_wb, cam_to_rgb, gain):
+    """:func:`render_srgb` for a batch of tensors (N x 3 x H x W, per-image N x 3 x 3 ``cam_to_rgb``
+    and N ``gain``), differentiable: training scores a linear net on the picture a user sees, each
+    example through its own camera's matrix (which can amplify a residual error in camera RGB
+    threefold)."""
+    import torch
+
+    x = (linear_wb * gain.to(linear_wb).view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+    rgb = torch.einsum("nrc,nchw->nrhw", cam_to_rgb.to(linear_wb), x).clamp(0.0, 1.0)
+    return curves.encode(rgb)
 
 
 def _encode_in_place(x: np.ndarray) -> np.ndarray:

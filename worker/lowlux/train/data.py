@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..colour import rggb_gains
+from ..colour import CameraColour, rggb_gains, stage_gain
 from ..model import LINEAR_CAMERA_WB, OUTPUT_SPACES, SRGB
 from . import noise
 from .augment import dihedral, random_geometry
@@ -60,6 +60,8 @@ class Pair:
     """Target in the source's output space, H x W x 3 float32 in [0, 1]."""
     wb: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """White balance the input gets before amplification (linear space; ones for sRGB)."""
+    colour: CameraColour | None = None
+    """Linear space: the camera colour whose stage renders the target for the user (the loss's view)."""
 
 
 class Source(Protocol):
@@ -101,8 +103,11 @@ class RawSource:
         clean = geo.apply(mos).astype(np.float32)
         target = geo.apply(tgt).astype(np.float32) / np.float32(65535)
         params = self.bank.sample(rng) if self.bank is not None else noise.sample_params(rng)
-        wb = self.raws[i].colour.wb if self.space == LINEAR_CAMERA_WB else (1.0, 1.0, 1.0)
-        return Pair(noise.make_dark(clean, params, rng), params.ratio, target, wb)
+        dark = noise.make_dark(clean, params, rng)
+        if self.space != LINEAR_CAMERA_WB:
+            return Pair(dark, params.ratio, target)
+        colour = self.raws[i].colour
+        return Pair(dark, params.ratio, target, colour.wb, colour)
 
 
 @dataclass
@@ -143,7 +148,7 @@ class CleanSource:
             cam = unprocess_rgb(rgb, colour)
             params = self.bank.sample(rng) if self.bank is not None else noise.sample_params(rng)
             return Pair(noise.make_dark(mosaic(cam), params, rng), params.ratio, white_balanced(cam, colour),
-                        colour.wb)
+                        colour.wb, colour)
         colour = sony_colour(rng) if rng.random() < self.sony_share else random_colour(rng)
         cam = unprocess_rgb(rgb, colour)
         params = noise.sample_params(rng)
@@ -240,7 +245,8 @@ SOURCE_KINDS = ("raw", "clean", "sid")
 
 
 class PairDataset(Dataset):
-    """Index -> (amplified input 1 x S x S, target 3 x S x S); deterministic in (seed, index)."""
+    """Index -> (amplified input 1 x S x S, target 3 x S x S, colour-stage matrix 3 x 3, its gain);
+    deterministic in (seed, index). sRGB pairs get the identity and 1 (their target is the picture)."""
 
     def __init__(self, sources: Sequence[Source], weights: Sequence[float], crop: int, seed: int) -> None:
         if len(sources) != len(weights) or not sources:
@@ -261,13 +267,19 @@ class PairDataset(Dataset):
         source = self.sources[int(rng.choice(len(self.sources), p=self.probs))]
         return source.sample(rng, self.crop)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         p = self.pair(index)
         dark = p.dark
         if p.wb != (1.0, 1.0, 1.0):
             dark = dark * np.tile(rggb_gains(p.wb), (dark.shape[0] // 2, dark.shape[1] // 2))
         x = np.clip(dark * np.float32(p.ratio), 0.0, 1.0)  # GT-ratio amplification, clipped as SID does
-        return torch.from_numpy(x[None]), torch.from_numpy(np.ascontiguousarray(p.target.transpose(2, 0, 1)))
+        target = torch.from_numpy(np.ascontiguousarray(p.target.transpose(2, 0, 1)))
+        if p.colour is None:
+            matrix, gain = np.eye(3), 1.0
+        else:
+            matrix, gain = p.colour.cam_to_rgb, stage_gain(p.colour.wb)
+        return (torch.from_numpy(x[None]), target, torch.from_numpy(matrix.astype(np.float32)),
+                torch.tensor(gain, dtype=torch.float32))
 
 
 class SequentialFrom(Sampler[int]):

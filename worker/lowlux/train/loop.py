@@ -68,6 +68,8 @@ class TrainConfig:
     """Decay of the weights' moving average per step (e.g. 0.999); 0 keeps none."""
     output_space: str = SRGB
     """What the net learns to output (:data:`lowlux.model.OUTPUT_SPACES`)."""
+    camera_weight: float = 0.2
+    """Linear nets: weight of the camera-RGB L1 beside the loss on the rendered picture."""
     source_names: list[str] = field(default_factory=list)
 
     @property
@@ -204,7 +206,8 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     loader = DataLoader(dataset, batch_size=config.batch, sampler=SequentialFrom(step * config.batch),
                         num_workers=config.workers, persistent_workers=config.workers > 0,
                         prefetch_factor=4 if config.workers > 0 else None)
-    loss_fn = RestorationLoss(config.l1_weight, config.msssim_weight, on_curve=config.output_space == LINEAR_CAMERA_WB)
+    loss_fn = RestorationLoss(config.l1_weight, config.msssim_weight, render=config.output_space == LINEAR_CAMERA_WB,
+                              camera_weight=config.camera_weight)
     # wall_s in eval.csv counts the whole run, across resumes
     started = time.time() - (float(state.get("wall_s", 0.0)) if state is not None else 0.0)
     last_ckpt = time.time()
@@ -257,11 +260,11 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     try:
         while step < config.steps:
             t0 = time.time()
-            x, y = next(batches)
+            x, y, cam_to_rgb, gain = next(batches)
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
             out = model(x)
-            loss, parts = loss_fn(out, y)
+            loss, parts = loss_fn(out, y, cam_to_rgb, gain)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

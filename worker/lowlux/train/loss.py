@@ -50,13 +50,19 @@ def fewer_scales_msssim(x: Tensor, y: Tensor, levels: int) -> Tensor:
 
 @dataclass
 class RestorationLoss:
-    """The paper's loss. With ``on_curve`` (linear nets) both images are first encoded with lowlux's
-    tone curve (:mod:`lowlux.curves`), so an error in the shadows counts as the eye sees it, not as
-    its tiny linear value."""
+    """The paper's loss. Linear nets (``render``) are scored on the picture a user sees: each example's
+    output and target go through that example's colour stage and lowlux's tone curve
+    (:func:`lowlux.colour.render_srgb_batch`), so an error in the shadows counts as the eye sees it and
+    an error the camera's matrix amplifies (up to 3x for a strongly saturating sensor) counts as much
+    as it shows.
+
+    ``camera_weight`` adds an L1 on the tone curve in camera RGB: the render clips out-of-gamut
+    colours, and there the camera-space term still says which way to go."""
 
     l1_weight: float = 0.8
     msssim_weight: float = 0.2
-    on_curve: bool = False
+    render: bool = False
+    camera_weight: float = 0.2
 
     def __post_init__(self) -> None:
         self._levels_logged: int | None = None
@@ -74,14 +80,24 @@ class RestorationLoss:
             return ms_ssim(out, target, data_range=1.0, size_average=True)
         return fewer_scales_msssim(out, target, levels)
 
-    def __call__(self, out: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
-        if self.on_curve:
+    def __call__(self, out: Tensor, target: Tensor, cam_to_rgb: Tensor | None = None,
+                 gain: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        parts: dict[str, float] = {}
+        extra = out.new_zeros(())
+        if self.render:
             from .. import curves
+            from ..colour import render_srgb_batch
 
-            out, target = curves.encode(out), curves.encode(target)
+            if cam_to_rgb is None or gain is None:
+                raise ValueError("a rendered loss needs each example's colour matrix and gain")
+            if self.camera_weight:
+                camera = (curves.encode(out) - curves.encode(target)).abs().mean()
+                extra = self.camera_weight * camera
+                parts["camera_l1"] = float(camera.detach())
+            out, target = render_srgb_batch(out, cam_to_rgb, gain), render_srgb_batch(target, cam_to_rgb, gain)
         l1 = (out - target).abs().mean()
-        total = self.l1_weight * l1
-        parts = {"l1": float(l1.detach())}
+        total = self.l1_weight * l1 + extra
+        parts["l1"] = float(l1.detach())
         if self.msssim_weight:
             ms = self.msssim(out, target)
             total = total + self.msssim_weight * (1 - ms)
