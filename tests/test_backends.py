@@ -130,7 +130,7 @@ def test_a_linear_net_gives_the_same_output_through_every_backend(linear_weights
     assert (engine.forward(x) - ref).abs().max() <= 1e-5
 
 
-def test_a_large_tiled_restore_gives_back_the_head_and_context_memory_before_the_local_graph(weights, monkeypatch):
+def test_a_tiled_restore_gives_back_the_head_and_context_memory_before_the_local_graph(weights, monkeypatch):
     engine = Engine(EngineConfig(weights=weights, tile=256))
     calls = []
     for graph in ("head", "context", "local"):
@@ -142,9 +142,14 @@ def test_a_large_tiled_restore_gives_back_the_head_and_context_memory_before_the
     assert calls[first_local - 2 : first_local] == ["release head", "release context"]
     assert "head" not in calls[first_local:]
     calls.clear()
-    monkeypatch.setattr(engine, "tiles", lambda h, w: strips(h, w, 3))  # 12 MP-like: speed first, memory kept
+    monkeypatch.setattr(engine, "tiles", lambda h, w: strips(h, w, 3))  # 12 MP-like: strips give it back too
     engine.forward(torch.rand(1, 1, 352, 480) * 0.5)
-    assert calls.count("local") == 3 and not [c for c in calls if c.startswith("release")]
+    first_local = calls.index("local")
+    assert calls.count("local") == 3 and calls[first_local - 2 : first_local] == ["release head", "release context"]
+    calls.clear()
+    monkeypatch.setattr(engine, "tiles", lambda h, w: None)  # a whole frame keeps its graph's memory warm
+    engine.forward(torch.rand(1, 1, 352, 480) * 0.5)
+    assert not [c for c in calls if c.startswith("release")]
 
 
 @pytest.mark.parametrize("name", ["torch", *EXPORTED])
