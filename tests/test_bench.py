@@ -120,3 +120,20 @@ def test_without_the_evaluation_data_the_accuracy_rows_are_skipped_with_the_reas
 
     res = measure_rule(None, "cpu", [("torch", "bfloat16")], tmp_path / "no-raws", tmp_path / "no-photos")
     assert res["rows"] == [] and "skipped" in res["note"] and "no-raws" in res["note"]
+
+
+def test_the_darktable_benchmark_says_what_is_missing_and_never_touches_the_users_raw(monkeypatch, tmp_path, capsys):
+    from lowlux.bench import darktable
+
+    monkeypatch.setattr(darktable.shutil, "which", lambda tool: None)
+    assert main(["bench", "--darktable"]) == 2
+    assert "darktable is not installed (apt-get install darktable)" in capsys.readouterr().err
+    monkeypatch.setattr(darktable, "missing_tools", lambda: None)
+    assert main(["bench", "--darktable", "--darktable-raw", str(tmp_path / "none.dng")]) == 2
+    assert "none.dng: no such file" in capsys.readouterr().err
+
+
+def test_the_darktable_drivers_strings_survive_any_path():
+    from lowlux.bench.darktable import lua_string
+
+    assert lua_string("a]]b") == "[=[a]]b]=]" and lua_string("plain") == "[[plain]]"

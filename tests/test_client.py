@@ -106,6 +106,29 @@ def test_status_of_an_unknown_job_and_of_a_dead_worker_exit_non_zero(engine, end
     assert client(endpoint, "ping") == 3
 
 
+
+def test_status_wait_answers_once_a_file_finishes_not_at_its_deadline(engine, endpoint, make_dng, capsys):
+    from workerkit import GatedEngine
+
+    gated = GatedEngine(engine)
+    raw = make_dng("slow.dng")
+    with serving(gated, endpoint):
+        with Client(endpoint) as c:
+            job = c.submit([raw])
+            assert gated.entered.wait(30)
+            unchanged = c.status(job, wait=0.2)  # nothing finished within the wait: the status as it is
+            assert unchanged["finished"] == 0 and unchanged["state"] == "running"
+            answers = []
+            waiter = threading.Thread(target=lambda: answers.append(c.status(job, wait=600, since=0)))
+            waiter.start()
+            gated.gate.set()
+            waiter.join(120)  # far less than the wait: it answers when the file is done
+            assert not waiter.is_alive() and answers[0]["finished"] == 1 and answers[0]["state"] == "done"
+        assert client(endpoint, "status", job, "--wait", "5", "--since", "0", "--format", "tsv") == 0
+        assert capsys.readouterr().out.startswith(f"job\t{job}\tdone\t1\t1")
+        assert client(endpoint, "status", job, "--wait", "-1") == 2
+        assert "must not be negative" in capsys.readouterr().err
+
 def test_cancel_and_shutdown_through_the_cli(engine, endpoint, make_dng, capsys):
     from workerkit import GatedEngine
 

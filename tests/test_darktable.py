@@ -712,3 +712,19 @@ def test_the_old_layout_lua_lowlux_lua_stops_script_managers_start_up(tmp_path, 
 
     s.check("PLUGIN missing" in s.notes and "SCRIPT_MANAGER nil" in s.notes, "script_manager or lowlux started")
     s.check("attempt to concatenate a nil value (local 'category')" in s.log, "not the scan's failure")
+
+
+def test_the_button_to_result_benchmark_runs_in_a_real_darktable(tmp_path, tiny_weights):
+    """``lowlux bench --darktable`` end to end on a small raw: every press imports its result and the
+    report has the figures (no timing is asserted)."""
+    import json
+
+    out = tmp_path / "dt.json"
+    run = subprocess.run([str(LOWLUX), "bench", "--darktable", "--sizes", "256x384", "--runs", "2",
+                          "--weights", str(tiny_weights), "--json", str(out)], capture_output=True, text=True,
+                         timeout=DARKTABLE_TIMEOUT + 120, env=dict(os.environ, HOME=str(tmp_path)))
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    assert [(r["run"], r["done"], r["failed"]) for r in report["runs"]] == [(1, 1, 0), (2, 1, 0)]
+    assert all(0 < r["first_result_s"] <= r["run_s"] for r in report["runs"])
+    assert report["work_s"] > 0 and "overhead_s" in report and "button -> first result" in run.stdout

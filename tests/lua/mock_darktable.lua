@@ -66,10 +66,19 @@ function mock.new(opts)
 
   -- control
   dt.control = {ending = false}
+  -- time passes in a sleep, or in a client that waits for the worker (status --wait): hooks
+  -- such as the user's cancel click run there, as darktable runs them while the lock is free
+  local function pause(kind)
+    rec.sleeps = rec.sleeps + 1
+    rec.timeline[#rec.timeline + 1] = kind
+    if dt._on_sleep then dt._on_sleep(rec.sleeps) end
+    if rec.sleeps > 10000 then error("the script never stops polling") end
+  end
   function dt.control.execute(command)
     rec.executed[#rec.executed + 1] = command
     rec.timeline[#rec.timeline + 1] = "execute:" .. command
     local ok, how, code = os.execute(command)
+    if command:find(" '?%-%-wait'? ") then pause("client wait") end
     if how == "exit" then return code * 256 end
     return code -- killed by a signal: the signal number, as a wait status has it
   end
@@ -85,12 +94,7 @@ function mock.new(opts)
       call[1](table.unpack(call, 2, call.n))
     end
   end
-  function dt.control.sleep(ms)
-    rec.sleeps = rec.sleeps + 1
-    rec.timeline[#rec.timeline + 1] = "sleep"
-    if dt._on_sleep then dt._on_sleep(rec.sleeps) end
-    if rec.sleeps > 10000 then error("the script never stops polling") end
-  end
+  function dt.control.sleep(ms) pause("sleep") end
 
   -- images, tags, library
   local next_id = 1

@@ -69,6 +69,30 @@ T.test("the selection goes to the worker as one job; each result is imported as 
   T.contains(printed(ctx.dt), "lowlux: 2 of 2 enhanced")
 end)
 
+T.test("one job: each status call waits in the client for the next finished file, with no pause between", function()
+  local ctx = setup()
+  local a, b = ctx.dir .. "/a.dng", ctx.dir .. "/b.dng"
+  local ao, bo = ctx.dir .. "/a_lowlux.tif", ctx.dir .. "/b_lowlux.tif"
+  ctx.worker:set{job = "J1", statuses = {
+    T.status("J1", "running", 0, 2, {{"running", a}, {"queued", b}}),
+    T.status("J1", "running", 1, 2, {{"done", a, {ao}}, {"running", b}}),
+    T.status("J1", "done", 2, 2, {{"done", a, {ao}}, {"done", b, {bo}}}),
+  }}
+  press_shortcut(ctx, T.images(ctx.dt, {a, b}))
+  local sinces = {}
+  for _, c in ipairs(ctx.worker:calls()) do
+    for i, word in ipairs(c) do
+      if word == "--wait" then
+        T.eq(c[i + 1], string.format("%.3f", ctx.api.config.poll_ms / 1000), "at most one poll interval")
+        T.eq(c[i + 2], "--since")
+        sinces[#sinces + 1] = c[i + 3]
+      end
+    end
+  end
+  T.eq(sinces, {"0", "0", "1"}, "each call waits for a file beyond those already seen")
+  for _, e in ipairs(ctx.dt._rec.timeline) do T.eq(e == "sleep", false, "no dt.control.sleep between status calls") end
+end)
+
 T.test("results are grouped with their raw and get its tags, rating, labels and metadata", function()
   local ctx = setup()
   local a = ctx.dir .. "/a.dng"

@@ -163,8 +163,16 @@ function M.submit(s, files, out_dir, values, targets)
   return job
 end
 
-function M.status(s, job)
-  local code, out, err = M.run_client(s, {"status", job, "--format", "tsv"})
+-- wait (seconds) and since: the client answers once more than `since` files have finished (or
+-- the job ended), waiting at most `wait`: a finished file is seen at once, not on the next poll
+function M.status(s, job, wait, since)
+  local args = {"status", job, "--format", "tsv"}
+  if wait then
+    for _i, a in ipairs({"--wait", string.format("%.3f", wait), "--since", tostring(since or 0)}) do
+      args[#args + 1] = a
+    end
+  end
+  local code, out, err = M.run_client(s, args)
   if code ~= 0 then return nil, client_error(code, out, err, _("no status from the worker")) end
   return M.parse_status(out)
 end
@@ -352,7 +360,11 @@ function M.poll(run, active)
       cancel_sent = true
       send_cancel(run, active)
     end
-    local listing = #active > 1 and M.jobs(run.s) or nil
+    -- one job: its status call itself waits for the next finished file, instead of a pause here
+    -- (not while darktable quits: then one quick look and out)
+    local waiting = #active == 1 and not dt.control.ending
+    local listing = not waiting and M.jobs(run.s) or nil
+    local answered = true
     local finished, total, still = 0, 0, {}
     for _i, batch in ipairs(active) do
       local info = listing and listing[batch.job]
@@ -360,7 +372,8 @@ function M.poll(run, active)
         finished, total = finished + info.finished, total + info.total
         still[#still + 1] = batch
       else
-        local st, err = M.status(run.s, batch.job)
+        local st, err = M.status(run.s, batch.job, waiting and M.config.poll_ms / 1000 or nil, batch.seen_finished)
+        answered = answered and st ~= nil
         if st then
           batch.failures = 0
           batch.seen_finished = st.finished
@@ -389,7 +402,7 @@ function M.poll(run, active)
     active = still
     if #active > 0 then
       if dt.control.ending and cancel_sent then break end
-      dt.control.sleep(M.config.poll_ms)
+      if not (waiting and answered) then dt.control.sleep(M.config.poll_ms) end
     end
   end
 end

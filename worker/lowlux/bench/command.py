@@ -53,6 +53,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "loop (synthetic dark raws of the first --sizes entry)")
     g.add_argument("--cluster-files", type=int, default=6, help="raws in the cluster batch (default 6)")
     g.add_argument("--no-upload", action="store_true", help="skip the cluster's --upload rows")
+    d = p.add_argument_group("darktable (lowlux bench --darktable)")
+    d.add_argument("--darktable", action="store_true",
+                   help="instead: from the plugin's button to the first result in darktable's library (a real "
+                        "darktable under Xvfb, a warm worker), beside decode + net + encode of the same raw")
+    d.add_argument("--darktable-raw", type=Path,
+                   help="the raw to restore (a copy of it); default: a synthetic dark DNG of the first --sizes entry")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -60,6 +66,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from .cluster import run_cluster_bench
 
         return run_cluster_bench(args)
+    if getattr(args, "darktable", False):
+        from .darktable import run_darktable_bench
+
+        return run_darktable_bench(args)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     weights = str(args.weights) if args.weights else None
     device = getattr(args, "device", "auto")

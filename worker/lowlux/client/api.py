@@ -31,6 +31,10 @@ FETCH_PATIENCE = 120.0
 """Seconds a fetch is asked again while the worker answers ``busy`` (it bounds the TIFFs it sends at once)."""
 
 
+STATUS_WAIT_POLL = 0.02
+"""Longest pause between two looks while ``status`` waits for a change (seconds)."""
+
+
 class Client:
     """A connection to one worker, optionally starting it. One per thread (ZeroMQ sockets are not thread-safe).
 
@@ -177,8 +181,27 @@ class Client:
         limit = (self.request("health").get("limits") or {}).get("max_upload_bytes")
         return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
-    def status(self, job: str) -> dict[str, Any]:
-        return self.request("status", job=job)
+    def status(self, job: str, *, wait: float = 0.0, since: int | None = None) -> dict[str, Any]:
+        """The job's status; with ``wait``, once more than ``since`` files (default: as many as at the
+        first look) have finished, or the job has ended, or ``wait`` seconds have passed.
+
+        Waiting here, on loopback requests a few milliseconds apart, is what lets a caller that starts
+        a process per look (the darktable plugin) learn of a finished file at once instead of on its
+        next poll."""
+        status = self.request("status", job=job)
+        if wait <= 0:
+            return status
+        since = status["finished"] if since is None else since
+        deadline = time.monotonic() + wait
+        delay = 0.01
+        while status["finished"] <= since and status["state"] not in proto.TERMINAL_STATES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(delay, left))
+            delay = min(delay * 1.5, STATUS_WAIT_POLL)
+            status = self.request("status", job=job)
+        return status
 
     def cancel(self, job: str) -> dict[str, Any]:
         return self.request("cancel", job=job)

@@ -113,6 +113,13 @@ def add_client_parser(sub) -> None:
         a.add_argument("job")
         if name != "cancel":
             _format_argument(a)
+        if name == "status":
+            a.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                           help="answer once a file more has finished (or the job ended), waiting at most "
+                                "SECONDS (default 0: at once)")
+            a.add_argument("--since", type=int, metavar="N",
+                           help="with --wait: answer once more than N files have finished (default: as many "
+                                "as now)")
         if name == "wait":
             a.add_argument("--out-dir", "-o", help="remote mode: folder for the fetched TIFFs")
             a.add_argument("--overwrite", action="store_true", help="remote mode: replace existing TIFFs")
@@ -216,7 +223,10 @@ def _print_entry(entry: dict[str, Any], fmt: str, job: str) -> None:
 
 
 def _do_status(client: Client, args: argparse.Namespace) -> int:
-    status = client.status(args.job)
+    if args.wait < 0 or (args.since is not None and args.since < 0):
+        print("lowlux client: --wait and --since must not be negative", file=sys.stderr)
+        return EXIT_USAGE
+    status = client.status(args.job, wait=args.wait, since=args.since)
     if args.format == "tsv":
         emit(proto.status_tsv(status))
     elif args.format == "json":
