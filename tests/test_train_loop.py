@@ -277,3 +277,17 @@ def test_the_rendered_loss_keeps_a_gradient_where_the_render_clips():
     out.grad = None
     RestorationLoss(1.0, 0.0, render=True, camera_weight=0.0)(out, target, clipping, torch.ones(1))[0].backward()
     assert float(out.grad.abs().sum()) == 0
+
+
+def test_the_colour_term_weighs_a_shift_of_flat_colour_more_than_noise_of_the_same_size():
+    from lowlux.train.loss import RestorationLoss
+
+    torch.manual_seed(0)
+    target = torch.full((1, 3, 32, 32), 0.4)
+    shifted = target + torch.tensor([0.05, -0.05, 0.05]).view(1, 3, 1, 1)  # every pixel a little magenta
+    noisy = target + 0.05 * torch.sign(torch.randn(1, 3, 32, 32))  # the same error per pixel, no mean shift
+    plain = RestorationLoss(1.0, 0.0)
+    colour = RestorationLoss(1.0, 0.0, colour_weight=1.0)
+    assert torch.isclose(plain(shifted, target)[0], plain(noisy, target)[0], rtol=0.05)
+    assert float(colour(shifted, target)[0]) > 1.5 * float(colour(noisy, target)[0])
+    assert colour(shifted, target)[1]["colour_l1"] > 0

@@ -56,6 +56,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--camera-weight", type=float, default=0.2,
                    help="linear nets: weight of an L1 in camera RGB beside the loss on the rendered picture "
                         "(keeps a gradient where the render clips saturated colours; default: %(default)s)")
+    p.add_argument("--colour-weight", type=float,
+                   help="weight of an L1 between output and target averaged over 8-px cells: flat areas keep "
+                        "their colour (default: 1 for linear nets, 0 for the paper's sRGB loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="data-loader processes (0: synthesise in the loop)")
     p.add_argument("--log-every", type=int, default=50)
@@ -153,7 +156,9 @@ def run_train(args) -> int:
     config = TrainConfig(
         run_dir=args.run_dir, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
         lr_after=args.lr_after, lr_drop_at=args.lr_drop_at, l1_weight=args.l1_weight,
-        msssim_weight=args.msssim_weight, camera_weight=args.camera_weight, seed=args.seed, workers=args.workers, threads=args.threads,
+        msssim_weight=args.msssim_weight, camera_weight=args.camera_weight,
+        colour_weight=args.colour_weight if args.colour_weight is not None else (
+            0.0 if args.output_space == "srgb" else 1.0), seed=args.seed, workers=args.workers, threads=args.threads,
         log_every=args.log_every, eval_every=args.eval_every if items else 0,
         checkpoint_minutes=args.checkpoint_minutes, ema=args.ema,
         init_weights=str(args.init_weights) if args.init_weights else None, output_space=args.output_space,

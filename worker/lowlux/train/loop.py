@@ -70,6 +70,8 @@ class TrainConfig:
     """What the net learns to output (:data:`lowlux.model.OUTPUT_SPACES`)."""
     camera_weight: float = 0.2
     """Linear nets: weight of the camera-RGB L1 beside the loss on the rendered picture."""
+    colour_weight: float = 0.0
+    """Weight of the low-frequency colour L1 (8-px cells; :class:`.loss.RestorationLoss`)."""
     source_names: list[str] = field(default_factory=list)
 
     @property
@@ -207,7 +209,7 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
                         num_workers=config.workers, persistent_workers=config.workers > 0,
                         prefetch_factor=4 if config.workers > 0 else None)
     loss_fn = RestorationLoss(config.l1_weight, config.msssim_weight, render=config.output_space == LINEAR_CAMERA_WB,
-                              camera_weight=config.camera_weight)
+                              camera_weight=config.camera_weight, colour_weight=config.colour_weight)
     # wall_s in eval.csv counts the whole run, across resumes
     started = time.time() - (float(state.get("wall_s", 0.0)) if state is not None else 0.0)
     last_ckpt = time.time()

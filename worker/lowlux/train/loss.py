@@ -17,6 +17,8 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+COLOUR_CELL = 8
+"""Side of the cells the low-frequency colour term compares (px)."""
 WINDOW = 11
 
 
@@ -57,12 +59,18 @@ class RestorationLoss:
     as it shows.
 
     ``camera_weight`` adds an L1 on the tone curve in camera RGB: the render clips out-of-gamut
-    colours, and there the camera-space term still says which way to go."""
+    colours, and there the camera-space term still says which way to go.
+
+    ``colour_weight`` adds an L1 between the two images averaged over :data:`COLOUR_CELL`-px cells: a
+    restoration that shrinks chroma towards grey (a denoiser's easy answer under heavy noise) loses
+    little per pixel but shifts every flat area's colour, and that shift is what ΔE00 on a colour chart
+    sees."""
 
     l1_weight: float = 0.8
     msssim_weight: float = 0.2
     render: bool = False
     camera_weight: float = 0.2
+    colour_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self._levels_logged: int | None = None
@@ -98,6 +106,13 @@ class RestorationLoss:
         l1 = (out - target).abs().mean()
         total = self.l1_weight * l1 + extra
         parts["l1"] = float(l1.detach())
+        if self.colour_weight:
+            from torch.nn import functional as F
+
+            cell = min(COLOUR_CELL, *out.shape[-2:])
+            colour = (F.avg_pool2d(out, cell) - F.avg_pool2d(target, cell)).abs().mean()
+            total = total + self.colour_weight * colour
+            parts["colour_l1"] = float(colour.detach())
         if self.msssim_weight:
             ms = self.msssim(out, target)
             total = total + self.msssim_weight * (1 - ms)
