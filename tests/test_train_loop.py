@@ -196,6 +196,7 @@ def test_export_ships_best_weights_with_a_model_card(tmp_path):
     card = (tmp_path / "weights" / "README.md").read_text()
     assert "| ours | GT exposure ratio |" in card and "a test machine" in card
     assert "Steps: 4 (best eval PSNR)" in card  # the step with the best score, not the last one
+    assert "loss 0.8 L1 + 0.2 (1 - MS-SSIM), seed" in card  # the paper's loss for an sRGB run
     assert "| 6 | 22.00 | 0.5000 |" in card
     assert "| 4 | 23.00 | 0.5000 |" in card  # the shipped step is always in the curve
     load_model(shipped)
@@ -291,3 +292,12 @@ def test_the_colour_term_weighs_a_shift_of_flat_colour_more_than_noise_of_the_sa
     assert torch.isclose(plain(shifted, target)[0], plain(noisy, target)[0], rtol=0.05)
     assert float(colour(shifted, target)[0]) > 1.5 * float(colour(noisy, target)[0])
     assert colour(shifted, target)[1]["colour_l1"] > 0
+
+
+def test_the_model_card_states_a_linear_runs_whole_loss():
+    from lowlux.train.card import _loss
+
+    linear = {"l1_weight": 0.8, "msssim_weight": 0.2, "output_space": "linear-camera-wb", "camera_weight": 0.2,
+              "colour_weight": 1.0}
+    assert _loss(linear) == ("0.8 L1 + 0.2 (1 - MS-SSIM) on the rendered picture + 0.2 L1 in camera RGB "
+                             "(tone curve) + 1 L1 of 8 px cell means")

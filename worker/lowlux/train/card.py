@@ -32,9 +32,19 @@ TARGETS = {
     SRGB: "targets rendered the way SID rendered its ground truth (LibRaw, camera WB, no auto-brightness)",
     LINEAR_CAMERA_WB: ("inputs white-balanced with the shot's multipliers, targets in linear white-balanced camera "
                        "RGB (LibRaw's AHD demosaic of the clean raw; for photographs, unprocessed through real "
-                       "cameras' colour matrices), compared on lowlux's tone curve; colour then comes from each "
-                       "raw's own matrices (`lowlux.colour`)"),
+                       "cameras' colour matrices), scored after each example's own colour stage on lowlux's tone "
+                       "curve; colour then comes from each raw's own matrices (`lowlux.colour`)"),
 }
+
+
+def _loss(config: dict) -> str:
+    """The loss as the run's configuration states it."""
+    text = f"{config['l1_weight']:g} L1 + {config['msssim_weight']:g} (1 - MS-SSIM)"
+    if config.get("output_space", SRGB) == LINEAR_CAMERA_WB:
+        text += (f" on the rendered picture + {config.get('camera_weight', 0):g} L1 in camera RGB (tone curve)")
+    if config.get("colour_weight"):
+        text += f" + {config['colour_weight']:g} L1 of 8 px cell means"
+    return text
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -111,8 +121,8 @@ none of the authors' weights were used to make it.
   {TARGETS[space]}. The evaluation images are held out (`lowlux.train.split`).
 - Steps: {meta.get('steps', '?')} (best eval PSNR) of {last_step} run so far{_which(meta, config)}.
 - Batch {config['batch']}, {config['crop']} px crops, Adam lr {config['lr']:g}, {config['lr_after']:g} from step
-  {config['lr_drop_at'] or config['steps'] // 2}, loss {config['l1_weight']:g} L1 +
-  {config['msssim_weight']:g} (1 - MS-SSIM), seed {config['seed']}, {config['threads']} intra-op thread(s).
+  {config['lr_drop_at'] or config['steps'] // 2}, loss {_loss(config)}, seed {config['seed']},
+  {config['threads']} intra-op thread(s).
 - Hardware: {hardware}. Median {median_sec:.2f} s per step; {hours:.1f} h of wall time to the last evaluation.
 
 ## Evaluation (`lowlux eval`)
