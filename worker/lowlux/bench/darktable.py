@@ -273,15 +273,19 @@ def run_darktable_bench(args: argparse.Namespace) -> int:
             height, width = (int(v) for v in args.sizes.split(",")[0].lower().split("x"))
             raw = write_raws(tmp / "raws", 1, height, width)[0]
         endpoint = f"tcp://127.0.0.1:{_free_port()}"
-        worker = start_worker(endpoint, weights, tmp / "worker.log")
         try:
-            runs_out = run_darktable(tmp / "session", raw, endpoint, runs)
-        finally:
-            worker.terminate()
+            worker = start_worker(endpoint, weights, tmp / "worker.log")
             try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+                runs_out = run_darktable(tmp / "session", raw, endpoint, runs)
+            finally:
+                worker.terminate()
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+        except RuntimeError as exc:
+            print(f"lowlux bench --darktable: {exc}", file=sys.stderr)
+            return 1
         stages = stage_times(raw, weights, tmp / "stages")
     firsts = [r["first_result_s"] for r in runs_out if r["first_result_s"] >= 0]
     if not firsts:
