@@ -363,7 +363,7 @@ function M.poll(run, active)
     -- one job: its status call itself waits for the next finished file, instead of a pause here
     -- (not while darktable quits: then one quick look and out)
     local waiting = #active == 1 and not dt.control.ending
-    local listing = not waiting and M.jobs(run.s) or nil
+    local listing = #active > 1 and M.jobs(run.s) or nil
     local answered = true
     local finished, total, still = 0, 0, {}
     for _i, batch in ipairs(active) do
