@@ -71,11 +71,11 @@ def test_frames_run_whole_in_strips_or_in_tiles_by_their_working_memory(engine):
             assert h * w * per_px <= budget * TILE_BUDGET_FRACTION
 
 
-def test_a_12_megapixel_frame_runs_in_three_strips_on_openvino(tiny_weights):
+def test_a_12_megapixel_frame_runs_in_four_strips_on_openvino(tiny_weights):
     pytest.importorskip("openvino")
     engine = Engine(EngineConfig(weights=tiny_weights, backend="openvino"))
     tiles = engine.tiles(2848, 4256)
-    assert [t.crop_shape for t in tiles] == [(1056, 4256)] * 3
+    assert [t.crop_shape for t in tiles] == [(832, 4256)] * 4
 
 
 def test_tiling_can_be_forced_or_disabled(tiny_weights, engine_factory):

@@ -37,7 +37,8 @@ DEFAULT_MEMORY_BUDGET_MB = 600
 whose crops each use at most :data:`TILE_BUDGET_FRACTION` of it. The measurements behind these
 values: docs/benchmarks.md, "Why the defaults are what they are"."""
 STRIP_FACTOR = 1.6
-STRIPS = 3
+STRIPS = 4
+"""Four, not three: at 12 MP file -> TIFF peaks at 739 MB instead of 812 MB for ~5 % more net time."""
 TILE_BUDGET_FRACTION = 0.32
 
 
