@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, dark_scene, sha256
+from lowlux.bench.darktable import lua_string
+from workerkit import free_port
 
 pytestmark = [
     pytest.mark.darktable,
@@ -49,12 +50,6 @@ WORKER_START_TIMEOUT = 120
 META_CREATOR, META_TITLE, META_NOTES = 0, 2, 5
 RED = 0
 DT_IMAGE_LDR, DT_IMAGE_RAW, DT_IMAGE_S_RAW = 32, 64, 1 << 17  # images.flags (dt_image_flags_t); S_RAW: no mosaic
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def group_running(pgid: int) -> bool:
@@ -137,16 +132,6 @@ def write_raws(folder: Path) -> dict[str, str]:
         write_dng(folder / name, cfa, pattern="RGGB", black=512, white=16383)
     (folder / CORRUPT).write_bytes(b"II*\x00" + bytes(200))
     return {p.name: sha256(p) for p in folder.iterdir()}
-
-
-def lua_string(s: str | Path) -> str:
-    """A Lua long-bracket string literal holding s exactly."""
-    s = str(s)
-    level = 0
-    while f"]{'=' * level}]" in s:
-        level += 1
-    eq = "=" * level
-    return f"[{eq}[{s}]{eq}]"
 
 
 # The driver's shared part: waits, selection, recording what the plugin tells the user, quitting.
