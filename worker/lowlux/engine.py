@@ -189,7 +189,7 @@ class Engine:
 
         def context(head: Tensor) -> Tensor:
             # A frame is tiled to bound memory: the head and context graphs' working memory need not
-            # sit beside the local graph's (at 12 MP in strips: 80 MB less for ~6% more net time).
+            # sit beside the local graph's (12 MP in strips, file -> TIFF: 791 -> 772 MB, time within noise).
             out = self._call(b.context, head)
             b.release("head")
             b.release("context")
