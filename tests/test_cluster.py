@@ -113,7 +113,7 @@ def test_a_worker_killed_mid_batch_costs_nothing(raws, tmp_path, config, cluster
     job.start()
     try:
         held = wait_for(lambda: list(hold_dir.glob(f"f2.dng.{point}.*.held")), 60, "f2 to reach the hold point")
-        os.kill(int(held[0].read_text()), signal.SIGKILL)
+        os.kill(int(held[0].name.split(".")[-2]), signal.SIGKILL)  # <raw>.<point>.<pid>.held
         held[0].unlink()
     finally:
         hold.unlink(missing_ok=True)

@@ -61,7 +61,10 @@ def _hold(source: Path, point: str) -> None:
     if not folder or not (Path(folder) / f"{source.name}.{point}").exists():
         return
     hold = Path(folder) / f"{source.name}.{point}"
-    (Path(folder) / f"{source.name}.{point}.{os.getpid()}.held").write_text(str(os.getpid()))
+    marker = Path(folder) / f"{source.name}.{point}.{os.getpid()}.held"
+    staged = marker.with_name(f".{marker.name}")
+    staged.write_text(str(os.getpid()))
+    staged.replace(marker)  # whole or absent: a watcher never reads it half-written
     deadline = time.monotonic() + 120
     while hold.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
