@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .anchor import anchor
 from .backends import DTYPES, Backend, auto_dtype, bytes_per_pixel, choose_backend, create_backend
 from .errors import WeightsError
-from .model import LowLightNet
+from .model import LINEAR_CAMERA_WB, LowLightNet
 from .mosaic import CodedMosaic
 from .tiling import MIN_TILE, Frame, TensorFrame, Tile, plan_tiles, run_tiled, strips, tiles_for_budget
 from .weights import default_weights_path, load_model
@@ -86,6 +87,9 @@ class EngineConfig:
     """Where exported graphs are cached (default: $LOWLUX_CACHE_DIR or ~/.cache/lowlux)."""
     cuda_graphs: bool = True
     """On CUDA, replay whole-frame forwards from a captured CUDA graph (per input shape)."""
+    anchor: bool = True
+    """Linear weights: anchor the output's local colour to the raw's own means (:mod:`lowlux.anchor`);
+    False gives the net's output alone. sRGB (paper-mode) weights are never anchored."""
 
 
 class Engine:
@@ -101,6 +105,7 @@ class Engine:
         self.device = resolve_device(config.device)
         self.weights_path = resolve_weights(config.weights)
         self.model: LowLightNet = load_model(self.weights_path)
+        self.anchored = config.anchor and self.model.output_space == LINEAR_CAMERA_WB
         self.auto_dtype = config.dtype == "auto"
         if self.auto_dtype:
             config = replace(config, dtype=self._auto_dtype(config))
@@ -142,7 +147,8 @@ class Engine:
         tile = self.config.tile
         return {"weights": str(self.weights_path), "device": str(self.device), "dtype": self.config.dtype,
                 "backend": self.backend.describe()["backend"],
-                "tile": "auto" if tile is None else ("off" if tile == 0 else str(tile))}
+                "tile": "auto" if tile is None else ("off" if tile == 0 else str(tile)),
+                "anchor": "on" if self.anchored else "off"}
 
     def tiles(self, height: int, width: int) -> list[Tile] | None:
         """How a frame of this size is restored: None whole, else its tiles (see :mod:`lowlux.tiling`)."""
@@ -169,6 +175,11 @@ class Engine:
         with self._lock, torch.inference_mode():
             return fn(*args)
 
+    def _finished(self, rgb: Tensor, raw: Tensor) -> Tensor:
+        """A piece of the net's output as the engine gives it: anchored to ``raw`` (its input crop) for
+        linear weights. Per crop, before the halo is cut, so tiles equal the whole frame."""
+        return anchor(rgb, raw, in_place=rgb.dtype == torch.float32) if self.anchored else rgb
+
     def pieces(self, raw: Tensor) -> Iterator[tuple[slice, slice, Tensor]]:
         """Net forward piece by piece: ``(rows, columns, B x h x w x 3 RGB)``, one piece or one per tile.
 
@@ -183,7 +194,7 @@ class Engine:
         tiles = self.tiles(height, width)
         if tiles is None:
             x = frame.cut(slice(0, height), slice(0, width))
-            yield slice(0, height), slice(0, width), self._call(self.backend.full, x)
+            yield slice(0, height), slice(0, width), self._call(lambda: self._finished(self.backend.full(x), x))
             return
         b = self.backend
 
@@ -195,8 +206,8 @@ class Engine:
             b.release("context")
             return out
 
-        run = run_tiled(lambda x: self._call(b.head, x), context, lambda x, c: self._call(b.local, x, c),
-                        frame, tiles)
+        run = run_tiled(lambda x: self._call(b.head, x), context,
+                        lambda x, c: self._call(lambda: self._finished(b.local(x, c), x)), frame, tiles)
         for t, rgb in run:
             ys, xs = t.owned
             yield ys, xs, rgb

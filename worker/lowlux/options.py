@@ -55,6 +55,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                    help="how the net runs (default auto: the fastest installed for the device and dtype)")
     g.add_argument("--tile", type=int, help="restore in tiles of at most N x N pixels (0: never; default: "
                    "automatic, when the frame would exceed the engine's memory budget)")
+    g.add_argument("--no-anchor", dest="anchor", action="store_false",
+                   help="linear weights: give the net's output alone, without anchoring its local colour to the "
+                        "raw's own means (see README: colour anchoring)")
 
 
 def add_enhance_options(p: argparse.ArgumentParser) -> None:
@@ -98,7 +101,8 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
 
     return EngineConfig(weights=args.weights, device=args.device, dtype=args.dtype,
                         concurrent=args.concurrent, threads=args.threads,
-                        backend=getattr(args, "backend", "auto"), tile=getattr(args, "tile", None))
+                        backend=getattr(args, "backend", "auto"), tile=getattr(args, "tile", None),
+                        anchor=getattr(args, "anchor", True))
 
 
 def summary_line(total: int, failed: int, written: int | None = None) -> str:

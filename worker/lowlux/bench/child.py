@@ -47,7 +47,7 @@ def measure_net(config: Config, size: tuple[int, int], runs: int, warmup: int, w
     engine = make_engine(EngineConfig(weights=weights, device=device, dtype=config.dtype,
                                       concurrent=config.concurrent, channels_last=config.channels_last,
                                       backend=config.backend, tile=0 if config.reference else config.tile,
-                                      cuda_graphs=config.cuda_graphs))
+                                      cuda_graphs=config.cuda_graphs, anchor=False))  # the net alone
     x = torch.from_numpy(pad32(bench_input(*size)))[None, None].to(engine.device)
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
 
@@ -106,5 +106,6 @@ def main(argv: list[str]) -> None:
         res = measure_net(Config(**payload["config"]), tuple(payload["size"]), payload["runs"], payload["warmup"],
                           payload["weights"], payload["ref_out"], payload["save_out"], payload.get("device", "auto"))
     else:
-        res = measure_e2e(tuple(payload["size"]), payload["runs"], payload["weights"], payload.get("device", "auto"))
+        res = measure_e2e(tuple(payload["size"]), payload["runs"], payload["weights"], payload.get("device", "auto"),
+                          payload.get("anchor", True))
     print(json.dumps(res))

@@ -108,7 +108,7 @@ def run_bench(args: argparse.Namespace) -> int:
             Path(ref_path).unlink(missing_ok=True)
             if not args.no_e2e:
                 res = child.run_child("e2e", {"size": size, "runs": max(args.runs // 2, 2), "weights": weights,
-                                              "device": device})
+                                              "device": device, "anchor": getattr(args, "anchor", True)})
                 rows.append(_e2e_row(size_s, gmacs, res))
                 print(format_row(rows[-1]) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items())
                       + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}", flush=True)
@@ -193,7 +193,8 @@ def _net_row(config: Config, size_s: str, gmacs: float, res: dict, ref_median: f
 def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
     """The end-to-end row from its child's result (stage medians in ``extra``)."""
     med = statistics.median(res["times"])
-    return Row("file -> TIFF (end to end)", "e2e", res.get("dtype", "float32"), size_s, med,
+    label = "file -> TIFF (end to end)" if res.get("anchor", True) else "file -> TIFF (end to end, --no-anchor)"
+    return Row(label, "e2e", res.get("dtype", "float32"), size_s, med,
                min(res["times"]), max(res["times"]), len(res["times"]), res["peak_rss_mb"], gmacs,
                speedup=None, extra={**res["stages"], "runtime": res["backend_detail"],
                                     "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"],

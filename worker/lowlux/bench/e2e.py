@@ -94,15 +94,17 @@ class StageClock:
         return out
 
 
-def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto") -> dict:
-    """In the child: a synthetic DNG of this size through decode -> net -> TIFF, default engine."""
+def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto",
+                anchor: bool = True) -> dict:
+    """In the child: a synthetic DNG of this size through decode -> net -> TIFF, default engine
+    (colour anchoring as configured: on unless ``anchor`` is False)."""
     import numpy as np
 
     from ..dng import write_dng
     from ..engine import EngineConfig
     from ..pipeline import EnhanceOptions, decode, encode, infer
 
-    engine = make_engine(EngineConfig(weights=weights, device=device))
+    engine = make_engine(EngineConfig(weights=weights, device=device, anchor=anchor))
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "bench.dng"
         cfa = bench_input(*size)
@@ -140,7 +142,7 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
     return {"times": stages["total_s"], "stages": {k: statistics.median(v) for k, v in stages.items()},
             "peak_rss_mb": peak_rss_mb(), "one_file_peak_rss_mb": one_file_peak, "maxrss_mb": maxrss_mb(),
             "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1,
-            "dtype": engine.config.dtype, "output_space": engine.model.output_space,
+            "dtype": engine.config.dtype, "anchor": engine.anchored, "output_space": engine.model.output_space,
             "profile": profile, "batch_profile": batch_profile}
 
 

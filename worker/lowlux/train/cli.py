@@ -101,6 +101,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="skip the virtual-camera ColorChecker (ΔE00 through real cameras' matrices)")
     p.add_argument("--chart-ratio", type=float, default=100.0,
                    help="exposure ratio of the ColorChecker charts (e.g. 100 or 250; default: %(default)s)")
+    p.add_argument("--no-anchor", dest="anchor", action="store_false",
+                   help="score linear weights' net output alone, without colour anchoring (lowlux.anchor)")
     _common(p)
     p.set_defaults(func=run_eval)
     return p
@@ -196,7 +198,7 @@ def run_eval(args) -> int:
 
         charts = build_charts(ratio=args.chart_ratio, raw_dir=args.eval_raw, cache_dir=args.cache_dir)
     results = evaluate_all(items, weights, args.authors, args.out, baseline=not args.no_baseline,
-                           threads=args.threads, with_gc=not args.no_gc, charts=charts)
+                           threads=args.threads, with_gc=not args.no_gc, charts=charts, anchor=args.anchor)
     sys.stdout.write(markdown_table(results))
     if charts:
         from .evaluate import chart_table

@@ -61,12 +61,13 @@ def as_srgb(out: np.ndarray, item: EvalItem, space: str) -> np.ndarray:
     return render_srgb(out, item.colour) if space == LINEAR_CAMERA_WB else out
 
 
-def net_restorer(weights: Path, threads: int | None = None) -> Restorer:
+def net_restorer(weights: Path, threads: int | None = None, anchor: bool = True) -> Restorer:
     """A restorer running lowlux's own inference engine with the given weights (CPU, float32: scores
-    are of the weights, not of a faster numeric path)."""
+    are of the weights, not of a faster numeric path), colour anchoring as the engine does it unless
+    ``anchor`` is False."""
     from ..engine import Engine, EngineConfig
 
-    engine = Engine(EngineConfig(weights=weights, device="cpu", dtype="float32", threads=threads))
+    engine = Engine(EngineConfig(weights=weights, device="cpu", dtype="float32", threads=threads, anchor=anchor))
     space = engine.model.output_space
     return lambda item, amp: as_srgb(engine.restore(net_input(item, space), amp), item, space)
 
@@ -224,20 +225,21 @@ def contact_sheet(path: Path, items: Sequence[EvalItem], outputs: dict[str, dict
 
 def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | None, out_dir: Path,
              baseline: bool = True, threads: int | None = None, with_gc: bool = True,
-             charts: Sequence | None = None) -> dict:
+             charts: Sequence | None = None, anchor: bool = True) -> dict:
     """Evaluate the methods available, write eval.json, eval.md and contact_sheet.png in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     methods: dict[str, Restorer] = {}
     if baseline:
         methods["baseline"] = classical_restore
     if weights is not None:
-        methods["ours"] = net_restorer(weights, threads)
+        methods["ours"] = net_restorer(weights, threads, anchor)
     if authors is not None:
         methods["authors"] = net_restorer(authors, threads)
     if not methods:
         raise ValueError("nothing to evaluate: no weights, no authors' checkpoint and no baseline")
     results, outputs = evaluate(items, methods, with_gc=with_gc)
     results["weights"] = {"ours": str(weights) if weights else None, "authors": str(authors) if authors else None}
+    results["anchor"] = anchor
     results["baseline"] = f"LibRaw render + OpenCV fastNlMeansDenoisingColored, h = {NLM_STRENGTH} x estimated sigma"
     if charts:
         results["chart"] = chart_scores(methods, MODES, charts)

@@ -1,0 +1,119 @@
+"""Colour anchoring: the local means of a linear output follow the raw's where the raw can tell."""
+
+import numpy as np
+import pytest
+import torch
+
+from lowlux import anchor
+from lowlux.tiling import HALO, LOCAL_REACH
+
+SIZE = 64
+
+
+def rggb(rgb: np.ndarray) -> np.ndarray:
+    """An H x W x 3 image as the RGGB mosaic a sensor would record of it."""
+    m = np.empty(rgb.shape[:2], dtype=np.float32)
+    m[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    m[0::2, 1::2] = rgb[0::2, 1::2, 1]
+    m[1::2, 0::2] = rgb[1::2, 0::2, 1]
+    m[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    return m
+
+
+def run(net_rgb: np.ndarray, mosaic: np.ndarray, **kwargs) -> np.ndarray:
+    rgb = torch.from_numpy(np.ascontiguousarray(net_rgb, dtype=np.float32))[None]
+    raw = torch.from_numpy(mosaic.astype(np.float32))[None, None]
+    return anchor.anchor(rgb, raw, **kwargs)[0].numpy()
+
+
+def flat(colour, size: int = SIZE) -> np.ndarray:
+    return np.broadcast_to(np.asarray(colour, dtype=np.float32), (size, size, 3)).copy()
+
+
+def test_a_net_that_greys_a_saturated_colour_gets_the_raws_colour_back():
+    truth = np.array([0.40, 0.20, 0.08], dtype=np.float32)
+    greyed = 0.6 * truth + 0.4 * truth.mean()  # what a desaturating net gives
+    rng = np.random.default_rng(0)
+    mosaic = rggb(flat(truth)) + rng.normal(0, 0.02, (SIZE, SIZE)).astype(np.float32)
+    out = run(flat(greyed), mosaic)
+    inner = out[8:-8, 8:-8].reshape(-1, 3).mean(axis=0)
+    assert np.abs(inner - truth).max() < 0.01 < np.abs(greyed - truth).max()
+
+
+def test_an_edge_the_net_restored_stays_sharp():
+    """The anchor fits a · net + b in each window: it does not blur. The fit, upsampled from blocks, costs
+    the pixels at a hard edge up to an eighth of its step; further away the net is untouched."""
+    net = flat([0.1, 0.1, 0.1])
+    half = SIZE // 2
+    net[:, half:] = 0.5
+    out = run(net, rggb(net))
+    assert (out[:, half] - out[:, half - 1]).min() > 0.7 * 0.4
+    assert np.abs(out - net).max() < 0.4 / 7
+    far = anchor.reach_px()
+    assert np.allclose(out[:, : half - far], net[:, : half - far], rtol=0, atol=1e-6)
+    assert np.allclose(out[:, half + far :], net[:, half + far :], rtol=0, atol=1e-6)
+
+
+def test_where_the_raw_is_only_noise_the_net_is_kept():
+    """Near black the window's mean is below the noise margin (and clipping at 0 biases it): no anchoring."""
+    net = flat([0.004, 0.006, 0.005])
+    rng = np.random.default_rng(1)
+    mosaic = np.clip(rng.normal(0.0, 0.05, (SIZE, SIZE)), 0, 1).astype(np.float32)
+    assert np.array_equal(run(net, mosaic), net)
+
+
+def test_clipped_cells_leave_their_windows_to_the_net():
+    """A clipped input reads too dark: the highlight keeps the net's value."""
+    net = flat([0.9, 0.9, 0.9])
+    mosaic = np.ones((SIZE, SIZE), dtype=np.float32)  # the amplified input clipped at 1
+    assert np.array_equal(run(net, mosaic), net)
+
+
+def test_output_keeps_the_layout_and_range():
+    rng = np.random.default_rng(2)
+    net = rng.random((SIZE, SIZE, 3), dtype=np.float32)
+    out = run(net, rng.random((SIZE, SIZE), dtype=np.float32) * 1.0)
+    assert out.shape == net.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_its_reach_fits_inside_the_tilers_halo():
+    """Anchoring each tile's crop equals anchoring the whole frame only if it looks no further than
+    the halo leaves exact."""
+    assert anchor.reach_px() + LOCAL_REACH <= HALO
+
+
+@pytest.mark.parametrize("tile", [0, 256])
+def test_the_engine_anchors_linear_weights_and_tiles_equal_the_whole_frame(engine_factory, tile):
+    """The shipped (linear) weights on a dim scene with noise."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:512, 0:640]
+    scene = 0.008 + 0.004 * np.sin(xx / 23.0) * np.cos(yy / 17.0)
+    mosaic = (scene + rng.normal(0, 0.0015, scene.shape)).astype(np.float32)
+    whole = engine_factory(dtype="float32", backend="torch", tile=0)
+    other = engine_factory(dtype="float32", backend="torch", tile=tile)
+    alone = engine_factory(dtype="float32", backend="torch", tile=0, anchor=False)
+    assert whole.describe()["anchor"] == "on" and alone.describe()["anchor"] == "off"
+    assert other.tiles(512, 640) is None if tile == 0 else len(other.tiles(512, 640)) > 1
+    anchored, net = whole.restore(mosaic, 40.0), alone.restore(mosaic, 40.0)
+    with torch.inference_mode():
+        model = alone.model(torch.from_numpy(np.clip(mosaic * 40.0, 0, 1))[None, None])[0].permute(1, 2, 0).numpy()
+    assert np.abs(net - model).max() < 1e-5  # off: the net alone
+    assert np.abs(anchored - net).max() > 1e-3  # on: something changed
+    assert np.abs(other.restore(mosaic, 40.0) - anchored).max() < 1e-5
+
+
+def test_paper_mode_weights_are_never_anchored(tiny_weights, engine_factory):
+    engine = engine_factory(weights=tiny_weights, dtype="float32", backend="torch")
+    assert engine.model.output_space == "srgb" and engine.describe()["anchor"] == "off"
+
+
+def test_in_place_gives_the_same_image_in_the_same_buffer():
+    rng = np.random.default_rng(4)
+    net = torch.from_numpy(rng.random((1, SIZE, SIZE, 3), dtype=np.float32))
+    raw = torch.from_numpy(rng.random((1, 1, SIZE, SIZE), dtype=np.float32) * 0.5 + 0.25)
+    expected = anchor.anchor(net, raw)
+    out = anchor.anchor(net, raw, in_place=True)
+    assert out.data_ptr() == net.data_ptr() and torch.equal(out, expected)
+    with pytest.raises(ValueError, match="float32"):
+        anchor.anchor(net.to(torch.bfloat16), raw, in_place=True)
