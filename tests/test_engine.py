@@ -71,11 +71,11 @@ def test_frames_run_whole_in_strips_or_in_tiles_by_their_working_memory(engine):
             assert h * w * per_px <= budget * TILE_BUDGET_FRACTION
 
 
-def test_a_12_megapixel_frame_runs_in_four_strips_on_openvino(tiny_weights):
+def test_a_12_megapixel_frame_runs_in_six_strips_on_openvino(tiny_weights):
     pytest.importorskip("openvino")
     engine = Engine(EngineConfig(weights=tiny_weights, backend="openvino"))
     tiles = engine.tiles(2848, 4256)
-    assert [t.crop_shape for t in tiles] == [(832, 4256)] * 4
+    assert [t.crop_shape for t in tiles] == [(608, 4256)] * 6
 
 
 def test_tiling_can_be_forced_or_disabled(tiny_weights, engine_factory):
@@ -105,7 +105,8 @@ def test_tiled_restores_equal_the_whole_frame(tiny_weights, engine_factory, conf
     if strips:
         config = dict(memory_budget_mb=_strip_budget_mb(416, 544))
     tiled_engine = engine_factory(weights=tiny_weights, **config)
-    assert tiled_engine.tiles(416, 544) and (not strips or len(tiled_engine.tiles(416, 544)) == STRIPS)
+    tiles = tiled_engine.tiles(416, 544)
+    assert tiles and len(tiles) > 1 and (not strips or all(t.crop_shape[1] == 544 for t in tiles))
     tiled = tiled_engine.restore(mosaic, 10.0)
     assert tiled.shape == (416, 544, 3)
     assert np.abs(tiled - whole).max() <= 1e-5

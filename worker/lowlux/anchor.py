@@ -36,13 +36,13 @@ from torch import Tensor
 BLOCK = 4
 """The fit's grid (raw pixels): each window is made of BLOCK x BLOCK blocks of the mosaic, and the
 coefficients are found once per block (2 would fit per 2x2 cell, four times the work)."""
-RADIUS = 1
-"""Window radius in blocks: a (2r+1)² window of blocks (12 x 12 raw pixels)."""
+RADIUS = 2
+"""Window radius in blocks: a (2r+1)² window of blocks (20 x 20 raw pixels)."""
 EPS = 1e-3
 """The guided filter's regulariser (linear units): windows flatter than this take the raw's mean."""
-TOLERANCE = 0.06
+TOLERANCE = 0.02
 """Anchor fully while the window mean's standard error is within this fraction of the mean, not at
-all beyond twice it."""
+all beyond twice it: a noisier mean would add colour mottling of its own."""
 BLACK_MARGIN = 2.0
 """Anchor only where the window mean is this many noise deviations (of one 2x2 cell) above black."""
 CLIPPED = 0.999

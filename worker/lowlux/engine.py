@@ -38,8 +38,9 @@ DEFAULT_MEMORY_BUDGET_MB = 600
 whose crops each use at most :data:`TILE_BUDGET_FRACTION` of it. The measurements behind these
 values: docs/benchmarks.md, "Why the defaults are what they are"."""
 STRIP_FACTOR = 1.6
-STRIPS = 4
-"""Four, not three: at 12 MP file -> TIFF peaks at 739 MB instead of 812 MB for ~5 % more net time."""
+STRIPS = 6
+"""Six: with colour anchoring (its working memory is per strip) a 12 MP file -> TIFF peaks at 762 MB
+(four strips: 869 MB, five: 813 MB) for the same net time within the runs' noise (docs/benchmarks.md)."""
 TILE_BUDGET_FRACTION = 0.32
 
 
