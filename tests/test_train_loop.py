@@ -301,3 +301,13 @@ def test_the_model_card_states_a_linear_runs_whole_loss():
               "colour_weight": 1.0}
     assert _loss(linear) == ("0.8 L1 + 0.2 (1 - MS-SSIM) on the rendered picture + 0.2 L1 in camera RGB "
                              "(tone curve) + 1 L1 of 8 px cell means")
+
+
+def test_the_model_card_says_whether_its_scores_include_colour_anchoring():
+    from lowlux.model import LINEAR_CAMERA_WB, SRGB
+    from lowlux.train.card import _anchoring
+
+    assert "with colour anchoring" in _anchoring({"anchor": True}, LINEAR_CAMERA_WB)
+    assert "the net's output alone" in _anchoring({"anchor": False}, LINEAR_CAMERA_WB)
+    assert "the net's output alone" in _anchoring({}, LINEAR_CAMERA_WB)  # evaluated before anchoring existed
+    assert _anchoring({"anchor": True}, SRGB) == ""  # the paper's mode is never anchored

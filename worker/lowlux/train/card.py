@@ -96,6 +96,17 @@ def _chart_section(results: dict) -> str:
             "`lowlux.train.chart`):\n\n" + chart_table(results) + "\n")
 
 
+def _anchoring(results: dict, space: str) -> str:
+    """Whether "ours" was scored with the pipeline's colour anchoring (evaluations before it existed
+    have no ``anchor`` key: the net alone)."""
+    if space == SRGB:
+        return ""
+    if results.get("anchor", False):
+        return "\"ours\" as the pipeline runs it, with colour anchoring (`lowlux.anchor`; README, \"Colour anchoring\").\n\n"
+    return ("\"ours\" is the net's output alone; the pipeline anchors its colour to the raw (`lowlux.anchor`; "
+            "README, \"Colour anchoring\", has those scores).\n\n")
+
+
 def model_card(run_dir: Path, eval_json: Path, hardware: str, notes: str = "") -> str:
     config = json.loads((run_dir / "config.json").read_text())
     meta = read_metadata(run_dir / "best.safetensors")
@@ -132,7 +143,7 @@ Mean over images; "authors" is their released SID-Sony checkpoint (evaluation on
 "baseline" is {results.get('baseline', 'LibRaw + non-local means')}.
 
 {markdown_table(results)}
-{_chart_section(results)}
+{_chart_section(results)}{_anchoring(results, space)}
 Eval PSNR / SSIM against training steps (GT exposure ratio, this model only):
 
 {_curve_table(eval_rows, max(1, len(eval_rows) // 15), meta.get('steps', ''))}
