@@ -713,3 +713,6 @@ def test_the_button_to_result_benchmark_runs_in_a_real_darktable(tmp_path, tiny_
     assert [(r["run"], r["done"], r["failed"]) for r in report["runs"]] == [(1, 1, 0), (2, 1, 0)]
     assert all(0 < r["first_result_s"] <= r["run_s"] for r in report["runs"])
     assert report["work_s"] > 0 and "overhead_s" in report and "button -> first result" in run.stdout
+    for r in report["runs"]:  # where the time went, on one clock: the parts add up to the whole
+        parts = r["to_worker_s"] + r["queued_s"] + r["worker_s"] + r["back_s"]
+        assert r["worker_s"] > 0 and abs(parts - r["first_result_s"]) < 1e-3

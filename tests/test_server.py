@@ -70,6 +70,9 @@ def test_files_are_restored_and_reported_one_by_one(engine, endpoint, make_dng, 
         assert entry["outputs"] == [str(out / f"{raw.stem}_lowlux_m{m}.tif") for m in ("0.3", "0.6")]
         image = tifffile.imread(entry["outputs"][0])
         assert image.dtype == np.uint16 and image.shape == (96, 128, 3)
+        assert status["created"] <= entry["started"] <= entry["finished"]  # when the worker had it, on its clock
+    starts = [e["started"] for e in status["files"]]
+    assert starts == sorted(starts)  # one after the other, in submit order
     assert [sha256(r) for r in raws] == before  # sources are only read
     assert leftovers(out) == []
 

@@ -60,7 +60,7 @@ class FileTask:
     def to_wire(self) -> dict[str, Any]:
         outputs = self.wire_outputs
         return {"index": self.index, "state": self.state, "stage": self.stage, "source": self.display,
-                "outputs": list(outputs), "error": self.error}
+                "outputs": list(outputs), "error": self.error, "started": self.started, "finished": self.finished}
 
 
 @dataclass(eq=False)

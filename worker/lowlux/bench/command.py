@@ -59,6 +59,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "darktable under Xvfb, a warm worker), beside decode + net + encode of the same raw")
     d.add_argument("--darktable-raw", type=Path,
                    help="the raw to restore (a copy of it); default: a synthetic dark DNG of the first --sizes entry")
+    d.add_argument("--darktable-settle", type=float, default=0.0, metavar="S",
+                   help="seconds to leave darktable idle before each press (its thumbnails of the raw and of the "
+                        "previous result made, as for a photographer's single press); default 0: back to back")
 
 
 def run_bench(args: argparse.Namespace) -> int:

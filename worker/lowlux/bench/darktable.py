@@ -57,7 +57,7 @@ def lua_string(text: str | Path) -> str:
 
 DRIVER = r"""
 local dt = require "darktable"
-local NOTES, FOLDER, NAME, RUNS = %(notes)s, %(folder)s, %(name)s, %(runs)d
+local NOTES, FOLDER, NAME, RUNS, SETTLE_MS = %(notes)s, %(folder)s, %(name)s, %(runs)d, %(settle_ms)d
 local function note(line)
   local f = io.open(NOTES, "a") f:write(line, "\n") f:close()
 end
@@ -93,14 +93,15 @@ local ok, err = pcall(function()
   end
   for run = 1, RUNS do
     api.state.last_summary, first_at, import_s = nil, nil, nil
+    if SETTLE_MS > 0 then dt.control.sleep(SETTLE_MS) end
     dt.gui.selection({source})
     local t0 = now()
     dt.gui.action(%(action)s, 0, "", "", 1.0)
     if not wait_for(function() return api.state.last_summary ~= nil end, 300) then error("the run did not end") end
     local t_end = now()
     local s = api.state.last_summary
-    note(string.format("RUN %%d %%.4f %%.4f %%d %%d %%.4f", run, first_at and (first_at - t0) or -1, t_end - t0,
-      s.done, s.failed, import_s or -1))
+    note(string.format("RUN %%d %%.4f %%.4f %%d %%d %%.4f %%.6f %%.6f", run, first_at and (first_at - t0) or -1,
+      t_end - t0, s.done, s.failed, import_s or -1, t0, first_at or -1))
   end
   api.import_result = import_result
 end)
@@ -158,16 +159,17 @@ def install_plugin(config: Path) -> None:
     subprocess.run(["bash", str(INSTALL), "--darktable-only"], check=True, capture_output=True, env=env)
 
 
-def run_darktable(folder: Path, raw: Path, endpoint: str, runs: int) -> list[dict]:
-    """``runs`` presses of the button on ``raw`` in a headless darktable; one dict per run."""
+def run_darktable(folder: Path, raw: Path, endpoint: str, runs: int, settle: float = 0.0) -> list[dict]:
+    """``runs`` presses of the button on ``raw`` in a headless darktable, each after ``settle`` seconds
+    of leaving it idle; one dict per run."""
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
-        rows = _session(folder / f"attempt{attempt}", raw, endpoint, runs)
+        rows = _session(folder / f"attempt{attempt}", raw, endpoint, runs, settle)
         if rows is not None:
             return rows
     raise RuntimeError(f"darktable hung in its own start-up {STARTUP_ATTEMPTS} times")
 
 
-def _session(folder: Path, raw: Path, endpoint: str, runs: int) -> list[dict] | None:
+def _session(folder: Path, raw: Path, endpoint: str, runs: int, settle: float = 0.0) -> list[dict] | None:
     """One darktable session; None when it hung before running the driver."""
     config, cache, tmpdir = folder / "dtconfig", folder / "dtcache", folder / "tmp"
     for d in (config / "lua", cache, tmpdir):
@@ -176,7 +178,8 @@ def _session(folder: Path, raw: Path, endpoint: str, runs: int) -> list[dict] | 
     notes = folder / "notes.txt"
     driver = folder / "driver.lua"
     driver.write_text(DRIVER % {"notes": lua_string(notes), "folder": lua_string(raw.parent),
-                                "name": lua_string(raw.name), "runs": runs, "action": lua_string(ACTION)})
+                                "name": lua_string(raw.name), "runs": runs, "action": lua_string(ACTION),
+                                "settle_ms": round(max(settle, 0.0) * 1000)})
     command = ["xvfb-run", "-a", "darktable", "--configdir", str(config), "--cachedir", str(cache),
                "--library", str(config / "library.db"), "--conf", "write_sidecar_files=never",
                "--conf", "lua/_scripts_install/dont_show=TRUE", "--conf", f"lua/lowlux/endpoint={endpoint}",
@@ -204,10 +207,30 @@ def _session(folder: Path, raw: Path, endpoint: str, runs: int) -> list[dict] | 
     rows = []
     for line in lines:
         if line.startswith("RUN "):
-            _, run, first, total, done, failed, imported = line.split()
+            _, run, first, total, done, failed, imported, pressed, first_at = line.split()
             rows.append({"run": int(run), "first_result_s": float(first), "run_s": float(total),
-                         "done": int(done), "failed": int(failed), "import_s": float(imported)})
+                         "done": int(done), "failed": int(failed), "import_s": float(imported),
+                         "pressed_at": float(pressed), "first_at": float(first_at)})
     return rows
+
+
+def worker_timeline(endpoint: str, rows: list[dict]) -> None:
+    """Adds to each run where its time went, from the worker's own clock (the same machine's): the
+    press until the worker had the job (``to_worker_s``: the plugin and the ``submit`` process), the
+    worker's time on the file (``worker_s``), and from its end until the import returned
+    (``back_s``: noticing it, the ``status`` process, the plugin and the import)."""
+    from ..client.api import Client
+
+    with Client(endpoint, timeout=5.0, retries=1) as client:
+        jobs = sorted(client.jobs(), key=lambda j: j["created"])[-len(rows):]
+        files = [client.status(j["job"])["files"][0] for j in jobs]
+    for row, job, entry in zip(rows, jobs, files):
+        if row["first_at"] < 0 or not entry.get("finished"):
+            continue
+        row["to_worker_s"] = job["created"] - row["pressed_at"]
+        row["queued_s"] = entry["started"] - job["created"]
+        row["worker_s"] = entry["finished"] - entry["started"]
+        row["back_s"] = row["first_at"] - entry["finished"]
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -276,7 +299,8 @@ def run_darktable_bench(args: argparse.Namespace) -> int:
         try:
             worker = start_worker(endpoint, weights, tmp / "worker.log")
             try:
-                runs_out = run_darktable(tmp / "session", raw, endpoint, runs)
+                runs_out = run_darktable(tmp / "session", raw, endpoint, runs, getattr(args, "darktable_settle", 0.0))
+                worker_timeline(endpoint, runs_out)
             finally:
                 worker.terminate()
                 try:
@@ -294,11 +318,15 @@ def run_darktable_bench(args: argparse.Namespace) -> int:
     work = stages["net_s"] + stages["decode_s"] + stages["encode_s"]
     first = statistics.median(firsts)
     report = {"raw": raw.name, "cpu": cpu_model(), "cores": os.cpu_count(), "backend": stages["backend"],
+              "settle_s": getattr(args, "darktable_settle", 0.0),
               "runs": runs_out, "first_result_median_s": first, "stages": stages, "work_s": work,
               "overhead_s": first - work, "target_s": work + OVERHEAD_TARGET_S, "meets_target": first <= work + OVERHEAD_TARGET_S}
     for r in runs_out:
         print(f"run {r['run']}: button -> first result in the library {r['first_result_s']:.3f} s, its import "
               f"{r['import_s']:.3f} s (run over after {r['run_s']:.3f} s; {r['done']} done, {r['failed']} failed)")
+        if "worker_s" in r:
+            print(f"  press -> worker has the job {r['to_worker_s']:.3f} s, queued {r['queued_s']:.3f} s, "
+                  f"worker on the file {r['worker_s']:.3f} s, its end -> import returned {r['back_s']:.3f} s")
     print(f"median {first:.3f} s; decode {stages['decode_s']:.3f} + net {stages['net_s']:.3f} + encode "
           f"{stages['encode_s']:.3f} = {work:.3f} s ({stages['backend']}); plugin and library overhead "
           f"{first - work:.3f} s (target <= {OVERHEAD_TARGET_S} s: {'met' if report['meets_target'] else 'missed'})")
