@@ -7,16 +7,17 @@ of the scene: averaged over a window it gives the local colour exactly, as long 
 stands well above its noise (black-level clipping biases it only near black).
 
 How. A guided filter (He, Sun and Tang, *Guided Image Filtering*, 2013) per channel, with the net's
-output as the guide and the mosaic's 2x2 cells (R, mean G, B) as the data: in each window it fits
+output as the guide (sampled as the sensor would, :func:`sampled_cells`) and the mosaic's 2x2 cells
+(R, mean G, B) as the data: in each window it fits
 ``data ≈ a · net + b``, so the result keeps the net's structure and takes the raw's local mean. Where
-the raw cannot tell, a weight ``w`` keeps the net (``a -> 1, b -> 0``): where the window mean's
+the raw cannot tell, a trust weight keeps the net (``a -> 1, b -> 0``): where the window mean's
 standard error is above :data:`TOLERANCE` of the mean, or where the mean is within
-:data:`BLACK_MARGIN` noise deviations of black. The fit reads the mosaic's 2x2 cells
-and its coefficients, found once per :data:`BLOCK` x :data:`BLOCK` block, are bilinearly upsampled (He
-and Sun's *Fast Guided Filter*, 2015): in flat regions the output takes the raw's local mean, which also
-calms the net's low-frequency mottling. The price is a softer hard edge: the pixels on either side of a
-sharp step take up to an eighth of it (a step of 0.4 keeps about three quarters between the two pixels at
-the edge), a cost the scores below include.
+:data:`BLACK_MARGIN` noise deviations of black, or where a cell is clipped. The coefficients are
+found once per :data:`BLOCK` x :data:`BLOCK` block and bilinearly upsampled (He and Sun's *Fast Guided
+Filter*, 2015) to the 2x2 cells, each applied to its cell's four pixels: in flat regions the output takes
+the raw's local mean, which also calms the net's low-frequency mottling. The price is at hard edges: the
+pixels beside a sharp step move by up to a sixth of it (softer on the 2x2 grid, a slight overshoot off
+it), a cost the evaluation's scores include.
 
 Reach: :func:`reach_px` full-resolution pixels; it stays inside the tiler's halo
 (:data:`lowlux.tiling.HALO` minus :data:`~lowlux.tiling.LOCAL_REACH`), so tiles anchored one by one
@@ -63,6 +64,16 @@ def mosaic_cells(mosaic: Tensor) -> Tensor:
     return torch.cat([r, g, b], dim=1)
 
 
+def sampled_cells(rgb: Tensor) -> Tensor:
+    """B x H x W x 3 image -> B x 3 x H/2 x W/2: what an RGGB sensor would record of it, celled like
+    :func:`mosaic_cells`. The guide is sampled like the data, so an edge that cuts a cell mixes both
+    the same way (a plain 2x2 mean of the image would leave colour fringes at such edges)."""
+    r = rgb[:, 0::2, 0::2, 0]
+    g = (rgb[:, 0::2, 1::2, 1] + rgb[:, 1::2, 0::2, 1]) * 0.5
+    b = rgb[:, 1::2, 1::2, 2]
+    return torch.stack([r, g, b], dim=1)
+
+
 def box_mean(x: Tensor, radius: int) -> Tensor:
     """Mean over a (2r+1)² window, of the pixels inside the frame (separable: cost independent of r²).
 
@@ -89,8 +100,9 @@ def anchor_coefficients(guide: Tensor, data: Tensor, radius: int = RADIUS, block
     def blocks(x: Tensor) -> Tensor:  # cell maps -> block means, one at a time (less memory)
         return F.avg_pool2d(x, block // 2) if block > 2 else x
 
+    clipped = (data >= CLIPPED).to(data.dtype)
     moments = [blocks(m) for m in (guide, data)]
-    moments += [blocks(guide * data), blocks(guide * guide), blocks(data * data), blocks((data >= CLIPPED).to(data.dtype))]
+    moments += [blocks(guide * data), blocks(guide * guide), blocks(data * data), blocks(clipped)]
     stats = box_mean(stacked(moments), radius)
     mean_g, mean_d, mean_gd, mean_gg, mean_dd, any_clipped = stats.split(guide.shape[1], dim=1)
     cov = mean_gd - mean_g * mean_d
@@ -114,7 +126,7 @@ def anchor(rgb: Tensor, mosaic: Tensor, radius: int = RADIUS, block: int = BLOCK
     if in_place and rgb.dtype != torch.float32:
         raise ValueError("anchoring in place needs a float32 image")
     rgb = rgb.float()  # variances need float32, whatever the net ran in
-    cells = F.avg_pool2d(rgb.permute(0, 3, 1, 2), 2)
+    cells = sampled_cells(rgb)
     a, b = anchor_coefficients(cells, mosaic_cells(mosaic.to(rgb.dtype)), radius, block, **kwargs)
     # Upsampled to the 2x2 cells (bilinear) and applied to each cell's four pixels: the full-resolution
     # coefficients are never made (they cost more than the whole fit).
