@@ -12,12 +12,9 @@ SIZE = 64
 
 def rggb(rgb: np.ndarray) -> np.ndarray:
     """An H x W x 3 image as the RGGB mosaic a sensor would record of it."""
-    m = np.empty(rgb.shape[:2], dtype=np.float32)
-    m[0::2, 0::2] = rgb[0::2, 0::2, 0]
-    m[0::2, 1::2] = rgb[0::2, 1::2, 1]
-    m[1::2, 0::2] = rgb[1::2, 0::2, 1]
-    m[1::2, 1::2] = rgb[1::2, 1::2, 2]
-    return m
+    from lowlux.train.unprocess import mosaic
+
+    return mosaic(rgb)
 
 
 def run(net_rgb: np.ndarray, mosaic: np.ndarray, **kwargs) -> np.ndarray:
@@ -91,14 +88,14 @@ def test_its_reach_fits_inside_the_tilers_halo():
 def test_the_engine_anchors_linear_weights_and_tiles_equal_the_whole_frame(engine_factory, tile):
     """The shipped (linear) weights on a dim scene with noise."""
     rng = np.random.default_rng(3)
-    yy, xx = np.mgrid[0:512, 0:640]
+    yy, xx = np.mgrid[0:320, 0:416]
     scene = 0.008 + 0.004 * np.sin(xx / 23.0) * np.cos(yy / 17.0)
     mosaic = (scene + rng.normal(0, 0.0015, scene.shape)).astype(np.float32)
     whole = engine_factory(dtype="float32", backend="torch", tile=0)
     other = engine_factory(dtype="float32", backend="torch", tile=tile)
     alone = engine_factory(dtype="float32", backend="torch", tile=0, anchor=False)
     assert whole.describe()["anchor"] == "on" and alone.describe()["anchor"] == "off"
-    assert other.tiles(512, 640) is None if tile == 0 else len(other.tiles(512, 640)) > 1
+    assert other.tiles(320, 416) is None if tile == 0 else len(other.tiles(320, 416)) > 1
     anchored, net = whole.restore(mosaic, 40.0), alone.restore(mosaic, 40.0)
     with torch.inference_mode():
         model = alone.model(torch.from_numpy(np.clip(mosaic * 40.0, 0, 1))[None, None])[0].permute(1, 2, 0).numpy()
@@ -121,3 +118,15 @@ def test_in_place_gives_the_same_image_in_the_same_buffer():
     assert out.data_ptr() == net.data_ptr() and torch.equal(out, expected)
     with pytest.raises(ValueError, match="float32"):
         anchor.anchor(net.to(torch.bfloat16), raw, in_place=True)
+
+
+def test_the_tuning_refuses_paper_mode_weights_and_scores_a_crop(tiny_weights):
+    from lowlux.train import anchor_tuning
+
+    with pytest.raises(SystemExit, match="linear weights"):
+        anchor_tuning.tune(tiny_weights, 1, 64)
+    target = torch.rand(3, 32, 32) * 0.5
+    matrix, gain = torch.eye(3), torch.tensor(1.0)
+    psnr, cells, chroma = anchor_tuning.scores(target + 0.01, target, matrix, gain)
+    assert 20 < psnr < 60 and cells > 0 and chroma >= 0
+    assert anchor_tuning.scores(target, target, matrix, gain)[1] == 0
