@@ -21,7 +21,7 @@ def test_demo_writes_a_dark_raw_its_restoration_and_a_comparison(tmp_path, tiny_
     assert dark.pattern == "RGGB" and dark.cfa.shape == (512, 512)
     assert dark.normalised().mean() < 0.02  # really dark: ~100x under the photograph's exposure
     assert tifffile.imread(tmp_path / "demo_dark_lowlux.tif").shape == (512, 512, 3)
-    assert Image.open(tmp_path / "demo_side_by_side.png").size == (3 * 512, 512)
+    assert Image.open(tmp_path / "demo_side_by_side.png").size == (4 * 512, 512)
 
 
 def test_demo_is_reproducible_with_a_seed(tmp_path, tiny_weights):
