@@ -706,12 +706,14 @@ def test_the_button_to_result_benchmark_runs_in_a_real_darktable(tmp_path, tiny_
 
     out = tmp_path / "dt.json"
     run = subprocess.run([str(LOWLUX), "bench", "--darktable", "--sizes", "256x384", "--runs", "2",
-                          "--weights", str(tiny_weights), "--json", str(out)], capture_output=True, text=True,
+                          "--darktable-settle", "0.2", "--weights", str(tiny_weights), "--json", str(out)],
+                         capture_output=True, text=True,
                          timeout=DARKTABLE_TIMEOUT + 120, env=dict(os.environ, HOME=str(tmp_path)))
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(out.read_text())
     assert [(r["run"], r["done"], r["failed"]) for r in report["runs"]] == [(1, 1, 0), (2, 1, 0)]
     assert all(0 < r["first_result_s"] <= r["run_s"] for r in report["runs"])
+    assert report["settle_s"] == 0.2 and report["runs"][1]["pressed_at"] - report["runs"][0]["first_at"] >= 0.2
     assert report["work_s"] > 0 and "overhead_s" in report and "button -> first result" in run.stdout
     for r in report["runs"]:  # where the time went, on one clock: the parts add up to the whole
         parts = r["to_worker_s"] + r["queued_s"] + r["worker_s"] + r["back_s"]
