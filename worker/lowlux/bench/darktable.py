@@ -282,6 +282,7 @@ def run_darktable_bench(args: argparse.Namespace) -> int:
         return 2
     weights = str(args.weights) if getattr(args, "weights", None) else None
     runs = max(int(args.runs), 1)
+    settle = getattr(args, "darktable_settle", 0.0)
     with tempfile.TemporaryDirectory(prefix="lowlux-bench-dt-") as tmp:
         tmp = Path(tmp)
         (tmp / "raws").mkdir()
@@ -299,7 +300,7 @@ def run_darktable_bench(args: argparse.Namespace) -> int:
         try:
             worker = start_worker(endpoint, weights, tmp / "worker.log")
             try:
-                runs_out = run_darktable(tmp / "session", raw, endpoint, runs, getattr(args, "darktable_settle", 0.0))
+                runs_out = run_darktable(tmp / "session", raw, endpoint, runs, settle)
                 worker_timeline(endpoint, runs_out)
             finally:
                 worker.terminate()
@@ -318,7 +319,7 @@ def run_darktable_bench(args: argparse.Namespace) -> int:
     work = stages["net_s"] + stages["decode_s"] + stages["encode_s"]
     first = statistics.median(firsts)
     report = {"raw": raw.name, "cpu": cpu_model(), "cores": os.cpu_count(), "backend": stages["backend"],
-              "settle_s": getattr(args, "darktable_settle", 0.0),
+              "settle_s": settle,
               "runs": runs_out, "first_result_median_s": first, "stages": stages, "work_s": work,
               "overhead_s": first - work, "target_s": work + OVERHEAD_TARGET_S, "meets_target": first <= work + OVERHEAD_TARGET_S}
     for r in runs_out:

@@ -102,7 +102,8 @@ def _anchoring(results: dict, space: str) -> str:
     if space == SRGB:
         return ""
     if results.get("anchor", False):
-        return "\"ours\" as the pipeline runs it, with colour anchoring (`lowlux.anchor`; README, \"Colour anchoring\").\n\n"
+        return ("\"ours\" as the pipeline runs it, with colour anchoring (`lowlux.anchor`; "
+                "README, \"Colour anchoring\").\n\n")
     return ("\"ours\" is the net's output alone; the pipeline anchors its colour to the raw (`lowlux.anchor`; "
             "README, \"Colour anchoring\", has those scores).\n\n")
 
