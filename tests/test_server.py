@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -514,3 +515,109 @@ def test_a_removed_socket_file_is_recreated_and_the_lock_goes_with_the_worker(en
         with pytest.raises(ConfigError, match="already serves"):
             Server(ServerConfig(endpoint=endpoint), engine=engine).bind()
     assert not path.exists() and not lock.exists()
+
+
+# ---- status that waits inside the worker ----------------------------------------------------------------------
+
+
+def open_dealer(ep: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(ep)
+    return sock
+
+
+def send_status(sock: zmq.Socket, **fields) -> str:
+    msg = proto.make_request("status", **fields)
+    sock.send_multipart([b"", proto.dumps(msg)])
+    return msg["id"]
+
+
+def replies(sock: zmq.Socket, timeout: float, count: int | None = None) -> list[dict]:
+    """The replies that arrive within ``timeout`` seconds (or the first ``count`` of them)."""
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) != count and (left := deadline - time.monotonic()) > 0 and sock.poll(int(left * 1000)):
+        out.append(json.loads(sock.recv_multipart()[-1]))
+    return out
+
+
+def test_a_waiting_status_is_answered_when_a_file_finishes_and_not_before(engine, endpoint, make_dng):
+    gated = GatedEngine(engine)
+    with serving(gated, endpoint):
+        job = request(endpoint, "submit", files=[str(make_dng("w.dng"))])["job"]
+        assert gated.entered.wait(30)
+        sock = open_dealer(endpoint)
+        try:
+            rid = send_status(sock, job=job, wait=60, since=0)
+            assert replies(sock, 0.5) == [], "answered while nothing had finished"
+            gated.gate.set()
+            answer = replies(sock, 60, count=1)
+        finally:
+            sock.close(0)
+        assert [a["id"] for a in answer] == [rid]
+        assert answer[0]["finished"] == 1 and answer[0]["state"] == "done"
+
+
+def test_a_waiting_status_whose_wait_runs_out_gets_the_status_as_it_is(engine, endpoint, make_dng):
+    gated = GatedEngine(engine)
+    with serving(gated, endpoint):
+        job = request(endpoint, "submit", files=[str(make_dng("w.dng"))])["job"]
+        assert gated.entered.wait(30)
+        status = request(endpoint, "status", job=job, wait=0.3)  # since: as many as now
+        assert status["ok"] and status["finished"] == 0 and status["state"] == "running"
+        ended = request(endpoint, "status", job=job, wait=0.3, since=5)  # an ended job is never waited on
+        assert ended["ok"] and ended["finished"] == 0
+
+
+def test_waiting_status_requests_are_bounded_per_client_and_answered_when_the_worker_stops(engine, endpoint,
+                                                                                          make_dng):
+    from lowlux.server.waits import MAX_WAITING_PER_PEER
+
+    gated = GatedEngine(engine)
+    with serving(gated, endpoint) as server:
+        job = request(endpoint, "submit", files=[str(make_dng("w.dng"))])["job"]
+        assert gated.entered.wait(30)
+        sock = open_dealer(endpoint)
+        try:
+            ids = [send_status(sock, job=job, wait=60) for _ in range(MAX_WAITING_PER_PEER + 1)]
+            early = replies(sock, 1.0)
+            assert [a["id"] for a in early] == ids[-1:], "one client beyond the bound is answered at once"
+            assert len(server.waits) == MAX_WAITING_PER_PEER
+            server.stop()
+            gated.gate.set()
+            late = replies(sock, 60, count=MAX_WAITING_PER_PEER)
+        finally:
+            sock.close(0)
+        assert sorted(a["id"] for a in late) == sorted(ids[:-1])
+        assert all(a["ok"] for a in late)
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"wait": -1}, "'wait' must be a number"),
+    ({"wait": "soon"}, "'wait' must be"),
+    ({"wait": True}, "'wait' must be"),
+    ({"wait": 1, "since": -2}, "'since' a count"),
+    ({"wait": 1, "since": 1.5}, "'since' must be an integer"),
+])
+def test_bad_waits_are_refused_naming_the_field(engine, endpoint, make_dng, fields, reason):
+    with serving(engine, endpoint):
+        job = request(endpoint, "submit", files=[str(make_dng("w.dng"))])["job"]
+        reply = request(endpoint, "status", job=job, **fields)
+        assert not reply["ok"] and reply["error"]["code"] == proto.BAD_REQUEST
+        assert reason in reply["error"]["message"]
+        assert request(endpoint, "ping")["ok"]
+
+
+def test_the_client_still_waits_on_a_worker_that_answers_status_at_once(engine, endpoint, make_dng, monkeypatch):
+    from lowlux.server.handlers import Handlers
+
+    monkeypatch.setattr(Handlers, "status", lambda self, msg, blobs, peer: self.status_now(msg, peer))
+    gated = GatedEngine(engine)
+    with serving(gated, endpoint), Client(endpoint) as c:
+        job = c.submit([make_dng("w.dng")])
+        assert gated.entered.wait(30)
+        opener = threading.Timer(0.3, gated.gate.set)
+        opener.start()
+        status = c.status(job, wait=120, since=0)
+        opener.join()
+        assert status["finished"] == 1 and status["state"] == "done"

@@ -51,6 +51,7 @@ end
 local M = {}                 -- everything; script_data.api exposes it
 M.config = {
   poll_ms = 500,             -- pause between two status polls (darktable stays responsive meanwhile)
+  status_wait_ms = 2000,     -- one job: longest a status call waits in the worker for the next file
   max_status_failures = 20,  -- consecutive failed status calls before the worker counts as lost
   cancel_polls = 60,         -- polls to wait for a cancelled job to settle
 }

@@ -69,7 +69,7 @@ T.test("the selection goes to the worker as one job; each result is imported as 
   T.contains(printed(ctx.dt), "lowlux: 2 of 2 enhanced")
 end)
 
-T.test("one job: each status call waits in the client for the next finished file, with no pause between", function()
+T.test("one job: each status call waits in the worker for the next finished file, with no pause between", function()
   local ctx = setup()
   local a, b = ctx.dir .. "/a.dng", ctx.dir .. "/b.dng"
   local ao, bo = ctx.dir .. "/a_lowlux.tif", ctx.dir .. "/b_lowlux.tif"
@@ -83,7 +83,7 @@ T.test("one job: each status call waits in the client for the next finished file
   for _, c in ipairs(ctx.worker:calls()) do
     for i, word in ipairs(c) do
       if word == "--wait" then
-        T.eq(c[i + 1], string.format("%.3f", ctx.api.config.poll_ms / 1000), "at most one poll interval")
+        T.eq(c[i + 1], string.format("%.3f", ctx.api.config.status_wait_ms / 1000), "at most the status wait")
         T.eq(c[i + 2], "--since")
         sinces[#sinces + 1] = c[i + 3]
       end
@@ -178,10 +178,19 @@ T.test("cancel on the progress bar cancels the worker job and keeps what finishe
     statuses = {T.status("J1", "running", 1, 3, {{"done", a, {ao}}, {"running", b}, {"queued", c}})},
     after_cancel = T.status("J1", "cancelled", 1, 3, {{"done", a, {ao}}, {"cancelled", b}, {"cancelled", c}}),
   }
+  local told_before_the_worker_heard
   ctx.dt._on_sleep = function(n)
-    if n == 1 then local job = ctx.dt._rec.jobs[1] job.cancel(job) end -- the user clicks cancel
+    if n == 1 then
+      local job = ctx.dt._rec.jobs[1]
+      job.cancel(job) -- the user clicks cancel
+      told_before_the_worker_heard = printed(ctx.dt):find("cancelling: finishing the current file", 1, true) ~= nil
+        and ctx.worker:call("cancel") == nil
+    end
   end
   local summary = press_shortcut(ctx, T.images(ctx.dt, {a, b, c}))
+  T.eq(told_before_the_worker_heard, true, "the click is answered at once")
+  local _, told = printed(ctx.dt):gsub("cancelling: finishing the current file", "")
+  T.eq(told, 1, "and only once")
   T.eq(ctx.worker:commands(), {"submit", "status", "cancel", "status"})
   local cancel = ctx.worker:call("cancel")
   T.eq(cancel[#cancel], "J1", "the job that was submitted is the one cancelled")

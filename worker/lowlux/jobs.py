@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .tasks import LOCAL, FileTask, Job
@@ -56,6 +56,8 @@ class Scheduler:
         self._pixels_in_flight = 0
         self._stopping = False
         self._stopping_hard = False
+        self.on_change: Callable[[], None] | None = None
+        """Called (under the lock, from any thread) whenever a file reaches its final state."""
 
     # ---- requests ----------------------------------------------------------------------------------------
 
@@ -114,6 +116,12 @@ class Scheduler:
         with self._cond:
             job = self._jobs.get(job_id)
             return job.to_wire() if job else None
+
+    def progress(self, job_id: str) -> tuple[int, bool]:
+        """(files in a final state, whether the job has ended); a forgotten job counts as ended."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            return (job.finished_count, job.terminal) if job else (0, True)
 
     def jobs(self, owner: str | None = None) -> list[dict[str, Any]]:
         with self._cond:
@@ -261,6 +269,8 @@ class Scheduler:
         if job.terminal:
             job.finished_at = time.monotonic()
         self._cond.notify_all()
+        if self.on_change is not None:
+            self.on_change()
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 

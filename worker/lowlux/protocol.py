@@ -136,7 +136,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """A finite number that fits a float (JSON integers have no bound: 400 digits are not one)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
@@ -198,14 +198,14 @@ def check_options(raw: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if raw.get("brightness") is not None:
         values = raw["brightness"]
-        values = [values] if _is_number(values) else values
-        if not isinstance(values, list) or not values or not all(_is_number(v) for v in values):
+        values = [values] if is_number(values) else values
+        if not isinstance(values, list) or not values or not all(is_number(v) for v in values):
             raise ProtocolError(BAD_OPTION, "'brightness' must be a number or a non-empty list of numbers")
         if len(values) > MAX_BRACKET:
             raise ProtocolError(BAD_OPTION, f"a bracket has at most {MAX_BRACKET} values")
         out["brightness"] = [float(v) for v in values]
     if raw.get("amplification") is not None:
-        if not _is_number(raw["amplification"]):
+        if not is_number(raw["amplification"]):
             raise ProtocolError(BAD_OPTION, "'amplification' must be a number")
         out["amplification"] = float(raw["amplification"])
     for name, kind in (("variant", str), ("out_dir", str), ("compression", str), ("format", str), ("overwrite", bool)):

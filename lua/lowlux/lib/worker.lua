@@ -272,7 +272,13 @@ function M.run(batches, opts)
   if dt.configuration.has_gui and dt.gui and dt.gui.create_job then
     run.progress = dt.gui.create_job(opts.title or string.format(_("lowlux: enhancing %s"),
       M.count_text(run.summary.total, _("%d image"), _("%d images"))),
-      true, function() run.cancel_requested = true end)
+      true, function()
+        -- told at once; the worker hears of it when the waiting status call returns (at the
+        -- next finished file, or within status_wait_ms), before another file starts
+        if not run.cancel_requested then M.report(_("cancelling: finishing the current file...")) end
+        run.cancel_requested = true
+        run.cancel_told = true
+      end)
   end
   M.note_worker(run.s)
   local active = M.submit_batches(run)
@@ -340,7 +346,7 @@ local function handle(run, batch, index, entry)
 end
 
 local function send_cancel(run, active)
-  M.report(_("cancelling: finishing the current file..."))
+  if not run.cancel_told then M.report(_("cancelling: finishing the current file...")) end
   for _i, batch in ipairs(active) do
     local ok, err = M.cancel(run.s, batch.job)
     if not ok then M.report(err) end
@@ -360,8 +366,9 @@ function M.poll(run, active)
       cancel_sent = true
       send_cancel(run, active)
     end
-    -- one job: its status call itself waits for the next finished file, instead of a pause here
-    -- (not while darktable quits: then one quick look and out)
+    -- one job: its status call itself waits in the worker for the next finished file, instead of
+    -- a pause here: one process per file (or per status_wait_ms), and the worker does nothing for
+    -- it meanwhile (not while darktable quits: then one quick look and out)
     local waiting = #active == 1 and not dt.control.ending
     local listing = #active > 1 and M.jobs(run.s) or nil
     local answered = true
@@ -372,7 +379,8 @@ function M.poll(run, active)
         finished, total = finished + info.finished, total + info.total
         still[#still + 1] = batch
       else
-        local st, err = M.status(run.s, batch.job, waiting and M.config.poll_ms / 1000 or nil, batch.seen_finished)
+        local st, err = M.status(run.s, batch.job, waiting and M.config.status_wait_ms / 1000 or nil,
+          batch.seen_finished)
         answered = answered and st ~= nil
         if st then
           batch.failures = 0

@@ -32,7 +32,7 @@ FETCH_PATIENCE = 120.0
 
 
 STATUS_WAIT_POLL = 0.02
-"""Longest pause between two looks while ``status`` waits for a change (seconds)."""
+"""Longest pause between two looks when the worker does not hold a waiting ``status`` (seconds)."""
 
 
 class Client:
@@ -185,23 +185,26 @@ class Client:
         """The job's status; with ``wait``, once more than ``since`` files (default: as many as at the
         first look) have finished, or the job has ended, or ``wait`` seconds have passed.
 
-        Waiting here, on loopback requests a few milliseconds apart, is what lets a caller that starts
-        a process per look (the darktable plugin) learn of a finished file at once instead of on its
-        next poll."""
-        status = self.request("status", job=job)
+        The worker holds a waiting request until then, so a caller that starts a process per look (the
+        darktable plugin) learns of a finished file at once, and nothing runs meanwhile. A worker that
+        answers at once (one that predates waiting) is asked again every few milliseconds."""
         if wait <= 0:
-            return status
-        since = status["finished"] if since is None else since
+            return self.request("status", job=job)
         deadline = time.monotonic() + wait
         delay = 0.01
-        while status["finished"] <= since and status["state"] not in proto.TERMINAL_STATES:
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            fields = {"job": job} if since is None else {"job": job, "since": since}
+            status = self.conn.request("status", wait=round(left, 3), timeout=left + self.conn.timeout,
+                                       **fields).body
+            since = status["finished"] if since is None else since
+            if status["finished"] > since or status["state"] in proto.TERMINAL_STATES:
+                return status
             left = deadline - time.monotonic()
             if left <= 0:
-                break
+                return status
             time.sleep(min(delay, left))
             delay = min(delay * 1.5, STATUS_WAIT_POLL)
-            status = self.request("status", job=job)
-        return status
 
     def cancel(self, job: str) -> dict[str, Any]:
         return self.request("cancel", job=job)
@@ -231,17 +234,19 @@ class Client:
             self.request("release", job=job)
 
     def iter_results(self, job: str, *, out_dir: str | Path | None = None, overwrite: bool = False,
-                     poll: float = 0.5) -> Iterator[dict[str, Any]]:
+                     poll: float = 2.0) -> Iterator[dict[str, Any]]:
         """Each file's final entry (state, source, outputs, error) as soon as it finishes.
 
         Remote mode fetches each TIFF as its file finishes and writes it next to the raw (or in
-        ``out_dir``); the entry's ``outputs`` are then the local paths.
+        ``out_dir``); the entry's ``outputs`` are then the local paths. Each status request waits in the
+        worker for the next finished file for at most ``poll`` seconds: short enough that a worker that
+        died is noticed soon.
         """
         reported: set[int] = set()
-        delay = 0.05
+        seen: int | None = None
         while True:
             try:
-                status = self.status(job)
+                status = self.status(job) if seen is None else self.status(job, wait=poll, since=seen)
             except WorkerUnavailable as exc:
                 raise WorkerUnavailable(f"the worker at {self.endpoint} stopped answering while job {job} was "
                                         f"running (dead? the next submit or ping starts a new one): {exc}") from None
@@ -260,8 +265,7 @@ class Client:
                 if self.remote:
                     self.release(job)
                 return
-            time.sleep(delay)
-            delay = min(poll, delay * 1.5)
+            seen = status["finished"]
 
     def wait(self, job: str, *, on_file: Callable[[dict[str, Any]], None] | None = None,
              **kwargs: Any) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ..protocol import ProtocolError, Reply
 from .job_options import build_options, check_targets_fit, local_path
 from .memory import peak_rss_bytes, rss_bytes
 from .sockets import Peer
+from .waits import MAX_WAIT, WaitFor
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,9 @@ class Handlers:
             "jobs": self.jobs, "shutdown": self.shutdown,
         }
 
-    def handle(self, header: Any, blobs: list, peer: Peer) -> Reply:
-        """One request to one reply; nothing a client sends may raise out of here."""
+    def handle(self, header: Any, blobs: list, peer: Peer) -> Reply | WaitFor:
+        """One request to one reply (or, for a waiting ``status``, what to wait for); nothing a client
+        sends may raise out of here."""
         msg: dict[str, Any] | None = None
         try:
             if len(header) > proto.MAX_HEADER_BYTES:
@@ -54,13 +57,18 @@ class Handlers:
                                                      f"of {proto.MAX_HEADER_BYTES} bytes")
             msg = proto.parse_request(as_bytes(header))
             return self._ops[msg["op"]](msg, blobs, peer)
-        except ProtocolError as exc:
+        except Exception as exc:
+            return self.error_reply(exc, msg, peer)
+
+    def error_reply(self, exc: Exception, msg: dict[str, Any] | None, peer: Peer) -> Reply:
+        """The reply to a request that raised: a refusal names its reason; anything else is logged and
+        told as an internal error (to a remote client, without the details)."""
+        if isinstance(exc, ProtocolError):
             log.info("refused request: %s", exc)
             return Reply(proto.error_reply(msg, exc.code, exc.message))
-        except Exception as exc:
-            log.exception("internal error on %s", (msg or {}).get("op"))
-            detail = exc.__class__.__name__ if peer.remote else f"{exc.__class__.__name__}: {exc}"
-            return Reply(proto.error_reply(msg, proto.INTERNAL, f"internal error ({detail})"))
+        log.error("internal error on %s", (msg or {}).get("op"), exc_info=exc)
+        detail = exc.__class__.__name__ if peer.remote else f"{exc.__class__.__name__}: {exc}"
+        return Reply(proto.error_reply(msg, proto.INTERNAL, f"internal error ({detail})"))
 
     # ---- the worker --------------------------------------------------------------------------------------
 
@@ -200,7 +208,21 @@ class Handlers:
                 self.scheduler.mark_uploaded(task, str(target))
         return Reply(proto.ok_reply(msg, job=job.id, index=task.index, state=task.state, size=size))
 
-    def status(self, msg: dict, blobs: list, peer: Peer) -> Reply:
+    def status(self, msg: dict, blobs: list, peer: Peer) -> Reply | WaitFor:
+        job = self._owned_job(msg, peer)
+        wait = proto.field(msg, "wait", (int, float), required=False, default=0)
+        since = proto.field(msg, "since", int, required=False)
+        if not proto.is_number(wait) or wait < 0 or (since is not None and since < 0):
+            raise ProtocolError(proto.BAD_REQUEST, "'wait' must be a number of seconds >= 0 and 'since' a count >= 0")
+        if wait > 0 and not self.server.stopping and self.server.waits.room_for(peer.key):
+            finished, ended = self.scheduler.progress(job.id)
+            since = finished if since is None else since
+            if not ended and finished <= since:
+                return WaitFor(msg, peer, job.id, since, time.monotonic() + min(float(wait), MAX_WAIT))
+        return self.status_now(msg, peer)
+
+    def status_now(self, msg: dict, peer: Peer) -> Reply:
+        """The job's status as it is (a waiting ``status``'s answer once it is due)."""
         job = self._owned_job(msg, peer)
         snapshot = self.scheduler.snapshot(job.id)
         if snapshot["state"] in proto.TERMINAL_STATES and job.spool is None:  # uploads: told once released

@@ -29,6 +29,7 @@ from .lock import ServeLock
 from .settings import ServerConfig
 from .sockets import Peer, Sockets
 from .spool import Spool
+from .waits import Waits, WaitFor
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Server:
         self.pipeline: Any = self._cluster_pipeline() if self.cluster else WorkerPipeline(
             self.scheduler, self._get_engine, encode_threads=config.encode_threads, queue_size=config.queue_size,
             max_pixels_in_flight=config.max_pixels_in_flight)
+        self.waits = Waits()
+        self.scheduler.on_change = self.waits.wake
         self.handlers = Handlers(self)
         self._stop = threading.Event()
         self._hurry = threading.Event()
@@ -171,11 +174,16 @@ class Server:
         poller = zmq.Poller()
         for sock in self.sockets.peers:
             poller.register(sock, zmq.POLLIN)
+        poller.register(self.waits.fileno(), zmq.POLLIN)
         draining, last_chores, awaited, linger_until = False, 0.0, [], None
         try:
             while True:
-                for sock, _ in poller.poll(100):
-                    self._drain_socket(sock)
+                for sock, _ in poller.poll(self.waits.timeout_ms(100)):
+                    if sock == self.waits.fileno():
+                        self.waits.drain()
+                    else:
+                        self._drain_socket(sock)
+                self._answer_waits()
                 if self._stop.is_set() and not draining:
                     draining = True
                     log.info("shutting down: cancelling queued files, finishing the one on the net")
@@ -249,21 +257,47 @@ class Server:
                 peer = Peer(remote=True, owner=owner, key=owner)
             else:
                 peer = Peer(remote=False, key=frames[0].bytes)
-            reply = self._dispatch_frames(frames, peer)
-            if reply is not None:
-                frames_out, data = reply
-                try:
-                    tracker = sock.send_multipart(frames_out, zmq.NOBLOCK, copy=False, track=bool(data))
-                except zmq.ZMQError as exc:  # the peer went away or its pipe is full: drop the reply
-                    log.debug("reply dropped: %s", exc)
-                    continue
-                if data:  # a fetch: its bytes count against the peer until ZeroMQ lets go of them
-                    self.fetches.sent(peer.key, tracker, data)
+            unwrapped = self._dispatch_frames(frames, peer)
+            if unwrapped is None:
+                continue
+            envelope, reply = unwrapped
+            if isinstance(reply, WaitFor):
+                self.waits.park(sock, envelope, reply)
+            else:
+                self._send(sock, envelope, reply, peer)
 
-    def _dispatch_frames(self, frames: list, peer: Peer) -> tuple[list, int] | None:
-        """Unwrap the ROUTER envelope (REQ peers add an empty delimiter, DEALER peers do not); the reply's
-        frames and how many bytes of data (TIFFs) they carry."""
-        """Unwrap the ROUTER envelope (REQ peers add an empty delimiter, DEALER peers do not)."""
+    def _send(self, sock: zmq.Socket, envelope: list, reply: Reply, peer: Peer) -> None:
+        frames_out = envelope + [proto.dumps(reply.body)] + reply.blobs
+        data = sum(len(b) for b in reply.blobs)
+        try:
+            tracker = sock.send_multipart(frames_out, zmq.NOBLOCK, copy=False, track=bool(data))
+        except zmq.ZMQError as exc:  # the peer went away or its pipe is full: drop the reply
+            log.debug("reply dropped: %s", exc)
+            return
+        if data:  # a fetch: its bytes count against the peer until ZeroMQ lets go of them
+            self.fetches.sent(peer.key, tracker, data)
+
+    def _answer_waits(self) -> None:
+        """Answer the waiting ``status`` requests whose file finished, job ended or wait ran out; all of
+        them once the worker stops."""
+        if not len(self.waits):
+            return
+
+        def ready(wait: WaitFor) -> bool:
+            finished, ended = self.scheduler.progress(wait.job_id)
+            return ended or finished > wait.since
+
+        for waiting in self.waits.due(ready, all_of_them=self._stop.is_set()):
+            wait = waiting.wait
+            try:
+                reply = self.handlers.status_now(wait.msg, wait.peer)
+            except Exception as exc:
+                reply = self.handlers.error_reply(exc, wait.msg, wait.peer)
+            self._send(waiting.sock, waiting.envelope, reply, wait.peer)
+
+    def _dispatch_frames(self, frames: list, peer: Peer) -> tuple[list, Reply | WaitFor] | None:
+        """Unwrap the ROUTER envelope (REQ peers add an empty delimiter, DEALER peers do not): the envelope
+        to reply to, and the reply (or what a waiting ``status`` waits for)."""
         if len(frames) < 2:
             return None
         envelope = [as_bytes(frames[0])]  # bytes: a received frame cannot be sent again with a tracker
@@ -273,12 +307,10 @@ class Server:
             body = body[1:]
         self._last_request = time.monotonic()
         if not body:
-            reply = Reply(proto.error_reply(None, proto.BAD_REQUEST, "empty request"))
-        else:
-            reply = self.handlers.handle(body[0], body[1:], peer)
-        return envelope + [proto.dumps(reply.body)] + reply.blobs, sum(len(b) for b in reply.blobs)
+            return envelope, Reply(proto.error_reply(None, proto.BAD_REQUEST, "empty request"))
+        return envelope, self.handlers.handle(body[0], body[1:], peer)
 
-    def handle(self, header: Any, blobs: list, peer: Peer) -> Reply:
+    def handle(self, header: Any, blobs: list, peer: Peer) -> Reply | WaitFor:
         """One request to one reply (see :meth:`Handlers.handle`)."""
         return self.handlers.handle(header, blobs, peer)
 
@@ -288,6 +320,8 @@ class Server:
         self.scheduler.stop(hurry=True)
         if not self.pipeline.join(timeout=30):
             log.error("the pipeline did not stop within 30 s")
+        self.scheduler.on_change = None
+        self.waits.close()
         if self._engine is not None and hasattr(self._engine, "close") and self.config.engine is not None:
             self._engine.close()
         self.sockets.close()
