@@ -113,6 +113,18 @@ def tiny_weights(tmp_path_factory) -> Path:
     return save_weights(msra_init(LowLightNet()), path, {"note": "random test weights"})
 
 
+@pytest.fixture(scope="session")
+def linear_weights(tmp_path_factory) -> Path:
+    """Random weights of lowlux's linear net (output_space=linear-camera-wb): the DNG format needs them."""
+    import torch
+
+    from lowlux.model import LowLightNet, msra_init
+    from lowlux.weights import save_weights
+
+    torch.manual_seed(0)
+    return save_weights(msra_init(LowLightNet("linear-camera-wb")), tmp_path_factory.mktemp("linear") / "linear.safetensors")
+
+
 def dark_scene(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth dark scene with a bright corner, as normalised [0, 1] values."""
     rng = np.random.default_rng(seed)

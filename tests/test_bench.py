@@ -41,7 +41,23 @@ def test_bench_writes_a_row_per_configuration_with_the_reference_first(tmp_path,
     for profile in (e2e["extra"]["profile"], e2e["extra"]["batch_profile"]):  # the stages, one file and batched
         assert {"decode (LibRaw)", "net", "quantise (uint16)", "encode (TIFF)", "metadata"} <= set(profile)
     assert sum(1 for r in rows if "(default)" in r["name"]) <= 1
-    assert "eager fp32 (reference)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "eager fp32 (reference)" in printed
+    assert "file -> DNG (end to end) 64x96: skipped, a linear DNG needs linear weights; these output srgb" in printed
+
+
+def test_the_linear_dng_gets_its_own_end_to_end_rows_and_stages(tmp_path, linear_weights):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "64x96", "--runs", "2", "--json", str(out), "--weights", str(linear_weights),
+                 "--no-accuracy", "--no-peak", "--only", "none"]) == 0
+    e2e = {r["name"]: r for r in json.loads(out.read_text()) if r["backend"] == "e2e"}
+    assert set(e2e) == {"file -> TIFF (end to end)", "file -> DNG (end to end)"}
+    dng = e2e["file -> DNG (end to end)"]
+    assert dng["extra"]["output_space"] == "linear-camera-wb" and dng["median_s"] > 0
+    for profile in (dng["extra"]["profile"], dng["extra"]["batch_profile"]):
+        assert {"decode (LibRaw)", "net", "quantise (uint16)", "encode (DNG)", "preview (DNG)"} <= set(profile)
+        assert "colour stage" not in profile  # camera-native linear: no sRGB rendering of the image itself
+    assert "colour stage" in e2e["file -> TIFF (end to end)"]["extra"]["profile"]
 
 
 def test_mac_count_matches_the_papers_60_gmacs_at_4k():

@@ -593,18 +593,6 @@ def test_rerun_with_another_brightness_replaced_results_and_results_in_another_f
     check_sources_untouched(s)
 
 
-@pytest.fixture(scope="module")
-def linear_weights(tmp_path_factory) -> Path:
-    """Random weights of lowlux's linear net (output_space=linear-camera-wb): the DNG format needs them."""
-    import torch
-
-    from lowlux.model import LowLightNet, msra_init
-    from lowlux.weights import save_weights
-
-    torch.manual_seed(0)
-    return save_weights(msra_init(LowLightNet("linear-camera-wb")), tmp_path_factory.mktemp("linear") / "linear.safetensors")
-
-
 def chart_outputs(folder: Path, weights: Path) -> tuple[Path, Path, object]:
     """A dark ColorChecker raw (lowlux.train.chart, a Sony α7S II's matrix) restored twice by lowlux:
     as a scene-referred linear DNG and as a 16-bit sRGB TIFF. Returns both and the chart."""

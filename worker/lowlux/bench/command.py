@@ -21,6 +21,8 @@ from .report import Row, format_row, header, machine_line, markdown_tables, secs
 from .workload import count_macs
 
 DEFAULT_SIZES = "512x512,1024x1024,2848x4256,6000x4000,5504x8256,9504x6336"
+E2E_FORMATS = {"both": ("tiff", "dng"), "tiff": ("tiff",), "dng": ("dng",)}
+"""``--e2e-format``: the outputs whose end-to-end rows a run measures."""
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -38,7 +40,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default=DEFAULT_SIZES, help=f"HxW list (default {DEFAULT_SIZES})")
     p.add_argument("--runs", type=int, default=5, help="timed runs per row, after warm-up (default 5)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--no-e2e", action="store_true", help="skip the file -> TIFF end-to-end rows")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end rows (file -> TIFF, file -> DNG)")
+    p.add_argument("--e2e-format", choices=tuple(E2E_FORMATS), default="both",
+                   help="which end-to-end rows: file -> TIFF, file -> linear DNG (linear weights only), or both "
+                        "(default)")
     p.add_argument("--only", help="comma-separated config names (substrings) to run besides the reference")
     p.add_argument("--no-peak", action="store_true", help="skip the machine's convolution peak (GMAC/s)")
     p.add_argument("--no-accuracy", action="store_true",
@@ -109,9 +114,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 rows.append(_net_row(config, size_s, gmacs, res, ref_median, peaks))
                 print(format_row(rows[-1]), flush=True)
             Path(ref_path).unlink(missing_ok=True)
-            if not args.no_e2e:
+            for fmt in () if args.no_e2e else E2E_FORMATS[args.e2e_format]:
                 res = child.run_child("e2e", {"size": size, "runs": max(args.runs // 2, 2), "weights": weights,
-                                              "device": device, "anchor": getattr(args, "anchor", True)})
+                                              "device": device, "anchor": getattr(args, "anchor", True),
+                                              "format": fmt})
+                if "skipped" in res:
+                    print(f"file -> {fmt.upper()} (end to end) {size_s}: skipped, {res['skipped']}", flush=True)
+                    continue
                 rows.append(_e2e_row(size_s, gmacs, res))
                 print(format_row(rows[-1]) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items())
                       + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}", flush=True)
@@ -196,7 +205,7 @@ def _net_row(config: Config, size_s: str, gmacs: float, res: dict, ref_median: f
 def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
     """The end-to-end row from its child's result (stage medians in ``extra``)."""
     med = statistics.median(res["times"])
-    label = "file -> TIFF (end to end)" if res.get("anchor", True) else "file -> TIFF (end to end, --no-anchor)"
+    label = f"file -> {res.get('format', 'tiff').upper()} (end to end{'' if res.get('anchor', True) else ', --no-anchor'})"
     return Row(label, "e2e", res.get("dtype", "float32"), size_s, med,
                min(res["times"]), max(res["times"]), len(res["times"]), res["peak_rss_mb"], gmacs,
                speedup=None, extra={**res["stages"], "runtime": res["backend_detail"],

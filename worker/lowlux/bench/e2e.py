@@ -1,6 +1,7 @@
-"""The end-to-end row of ``lowlux bench``: a raw file to a TIFF through the worker's own code.
+"""The end-to-end rows of ``lowlux bench``: a raw file to a TIFF (or a linear DNG) through the worker's
+own code.
 
-The net rows time the net alone; this row times what a user waits for (decode, net, encode, one
+The net rows time the net alone; these rows time what a user waits for (decode, net, encode, one
 file at a time) and what a batch costs per file when the worker overlaps those stages, so the
 figures include everything around the net that the net rows leave out.
 """
@@ -61,9 +62,10 @@ class StageClock:
         setattr(owner, name, timed)
         self._undo.append((owner, name, original))
 
-    def install(self) -> "StageClock":
-        """Wrap the stages of :mod:`lowlux.pipeline` and :mod:`lowlux.tiff` and the engine's net calls."""
-        from .. import pipeline, tiff
+    def install(self, fmt: str = "tiff") -> "StageClock":
+        """Wrap the stages of :mod:`lowlux.pipeline`, :mod:`lowlux.tiff` and :mod:`lowlux.dng` and the
+        engine's net calls (``fmt``: which file the encode stage writes, for its name)."""
+        from .. import dng, pipeline, tiff
         from ..engine import Engine
         from ..mosaic import CodedMosaic
         from ..raw import RawImage
@@ -77,7 +79,8 @@ class StageClock:
                 (Engine, "_call", "net"),
                 (pipeline, "render_srgb", "colour stage"),
                 (pipeline, "to_uint16_into", "quantise (uint16)"),
-                (tiff, "write_output", "encode (TIFF)"),
+                (tiff, "write_output", f"encode ({fmt.upper()})"),
+                (dng, "_preview", "preview (DNG)"),
                 (tiff, "copy_metadata", "metadata")):
             self.wrap(owner, name, stage)
         return self
@@ -95,16 +98,20 @@ class StageClock:
 
 
 def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto",
-                anchor: bool = True) -> dict:
-    """In the child: a synthetic DNG of this size through decode -> net -> TIFF, default engine
-    (colour anchoring as configured: on unless ``anchor`` is False)."""
+                anchor: bool = True, fmt: str = "tiff") -> dict:
+    """In the child: a synthetic DNG of this size through decode -> net -> ``fmt`` (a TIFF, or the linear
+    DNG), default engine (colour anchoring as configured: on unless ``anchor`` is False). A DNG needs
+    linear weights: for others, ``{"skipped": reason}``."""
     import numpy as np
 
     from ..dng import write_dng
     from ..engine import EngineConfig
-    from ..pipeline import EnhanceOptions, decode, encode, infer
+    from ..pipeline import EnhanceOptions, decode, encode, infer, output_space
+    from ..model import LINEAR_CAMERA_WB
 
     engine = make_engine(EngineConfig(weights=weights, device=device, anchor=anchor))
+    if fmt == "dng" and output_space(engine) != LINEAR_CAMERA_WB:
+        return {"skipped": f"a linear DNG needs linear weights; these output {output_space(engine)}"}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "bench.dng"
         cfa = bench_input(*size)
@@ -112,9 +119,9 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
         cfa += np.float32(512)
         write_dng(raw, cfa.astype(np.uint16), black=512, white=16383)
         del cfa
-        options = EnhanceOptions(out_dir=Path(tmp), overwrite=True)
+        options = EnhanceOptions(out_dir=Path(tmp), overwrite=True, format=fmt)
         stages: dict[str, list[float]] = {"decode_s": [], "net_s": [], "encode_s": [], "total_s": []}
-        clock = StageClock().install()
+        clock = StageClock().install(fmt)
         for i in range(runs + 1):
             if i == 1:
                 reset_peak()
@@ -143,12 +150,12 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
             "peak_rss_mb": peak_rss_mb(), "one_file_peak_rss_mb": one_file_peak, "maxrss_mb": maxrss_mb(),
             "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1,
             "dtype": engine.config.dtype, "anchor": engine.anchored, "output_space": engine.model.output_space,
-            "profile": profile, "batch_profile": batch_profile}
+            "format": fmt, "profile": profile, "batch_profile": batch_profile}
 
 
 def batch_per_file(engine, raw: Path, options, count: int) -> float:
     """Seconds per file through the worker's own pipeline (:class:`lowlux.batch.WorkerPipeline`): the next
-    file decodes while the net runs on this one, TIFFs are written on other threads, within the
+    file decodes while the net runs on this one, outputs are written on other threads, within the
     pipeline's bound on frames in flight."""
     import os
 
