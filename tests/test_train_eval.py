@@ -50,6 +50,32 @@ def test_eval_set_is_fixed_and_dark(tmp_path):
     assert a[0].dark.max() < 0.05
 
 
+def test_the_eval_set_can_be_darkened_with_other_cameras_noise_and_stays_fixed(tmp_path):
+    from lowlux.train.noise import EldCamera, NoiseBank
+
+    folder = _photos(tmp_path)
+    camera = EldCamera("noisy", log_k=(np.log(8.0), np.log(16.0)), read=(0.8, 0.5, 0.05), row=(0.8, -1.0, 0.05),
+                       tukey_lambdas=(0.1,))
+    bank = NoiseBank(eld=[camera])
+    sid = build_eval_set(None, folder, tmp_path / "cache")
+    eld = build_eval_set(None, folder, tmp_path / "cache", noise_family="eld", bank=bank)
+    again = build_eval_set(None, folder, tmp_path / "cache", noise_family="eld", bank=bank)
+    assert np.array_equal(eld[0].dark, again[0].dark), "seeded: the same draws every time"
+    assert np.array_equal(eld[0].target, sid[0].target) and eld[0].ratio == sid[0].ratio
+    flat = eld[0].dark * eld[0].ratio - sid[0].dark * sid[0].ratio
+    assert np.abs(flat).mean() > 0.01, "another camera's noise, not the SID camera's"
+
+
+@pytest.mark.parametrize("family, bank, reason", [
+    ("eld", None, "no eld noise parameters were loaded"),
+    ("darktable", None, "darktable's noiseprofiles.json is read where darktable is installed"),
+    ("canon", None, "noise family 'canon' is not one of sid, eld, darktable"),
+])
+def test_a_noise_family_that_cannot_be_drawn_is_refused_naming_why(tmp_path, family, bank, reason):
+    with pytest.raises(ValueError, match=reason):
+        build_eval_set(None, _photos(tmp_path), tmp_path / "cache", noise_family=family, bank=bank)
+
+
 def test_raw_eval_regions_lie_in_the_held_out_band(tmp_path):
     from lowlux.dng import write_dng
 

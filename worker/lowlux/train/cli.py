@@ -96,6 +96,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--group", choices=("comparable", "new"), default="comparable",
                    help="evaluation images: the 12 every evaluation so far used, or the held-out parts of the "
                         "data added since (default: %(default)s)")
+    p.add_argument("--noise", choices=("sid", "eld", "darktable"), default="sid",
+                   help="whose noise darkens the images: the SID camera's (default; every score to compare), "
+                        "one of the ELD cameras' per image, or one of darktable's profiles per image (where "
+                        "darktable is installed)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default: %(default)s)")
     p.add_argument("--no-chart", action="store_true",
                    help="skip the virtual-camera ColorChecker (ΔE00 through real cameras' matrices)")
@@ -113,7 +117,15 @@ def _eval_items(args):
 
     if args.eval_raw is None and args.eval_clean is None:
         return None
-    items = build_eval_set(args.eval_raw, args.eval_clean, args.cache_dir, getattr(args, "group", "comparable"))
+    family = getattr(args, "noise", "sid")
+    bank = None
+    if family != "sid":
+        from .noise import NoiseBank, darktable_profiles_path
+
+        bank = NoiseBank.load(SHARED_DATA / "noise" / "eld" if family == "eld" else None,
+                              darktable_profiles_path() if family == "darktable" else None)
+    items = build_eval_set(args.eval_raw, args.eval_clean, args.cache_dir, getattr(args, "group", "comparable"),
+                           family, bank)
     return items[: args.eval_limit] if args.eval_limit else items
 
 
@@ -188,7 +200,11 @@ def run_eval(args) -> int:
     weights = args.weights or default_weights_path()
     if weights is None:
         log.warning("no --weights and no shipped default weights: scoring without 'ours'")
-    items = _eval_items(args)
+    try:
+        items = _eval_items(args)
+    except ValueError as exc:  # e.g. --noise darktable without darktable's profiles
+        log.error("cannot build the evaluation set: %s", exc)
+        return 2
     if not items:
         log.error("no evaluation data: pass --eval-raw and/or --eval-clean")
         return 2
@@ -198,7 +214,8 @@ def run_eval(args) -> int:
 
         charts = build_charts(ratio=args.chart_ratio, raw_dir=args.eval_raw, cache_dir=args.cache_dir)
     results = evaluate_all(items, weights, args.authors, args.out, baseline=not args.no_baseline,
-                           threads=args.threads, with_gc=not args.no_gc, charts=charts, anchor=args.anchor)
+                           threads=args.threads, with_gc=not args.no_gc, charts=charts, anchor=args.anchor,
+                           noise=args.noise)
     sys.stdout.write(markdown_table(results))
     if charts:
         from .evaluate import chart_table

@@ -48,9 +48,14 @@ def _centre(length: int, size: int) -> int:
     return (length - size) // 4 * 2
 
 
-def _darken(clean: np.ndarray, index: int, ratio: float) -> np.ndarray:
+def _darken(clean: np.ndarray, index: int, ratio: float, family: str = "sid",
+            bank: noise.NoiseBank | None = None) -> np.ndarray:
     rng = np.random.default_rng([EVAL_SEED, index])
-    return noise.make_dark(clean, noise.sample_params(rng, ratio=ratio), rng)
+    if family == "sid":  # every comparable score so far: the same draws as ever
+        params = noise.sample_params(rng, ratio=ratio)
+    else:
+        params = (bank or noise.NoiseBank()).sample_family(rng, family, ratio)
+    return noise.make_dark(clean, params, rng)
 
 
 def raw_items(folder: Path, cache_dir: Path,
@@ -99,12 +104,18 @@ def photo_items(folder: Path, cache_dir: Path,
 
 
 def build_eval_set(raw_dir: Path | None, clean_dir: Path | None,
-                   cache_dir: Path = DEFAULT_CACHE_DIR, group: str = "comparable") -> list[EvalItem]:
+                   cache_dir: Path = DEFAULT_CACHE_DIR, group: str = "comparable",
+                   noise_family: str = "sid", bank: noise.NoiseBank | None = None) -> list[EvalItem]:
     """The fixed evaluation items of one group (deterministic: fixed seeds and ratios).
 
     ``comparable``: the raws and the photographs every earlier evaluation used; ``new``: the held-out
-    parts of the raws and photographs added since (see :mod:`.split`).
+    parts of the raws and photographs added since (see :mod:`.split`). ``noise_family``: whose noise
+    darkens them: the SID camera's (``sid``, the scores to compare), or one camera state per item drawn
+    from ``bank``'s ELD cameras (``eld``) or darktable's profiles (``darktable``): a blind net trained on
+    many cameras is then scored on more than the one the paper's data came from.
     """
+    if noise_family not in noise.NOISE_FAMILIES:
+        raise ValueError(f"noise family {noise_family!r} is not one of {', '.join(noise.NOISE_FAMILIES)}")
     if group not in EVAL_GROUPS:
         raise ValueError(f"evaluation group {group!r} is not one of {', '.join(EVAL_GROUPS)}")
     clean = []
@@ -116,7 +127,7 @@ def build_eval_set(raw_dir: Path | None, clean_dir: Path | None,
     first = 0 if group == "comparable" else 10_000
     for i, (name, mos, target, colour) in enumerate(clean, start=first):
         ratio = EVAL_RATIOS[i % len(EVAL_RATIOS)]
-        items.append(EvalItem(name, _darken(mos, i, ratio), ratio, target, colour))
+        items.append(EvalItem(name, _darken(mos, i, ratio, noise_family, bank), ratio, target, colour))
     if not items:
         raise ValueError("empty evaluation set: give a raw and/or a photograph folder")
     return items

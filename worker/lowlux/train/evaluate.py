@@ -225,8 +225,9 @@ def contact_sheet(path: Path, items: Sequence[EvalItem], outputs: dict[str, dict
 
 def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | None, out_dir: Path,
              baseline: bool = True, threads: int | None = None, with_gc: bool = True,
-             charts: Sequence | None = None, anchor: bool = True) -> dict:
-    """Evaluate the methods available, write eval.json, eval.md and contact_sheet.png in ``out_dir``."""
+             charts: Sequence | None = None, anchor: bool = True, noise: str = "sid") -> dict:
+    """Evaluate the methods available, write eval.json, eval.md and contact_sheet.png in ``out_dir``
+    (``noise``: whose noise darkened the items, recorded with the scores)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     methods: dict[str, Restorer] = {}
     if baseline:
@@ -240,6 +241,7 @@ def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | No
     results, outputs = evaluate(items, methods, with_gc=with_gc)
     results["weights"] = {"ours": str(weights) if weights else None, "authors": str(authors) if authors else None}
     results["anchor"] = anchor
+    results["noise"] = noise
     results["baseline"] = f"LibRaw render + OpenCV fastNlMeansDenoisingColored, h = {NLM_STRENGTH} x estimated sigma"
     if charts:
         results["chart"] = chart_scores(methods, MODES, charts)

@@ -261,6 +261,10 @@ def read_darktable_profiles(path: str | Path, min_iso: int = DARKTABLE_MIN_ISO) 
     return out
 
 
+NOISE_FAMILIES = ("sid", "eld", "darktable")
+"""Where noise is drawn from: the SID camera's calibration, the ELD cameras, darktable's profiles."""
+
+
 @dataclass
 class NoiseBank:
     """Noise of many real cameras: the SID camera's calibration, the ELD cameras, darktable's profiles.
@@ -281,9 +285,18 @@ class NoiseBank:
 
     def sample(self, rng: np.random.Generator, ratio: float | None = None) -> NoiseParams:
         families = ["sid"] + (["eld"] if self.eld else []) + (["darktable"] if self.darktable else [])
-        family = families[int(rng.integers(len(families)))]
+        return self.sample_family(rng, families[int(rng.integers(len(families)))], ratio)
+
+    def sample_family(self, rng: np.random.Generator, family: str, ratio: float | None = None) -> NoiseParams:
+        """A camera state of one family: ``sid`` (the SID camera), ``eld`` or ``darktable``."""
         if family == "sid":
             return sample_params(rng, ratio)
+        if family not in NOISE_FAMILIES:
+            raise ValueError(f"noise family {family!r} is not one of {', '.join(NOISE_FAMILIES)}")
+        if not (self.eld if family == "eld" else self.darktable):
+            raise ValueError(f"no {family} noise parameters were loaded" + (
+                " (darktable's noiseprofiles.json is read where darktable is installed)" if family == "darktable"
+                else " (the ELD folder has no *_params.npy)"))
         ratio = float(rng.uniform(*RATIO_RANGE)) if ratio is None else float(ratio)
         if family == "eld":
             cam = self.eld[int(rng.integers(len(self.eld)))]
