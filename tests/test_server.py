@@ -592,6 +592,25 @@ def test_waiting_status_requests_are_bounded_per_client_and_answered_when_the_wo
         assert all(a["ok"] for a in late)
 
 
+def test_waiting_status_requests_are_bounded_for_all_clients_together(engine, endpoint, make_dng, monkeypatch):
+    from lowlux.server import waits
+
+    monkeypatch.setattr(waits, "MAX_WAITING", 3)
+    gated = GatedEngine(engine)
+    with serving(gated, endpoint) as server:
+        job = request(endpoint, "submit", files=[str(make_dng("w.dng"))])["job"]
+        assert gated.entered.wait(30)
+        socks = [open_dealer(endpoint) for _ in range(4)]  # four clients, one request each
+        try:
+            for sock in socks:
+                send_status(sock, job=job, wait=60)
+            assert [len(replies(sock, 0.5)) for sock in socks].count(1) == 1, "the fourth is answered at once"
+            assert len(server.waits) == 3
+        finally:
+            for sock in socks:
+                sock.close(0)
+
+
 @pytest.mark.parametrize("fields, reason", [
     ({"wait": -1}, "'wait' must be a number"),
     ({"wait": "soon"}, "'wait' must be"),

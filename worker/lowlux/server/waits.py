@@ -21,6 +21,8 @@ MAX_WAIT = 60.0
 """Longest a status request may wait (seconds); a longer ``wait`` is cut to this."""
 MAX_WAITING_PER_PEER = 16
 """Status requests one client may have waiting at once; beyond that they are answered at once."""
+MAX_WAITING = 1024
+"""Status requests all clients together may have waiting (each local connection is a client of its own)."""
 
 
 @dataclass
@@ -74,6 +76,9 @@ class Waits:
             pass
 
     def room_for(self, peer_key: Any) -> bool:
+        """Whether another request of this client may wait (else it is answered at once)."""
+        if len(self._waiting) >= MAX_WAITING:
+            return False
         return sum(1 for w in self._waiting if w.wait.peer.key == peer_key) < MAX_WAITING_PER_PEER
 
     def park(self, sock: Any, envelope: list[bytes], wait: WaitFor) -> None:
