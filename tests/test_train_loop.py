@@ -311,3 +311,38 @@ def test_the_model_card_says_whether_its_scores_include_colour_anchoring():
     assert "the net's output alone" in _anchoring({"anchor": False}, LINEAR_CAMERA_WB)
     assert "the net's output alone" in _anchoring({}, LINEAR_CAMERA_WB)  # evaluated before anchoring existed
     assert _anchoring({"anchor": True}, SRGB) == ""  # the paper's mode is never anchored
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU: a cuda run is allowed here")
+@pytest.mark.parametrize("device, reason", [
+    ("cuda", "no CUDA GPU is available to torch"),
+    ("gpu", "Expected one of"),
+])
+def test_training_on_a_device_torch_cannot_use_is_refused_before_any_data_is_read(tmp_path, caplog, device, reason):
+    from lowlux.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    assert main(["train", "--run-dir", str(tmp_path / "run"), "--source", f"clean={photos}", "--device", device,
+                 "--steps", "1", "--eval-every", "0"]) == 2
+    assert f"--device {device}:" in caplog.text and reason in caplog.text
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_trains_on_the_cpu_without_a_gpu_and_says_so_in_the_run_config(tmp_path):
+    import json
+
+    cfg = config(tmp_path, steps=3, device="auto")
+    train(cfg, [FixedSource(fixed_pair())], [1.0])
+    assert json.loads((cfg.run_dir / "config.json").read_text())["device"] == "auto"
+    assert len(losses(cfg.run_dir)) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_trained_on_the_gpu_resumes_on_the_cpu(tmp_path):
+    gpu = config(tmp_path, steps=4, device="cuda", eval_every=2)
+    train(gpu, [FixedSource(fixed_pair())], [1.0], eval_fn=lambda net: {"psnr": 1.0, "ssim": 0.5})
+    cpu = config(tmp_path, steps=6, device="cpu")
+    train(cpu, [FixedSource(fixed_pair())], [1.0], resume=True)
+    assert len(losses(cpu.run_dir)) == 6
+    assert load_model(cpu.run_dir / "last.safetensors") is not None

@@ -75,6 +75,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "(linear space; default: the shared data, if present)")
     p.add_argument("--no-darktable-noise", action="store_true",
                    help="do not draw noise from darktable's noise profiles (read where darktable is installed)")
+    p.add_argument("--device", default="auto",
+                   help="where the net trains: auto (default: a GPU when torch sees one), cpu, cuda, cuda:1, ...; "
+                        "the data are made on the CPU by --workers processes either way")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--init-weights", type=Path, default=None,
                    help="start a new run from these weights (e.g. weights/lowlux-default.safetensors) "
@@ -158,6 +161,13 @@ def run_train(args) -> int:
     if not specs:
         log.error("no data: pass --source KIND=PATH (the shared data folder is not here)")
         return 2
+    from ..engine import resolve_device
+
+    try:
+        log.info("training on %s", resolve_device(args.device))
+    except RuntimeError as exc:  # before any data is read: a wrong device is told at once
+        log.error("--device %s: %s", args.device, exc)
+        return 2
     bank = None
     if args.output_space == "linear-camera-wb":
         from .noise import NoiseBank, darktable_profiles_path
@@ -176,7 +186,7 @@ def run_train(args) -> int:
         log_every=args.log_every, eval_every=args.eval_every if items else 0,
         checkpoint_minutes=args.checkpoint_minutes, ema=args.ema,
         init_weights=str(args.init_weights) if args.init_weights else None, output_space=args.output_space,
-        source_names=[f"{s.kind}={s.path}@{s.weight:g}" for s in specs],
+        device=args.device, source_names=[f"{s.kind}={s.path}@{s.weight:g}" for s in specs],
     )
     _stop_on_sigterm()
     try:

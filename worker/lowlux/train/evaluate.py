@@ -79,9 +79,10 @@ def model_restorer(model) -> Restorer:
     space = getattr(model, "output_space", SRGB)
 
     def restore(item: EvalItem, amp: float) -> np.ndarray:
-        x = torch.from_numpy(net_input(item, space))[None, None].mul(float(amp)).clamp_(0, 1)
+        device = next(model.parameters()).device  # training may run on a GPU
+        x = torch.from_numpy(net_input(item, space))[None, None].to(device).mul(float(amp)).clamp_(0, 1)
         with torch.no_grad():
-            return as_srgb(model(x)[0].permute(1, 2, 0).numpy(), item, space)
+            return as_srgb(model(x)[0].permute(1, 2, 0).cpu().numpy(), item, space)
 
     return restore
 

@@ -72,6 +72,9 @@ class TrainConfig:
     """Linear nets: weight of the camera-RGB L1 beside the loss on the rendered picture."""
     colour_weight: float = 0.0
     """Weight of the low-frequency colour L1 (8-px cells; :class:`.loss.RestorationLoss`)."""
+    device: str = "cpu"
+    """Where the net trains: cpu, cuda, cuda:1, or auto (a GPU when torch sees one). Data are made on the
+    CPU (``workers`` processes) whatever the device; checkpoints load on any device."""
     source_names: list[str] = field(default_factory=list)
 
     @property
@@ -176,10 +179,13 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     run.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
+    from ..engine import resolve_device
+
+    device = resolve_device(config.device)
     ckpt_path = run / CHECKPOINT
     model = new_model(config.seed, None if resume and ckpt_path.is_file() else config.init_weights,
-                      config.output_space)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+                      config.output_space).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)  # loaded state follows the parameters' device
     step, best, state = 0, -math.inf, None
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
@@ -207,7 +213,7 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     dataset = PairDataset(sources, weights, config.crop, config.seed)
     loader = DataLoader(dataset, batch_size=config.batch, sampler=SequentialFrom(step * config.batch),
                         num_workers=config.workers, persistent_workers=config.workers > 0,
-                        prefetch_factor=4 if config.workers > 0 else None)
+                        prefetch_factor=4 if config.workers > 0 else None, pin_memory=device.type == "cuda")
     loss_fn = RestorationLoss(config.l1_weight, config.msssim_weight, render=config.output_space == LINEAR_CAMERA_WB,
                               camera_weight=config.camera_weight, colour_weight=config.colour_weight)
     # wall_s in eval.csv counts the whole run, across resumes
@@ -262,7 +268,7 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
     try:
         while step < config.steps:
             t0 = time.time()
-            x, y, cam_to_rgb, gain = next(batches)
+            x, y, cam_to_rgb, gain = (t.to(device, non_blocking=True) for t in next(batches))
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
             out = model(x)

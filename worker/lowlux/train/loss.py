@@ -36,7 +36,7 @@ def fewer_scales_msssim(x: Tensor, y: Tensor, levels: int) -> Tensor:
     from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
     from torch.nn import functional as F
 
-    weights = torch.tensor(MSSSIM_WEIGHTS[:levels], dtype=x.dtype)
+    weights = torch.tensor(MSSSIM_WEIGHTS[:levels], dtype=x.dtype, device=x.device)
     weights = weights / weights.sum()
     win = _fspecial_gauss_1d(WINDOW, 1.5).repeat([x.shape[1], 1, 1, 1]).to(x)
     factors = []
