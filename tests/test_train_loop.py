@@ -171,14 +171,19 @@ def test_msssim_scales_fit_the_crop():
     assert float(total) > 0.1
 
 
-def test_fewer_scales_msssim_is_pytorch_msssim_at_five_scales():
-    from lowlux.train.loss import fewer_scales_msssim
+def test_msssim_is_pytorch_msssims_at_five_scales_in_value_and_gradient():
+    from lowlux.train.loss import msssim
     from pytorch_msssim import ms_ssim
 
     torch.manual_seed(0)
     y = torch.rand(2, 3, 176, 176)
-    x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1)
-    assert float(fewer_scales_msssim(x, y, 5)) == pytest.approx(float(ms_ssim(x, y, data_range=1.0)), abs=1e-5)
+    x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1).requires_grad_()
+    ours, = torch.autograd.grad(msssim(x, y, 5), x)
+    theirs, = torch.autograd.grad(ms_ssim(x, y, data_range=1.0), x)
+    with torch.no_grad():
+        assert float(msssim(x, y, 5)) == pytest.approx(float(ms_ssim(x, y, data_range=1.0)), abs=1e-6)
+        assert float(msssim(x, y, 3)) != pytest.approx(float(msssim(x, y, 5)), abs=1e-4)  # fewer scales: another figure
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-9)
 
 
 def test_export_ships_best_weights_with_a_model_card(tmp_path):
