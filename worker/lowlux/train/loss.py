@@ -30,10 +30,11 @@ def msssim_levels(side: int, window: int = WINDOW) -> int:
     return levels
 
 
-def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
-    from pytorch_msssim.ssim import _fspecial_gauss_1d
-
-    return _fspecial_gauss_1d(WINDOW, 1.5).flatten().to(device=device, dtype=dtype)
+def _gaussian_window(dtype: torch.dtype, device: torch.device, sigma: float = 1.5) -> Tensor:
+    """The 1-D Gaussian of pytorch-msssim's window (:data:`WINDOW` taps, sums to 1)."""
+    taps = torch.arange(WINDOW, dtype=torch.float32) - WINDOW // 2  # float32, as the library makes it
+    g = torch.exp(-(taps ** 2) / (2 * sigma ** 2))
+    return (g / g.sum()).to(device=device, dtype=dtype)
 
 
 def _ssim_and_cs(x: Tensor, y: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
