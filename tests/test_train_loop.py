@@ -71,6 +71,15 @@ def test_twenty_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
         assert torch.allclose(net(x), ref(x), atol=1e-6)
 
 
+def test_bf16_autocast_trains_too_with_float32_weights(tmp_path):
+    cfg = config(tmp_path, bf16=True)
+    train(cfg, [FixedSource(fixed_pair())], [1.0])
+    curve = losses(cfg.run_dir)
+    assert np.mean(curve[-3:]) < 0.7 * np.mean(curve[:3])
+    state = torch.load(cfg.run_dir / "checkpoint.pt", weights_only=False)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     straight = config(tmp_path / "a", steps=6, lr=1e-4, log_every=1)
     train(straight, [RandomSource()], [1.0])

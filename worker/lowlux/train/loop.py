@@ -72,6 +72,8 @@ class TrainConfig:
     """Linear nets: weight of the camera-RGB L1 beside the loss on the rendered picture."""
     colour_weight: float = 0.0
     """Weight of the low-frequency colour L1 (8-px cells; :class:`.loss.RestorationLoss`)."""
+    bf16: bool = False
+    """The net's forward and backward in bfloat16 autocast (weights, loss and optimiser stay float32)."""
     device: str = "cpu"
     """Where the net trains: cpu, cuda, cuda:1, or auto (a GPU when torch sees one). Data are made on the
     CPU (``workers`` processes) whatever the device; checkpoints load on any device."""
@@ -271,8 +273,9 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
             x, y, cam_to_rgb, gain = (t.to(device, non_blocking=True) for t in next(batches))
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
-            out = model(x)
-            loss, parts = loss_fn(out, y, cam_to_rgb, gain)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                out = model(x)
+            loss, parts = loss_fn(out.float(), y, cam_to_rgb, gain)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
