@@ -158,3 +158,15 @@ def test_darkened_real_raws_are_restored_to_about_their_exposure(real_raws, auth
         lum, lum_t = ours.mean(-1)[::4, ::4].ravel(), target.mean(-1)[::4, ::4].ravel()
         assert np.corrcoef(lum, lum_t)[0, 1] > 0.9, raw.name
         assert 0.5 < ours.mean() / target.mean() < 2.0, raw.name
+
+
+def test_python_dash_m_lowlux_is_the_lowlux_command(tmp_path):
+    """Where no entry point is installed (the source tree on another machine), the module runs the CLI."""
+    worker = Path(__file__).resolve().parents[1] / "worker"
+    env = {**os.environ, "PYTHONPATH": str(worker)}
+    done = subprocess.run([sys.executable, "-m", "lowlux", "train", "--help"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and "--device" in done.stdout and "--bf16" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "lowlux", "no-such-command"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
