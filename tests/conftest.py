@@ -122,7 +122,8 @@ def linear_weights(tmp_path_factory) -> Path:
     from lowlux.weights import save_weights
 
     torch.manual_seed(0)
-    return save_weights(msra_init(LowLightNet("linear-camera-wb")), tmp_path_factory.mktemp("linear") / "linear.safetensors")
+    path = tmp_path_factory.mktemp("linear") / "linear.safetensors"
+    return save_weights(msra_init(LowLightNet("linear-camera-wb")), path)
 
 
 def dark_scene(height: int, width: int, seed: int = 0) -> np.ndarray:

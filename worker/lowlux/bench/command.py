@@ -205,7 +205,8 @@ def _net_row(config: Config, size_s: str, gmacs: float, res: dict, ref_median: f
 def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
     """The end-to-end row from its child's result (stage medians in ``extra``)."""
     med = statistics.median(res["times"])
-    label = f"file -> {res.get('format', 'tiff').upper()} (end to end{'' if res.get('anchor', True) else ', --no-anchor'})"
+    suffix = "" if res.get("anchor", True) else ", --no-anchor"
+    label = f"file -> {res.get('format', 'tiff').upper()} (end to end{suffix})"
     return Row(label, "e2e", res.get("dtype", "float32"), size_s, med,
                min(res["times"]), max(res["times"]), len(res["times"]), res["peak_rss_mb"], gmacs,
                speedup=None, extra={**res["stages"], "runtime": res["backend_detail"],

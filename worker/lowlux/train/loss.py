@@ -1,7 +1,8 @@
 """The training loss of the paper (Sec. 3.1): 0.8 * L1 + 0.2 * (1 - MS-SSIM).
 
 MS-SSIM is pytorch-msssim's with its defaults (11-tap Gaussian window, sigma 1.5, the five scale
-weights of Wang et al.), computed here with fewer convolutions (:func:`msssim`; equal to it, tested). Five scales need the smaller crop side to exceed
+weights of Wang et al.), computed here with fewer convolutions (:func:`msssim`; equal to it,
+tested). Five scales need the smaller crop side to exceed
 (11 - 1) * 2^4 = 160 px; the default 256 px crop fits. Smaller crops (tests, quick runs) use as
 many of the finest scales as fit, with their weights renormalised; the count is logged once.
 """
