@@ -106,8 +106,8 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
 
     from ..dng import write_dng
     from ..engine import EngineConfig
-    from ..pipeline import EnhanceOptions, decode, encode, infer, output_space
     from ..model import LINEAR_CAMERA_WB
+    from ..pipeline import EnhanceOptions, decode, encode, infer, output_space
 
     engine = make_engine(EngineConfig(weights=weights, device=device, anchor=anchor))
     if fmt == "dng" and output_space(engine) != LINEAR_CAMERA_WB:
