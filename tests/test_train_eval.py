@@ -103,6 +103,9 @@ def test_a_whole_evaluation_on_a_tiny_set(tmp_path, tiny_weights):
     assert saved["items"][0]["name"] == "photos/p5"
     table = (tmp_path / "out" / "eval.md").read_text()
     assert "| baseline | GT exposure ratio |" in table and "| ours | amplifier (m = 0.5) |" in table
+    assert saved["noise"] == "sid" and "noise" not in table.split("|")[0], "the comparable figures need no note"
+    run_eval(items, tiny_weights, None, tmp_path / "eld", baseline=False, with_gc=False, noise="eld")
+    assert (tmp_path / "eld" / "eval.md").read_text().startswith("Images darkened with the ELD cameras' noise.")
     from PIL import Image
 
     with Image.open(tmp_path / "out" / "contact_sheet.png") as sheet:

@@ -224,6 +224,11 @@ def contact_sheet(path: Path, items: Sequence[EvalItem], outputs: dict[str, dict
     return path
 
 
+NOISE_NAMES = {"sid": "the SID camera's noise", "eld": "the ELD cameras' noise",
+               "darktable": "noise from darktable's profiles"}
+"""How eval.md names whose noise darkened the images (``lowlux eval --noise``)."""
+
+
 def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | None, out_dir: Path,
              baseline: bool = True, threads: int | None = None, with_gc: bool = True,
              charts: Sequence | None = None, anchor: bool = True, noise: str = "sid") -> dict:
@@ -247,7 +252,9 @@ def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | No
     if charts:
         results["chart"] = chart_scores(methods, MODES, charts)
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "eval.md").write_text(markdown_table(results) + ("\n" + chart_table(results) if charts else ""))
+    noise_line = "" if noise == "sid" else f"Images darkened with {NOISE_NAMES[noise]}.\n\n"
+    (out_dir / "eval.md").write_text(noise_line + markdown_table(results)
+                                     + ("\n" + chart_table(results) if charts else ""))
     contact_sheet(out_dir / "contact_sheet.png", items, outputs)
     return results
 
