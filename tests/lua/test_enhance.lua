@@ -192,6 +192,13 @@ T.test("cancel on the progress bar cancels the worker job and keeps what finishe
   local _, told = printed(ctx.dt):gsub("cancelling: finishing the current file", "")
   T.eq(told, 1, "and only once")
   T.eq(ctx.worker:commands(), {"submit", "status", "cancel", "status"})
+  local waits = {}
+  for _, c in ipairs(ctx.worker:calls()) do
+    for i, word in ipairs(c) do if word == "--wait" then waits[#waits + 1] = c[i + 1] end end
+  end
+  T.eq(waits, {string.format("%.3f", ctx.api.config.status_wait_ms / 1000),
+               string.format("%.3f", ctx.api.config.poll_ms / 1000)},
+    "after the cancel, the short wait: the job's settling stays bounded by cancel_polls")
   local cancel = ctx.worker:call("cancel")
   T.eq(cancel[#cancel], "J1", "the job that was submitted is the one cancelled")
   T.eq(imported_names(ctx.dt), {"a_lowlux.tif"})

@@ -379,8 +379,9 @@ function M.poll(run, active)
         finished, total = finished + info.finished, total + info.total
         still[#still + 1] = batch
       else
-        local st, err = M.status(run.s, batch.job, waiting and M.config.status_wait_ms / 1000 or nil,
-          batch.seen_finished)
+        -- once cancelled, the short wait: cancel_polls then bounds the time to settle as before
+        local wait_ms = cancel_sent and M.config.poll_ms or M.config.status_wait_ms
+        local st, err = M.status(run.s, batch.job, waiting and wait_ms / 1000 or nil, batch.seen_finished)
         answered = answered and st ~= nil
         if st then
           batch.failures = 0
