@@ -72,7 +72,7 @@ class Waits:
         try:
             while os.read(self._read, 4096):
                 pass
-        except (BlockingIOError, OSError):
+        except OSError:  # empty (BlockingIOError), or closed
             pass
 
     def room_for(self, peer_key: Any) -> bool:
