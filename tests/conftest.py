@@ -52,6 +52,7 @@ SLOW = {
     "test_client.py::test_concurrent_clients_start_exactly_one_worker": "2.1 s",
     "test_server.py::test_unauthenticated_peers_are_refused": "2.2 s",
     "test_backends.py::test_a_damaged_cache_file_is_exported_again": "2.2 s",
+    "test_backends.py::test_torch_compile_gives_the_eager_output_and_says_so": "25 s, torch.compile on the CPU",
     "test_train_loop.py::test_twenty_steps_lower_the_loss_on_a_fixed_batch": "2.1 s",
 }
 """Tests marked ``slow``, with what they cost: ``pytest -m "not slow"`` is the quick loop. Kept

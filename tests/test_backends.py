@@ -97,6 +97,22 @@ def test_an_engine_reports_its_backend_and_falls_back_to_torch_when_one_fails(we
             Engine(EngineConfig(weights=weights, device="cpu", backend=engine.backend_name))
 
 
+def test_torch_compile_gives_the_eager_output_and_says_so(weights):
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 64, 64) * 0.3
+    eager = Engine(EngineConfig(weights=weights, device="cpu", backend="torch", dtype="float32"))
+    compiled = Engine(EngineConfig(weights=weights, device="cpu", backend="torch", dtype="float32", compile=True))
+    assert "torch.compile" in compiled.describe()["backend"]
+    assert "torch.compile" not in eager.describe()["backend"]
+    assert (compiled.forward(x) - eager.forward(x)).abs().max() <= 1e-5
+
+
+def test_torch_compile_and_concurrent_encoders_are_refused_together(weights):
+    with pytest.raises(ValueError, match="torch.compile"):
+        Engine(EngineConfig(weights=weights, device="cpu", backend="torch", dtype="float32", compile=True,
+                            concurrent=True))
+
+
 # ---- accuracy against the torch reference ------------------------------------------------------------
 
 

@@ -82,6 +82,38 @@ def test_on_a_gpu_fp16_runs_with_and_without_encoder_streams_and_cuda_graphs_aga
     assert all(c.backend == "torch" for c in configs)  # the exported runtimes are CPU-only
 
 
+def test_on_a_gpu_bf16_runs_and_the_torch_compile_rows_come_last_at_the_smaller_sizes(monkeypatch):
+    # The plan only (no GPU needed): compiling takes longest, so a run cut short loses those rows alone.
+    import argparse
+
+    import torch
+
+    from lowlux import bench, engine
+
+    monkeypatch.setattr(engine, "resolve_device", lambda device: torch.device("cuda"))
+    configs = bench.default_configs(argparse.Namespace(device="cuda", only=None))
+    names = [c.name for c in configs]
+    bf16, = (c for c in configs if c.dtype == "bfloat16")
+    assert bf16.name == "torch bf16 autocast" and bf16.cuda_graphs and not bf16.compile
+    assert names[-2:] == ["torch fp16, torch.compile", "torch fp32, torch.compile"]
+    assert names.index("torch bf16 autocast") < len(names) - 2
+    compiled = configs[-2:]
+    assert [(c.dtype, c.cuda_graphs, c.large) for c in compiled] == [("float16", True, False), ("float32", True, False)]
+    assert all(c.compile for c in compiled) and not any(c.compile for c in configs[:-2])
+    assert not any(c.runs_at((2848 * 2, 4256 * 2)) for c in compiled) and all(c.runs_at((2848, 4256)) for c in compiled)
+    assert sum(1 for c in configs if "(default)" in c.name) == 1 and "(default)" not in "".join(names[-2:])
+    only = bench.default_configs(argparse.Namespace(device="cuda", only="bf16,torch.compile"))
+    assert [c.name for c in only] == ["eager fp32 (reference)", "torch bf16 autocast", *names[-2:]]
+
+
+def test_the_cpu_plan_compiles_nothing():
+    import argparse
+
+    from lowlux import bench
+
+    assert not any(c.compile for c in bench.default_configs(argparse.Namespace(device="cpu", only=None)))
+
+
 def test_a_configuration_that_fails_costs_its_row_only_and_the_exit_status(tmp_path, tiny_weights, monkeypatch, capsys):
     from lowlux.bench import child
 

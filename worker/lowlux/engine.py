@@ -88,6 +88,11 @@ class EngineConfig:
     """Where exported graphs are cached (default: $LOWLUX_CACHE_DIR or ~/.cache/lowlux)."""
     cuda_graphs: bool = True
     """On CUDA, replay whole-frame forwards from a captured CUDA graph (per input shape)."""
+    compile: bool = False
+    """Torch backend: compile the whole-frame forward with ``torch.compile`` (on CUDA, inside the CUDA
+    graph; tiled restores stay eager). Off by default: it compiles (on CUDA, autotunes) once per input
+    shape, seconds to minutes against a forward's milliseconds, and a worker sees many frame sizes;
+    the gain it buys is measured in docs/benchmarks.md."""
     anchor: bool = True
     """Linear weights: anchor the output's local colour to the raw's own means (:mod:`lowlux.anchor`);
     False gives the net's output alone. sRGB (paper-mode) weights are never anchored."""
@@ -128,7 +133,8 @@ class Engine:
     def _create(self, name: str) -> Backend:
         config = self.config
         kwargs = dict(concurrent=config.concurrent, channels_last=config.channels_last, threads=config.threads,
-                      cache=config.cache_dir, cuda_graphs=config.cuda_graphs)
+                      cache=config.cache_dir, cuda_graphs=config.cuda_graphs,
+                      compile=config.compile)
         try:
             return create_backend(name, self.model, self.weights_path, self.device, config.dtype, **kwargs)
         except Exception as exc:

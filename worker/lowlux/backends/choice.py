@@ -189,11 +189,14 @@ def choose_backend(requested: str, device: torch.device, dtype: str) -> str:
 
 def create_backend(name: str, model: LowLightNet, weights: Path, device: torch.device, dtype: str, *,
                    concurrent: bool = False, channels_last: bool = False, threads: int | None = None,
-                   cache: str | Path | None = None, cuda_graphs: bool = True) -> Backend:
-    """Build backend ``name`` for a loaded net (exporting its graphs first if the backend needs them)."""
+                   cache: str | Path | None = None, cuda_graphs: bool = True, compile: bool = False) -> Backend:
+    """Build backend ``name`` for a loaded net (exporting its graphs first if the backend needs them).
+
+    ``compile`` (``torch.compile``) applies to the torch backend only: the exported backends' runtimes
+    compile their graphs anyway."""
     if name == "torch":
         return TorchBackend(model, device, dtype, concurrent=concurrent, channels_last=channels_last,
-                            cuda_graphs=cuda_graphs)
+                            cuda_graphs=cuda_graphs, compile=compile)
     from ..export import exported_graphs
 
     cls = {"openvino": OpenVinoBackend, "onnxruntime": OnnxRuntimeBackend}[name]

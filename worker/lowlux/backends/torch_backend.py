@@ -2,13 +2,15 @@
 
 Eager, optionally channels-last, with bf16 autocast on CPUs that have bf16 instructions and fp16
 autocast on CUDA; on CUDA the three encoders can run on their own streams and the whole forward is
-replayed from a CUDA graph. It is the reference the exported backends are measured against, and the
-only one that runs on a GPU; its module is named for the backend so that it does not shadow ``torch``.
+replayed from a CUDA graph; the whole-frame forward can be compiled by ``torch.compile``. It is the
+reference the exported backends are measured against, and the only one that runs on a GPU; its module
+is named for the backend so that it does not shadow ``torch``.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -19,7 +21,12 @@ from .base import DTYPES, Backend
 
 
 class _CudaGraph:
-    """One captured forward for one input shape; replays copy the input into the captured buffer."""
+    """One captured forward for one input shape; replays copy the input into the captured buffer.
+
+    The warm-up calls run before the capture, so a compiled forward (``torch.compile``) compiles and
+    autotunes there: nothing that compiling does (benchmarking kernels, synchronising) may happen
+    while a graph is captured, and the capture records the compiled kernels only.
+    """
 
     def __init__(self, fn, example: Tensor) -> None:
         self.static_in = example.clone()
@@ -39,11 +46,30 @@ class _CudaGraph:
         return self.static_out.clone()
 
 
+def _compiled(fn: Callable[[Tensor], Tensor], device: torch.device) -> Callable[[Tensor], Tensor]:
+    """``fn`` compiled by ``torch.compile``, once per input shape (``dynamic=False``: static shapes give
+    the fastest kernels; past torch's recompile limit further shapes run eagerly).
+
+    On CUDA, "max-autotune-no-cudagraphs": the kernels are autotuned, but the compiler captures no
+    CUDA graph of its own, so that :class:`_CudaGraph` can capture the compiled forward whole.
+    """
+    mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else "default"
+    return torch.compile(fn, mode=mode, dynamic=False)
+
+
 class TorchBackend(Backend):
+    """The net run by PyTorch. ``compile`` compiles the whole-frame forward (:meth:`full`) only: the
+    tiled calls (:meth:`head`, :meth:`context`, :meth:`local`) run once per crop shape of a large frame,
+    too few times each to repay a compilation."""
+
     name = "torch"
 
     def __init__(self, model: LowLightNet, device: torch.device, dtype: str = "float32", *,
-                 concurrent: bool = False, channels_last: bool = False, cuda_graphs: bool = True) -> None:
+                 concurrent: bool = False, channels_last: bool = False, cuda_graphs: bool = True,
+                 compile: bool = False) -> None:
+        if compile and concurrent:
+            raise ValueError("torch.compile and concurrent encoders do not combine: the encoders' streams "
+                             "and threads are outside what the compiler traces")
         super().__init__(dtype)
         self.device = device
         self.model = model.to(device).eval()
@@ -59,6 +85,8 @@ class TorchBackend(Backend):
         elif concurrent:
             self._pool = ThreadPoolExecutor(3, thread_name_prefix="lowlux-encoder")
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.compiled = compile
+        self._whole = _compiled(self._forward_plain, device) if compile else self._forward_plain
         self._graphs: OrderedDict[tuple, _CudaGraph] = OrderedDict()
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -74,6 +102,8 @@ class TorchBackend(Backend):
             extra.append("channels_last")
         if self.concurrent:
             extra.append("concurrent encoders")
+        if self.compiled:
+            extra.append("torch.compile")
         if self.cuda_graphs:
             extra.append("CUDA graphs")
         return {"backend": "torch" + (f" ({', '.join(extra)})" if extra else "")}
@@ -111,14 +141,17 @@ class TorchBackend(Backend):
         with self._autocast():
             return net.fuse(*outs)
 
-    def _forward(self, raw: Tensor) -> Tensor:
+    def _forward_plain(self, raw: Tensor) -> Tensor:
+        """The whole-frame forward on one stream: what ``torch.compile`` compiles when asked to."""
         raw = self._prepare(raw)
-        if self.concurrent:
-            out = self._forward_concurrent(raw)
-        else:
-            with self._autocast():
-                out = self.model(raw)
+        with self._autocast():
+            out = self.model(raw)
         return out.float().permute(0, 2, 3, 1)
+
+    def _forward(self, raw: Tensor) -> Tensor:
+        if self.concurrent:
+            return self._forward_concurrent(self._prepare(raw)).float().permute(0, 2, 3, 1)
+        return self._whole(raw)
 
     def full(self, raw: Tensor) -> Tensor:
         if not self.cuda_graphs:

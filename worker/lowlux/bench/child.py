@@ -25,10 +25,14 @@ def run_child(kind: str, payload: dict) -> dict:
     """In the parent: run one measurement (``net`` or ``e2e``) in a child process, return its result."""
     cmd = [sys.executable, "-m", "lowlux.bench", kind, json.dumps(payload)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    name = payload.get("config", {}).get("name", "")
     if proc.returncode != 0:
-        name = payload.get("config", {}).get("name", "")
         raise RuntimeError(f"bench child failed ({kind} {name}):\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):  # as a failure of the row, not of the whole run
+        raise RuntimeError(f"bench child gave no result ({kind} {name}):\n{proc.stdout[-1000:]}"
+                           f"{proc.stderr[-1000:]}") from None
 
 
 def measure_net(config: Config, size: tuple[int, int], runs: int, warmup: int, weights: str | None,
@@ -47,7 +51,8 @@ def measure_net(config: Config, size: tuple[int, int], runs: int, warmup: int, w
     engine = make_engine(EngineConfig(weights=weights, device=device, dtype=config.dtype,
                                       concurrent=config.concurrent, channels_last=config.channels_last,
                                       backend=config.backend, tile=0 if config.reference else config.tile,
-                                      cuda_graphs=config.cuda_graphs, anchor=False))  # the net alone
+                                      cuda_graphs=config.cuda_graphs, compile=config.compile,
+                                      anchor=False))  # the net alone
     x = torch.from_numpy(pad32(bench_input(*size)))[None, None].to(engine.device)
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
 

@@ -30,6 +30,8 @@ class Config:
     """Also run at sizes above :data:`LARGE_PIXELS`."""
     cuda_graphs: bool = True
     """On CUDA, replay the forward from a captured CUDA graph (as ``EngineConfig.cuda_graphs``)."""
+    compile: bool = False
+    """Compile the forward with ``torch.compile`` (as ``EngineConfig.compile``)."""
 
     def runs_at(self, size: tuple[int, int]) -> bool:
         """Whether this configuration is measured at ``size`` (height, width)."""
@@ -37,7 +39,8 @@ class Config:
 
 
 def default_configs(args: argparse.Namespace) -> list[Config]:
-    """The reference first, then every backend and precision this machine can run."""
+    """The reference first, then every backend and precision this machine can run; on a GPU the
+    ``torch.compile`` rows last (:func:`compiled_configs`)."""
     from ..backends import cpu_has_bf16, supports
     from ..engine import resolve_device
 
@@ -51,6 +54,8 @@ def default_configs(args: argparse.Namespace) -> list[Config]:
             configs.append(Config("torch fp16 autocast" + suffix, dtype="float16", cuda_graphs=graphs))
             configs.append(Config("torch fp16 + streams" + suffix, dtype="float16", concurrent=True, cuda_graphs=graphs))
         configs.append(Config("torch fp16 autocast, channels_last", dtype="float16", channels_last=True))
+        if supports("torch", device, "bfloat16") is None:
+            configs.append(Config("torch bf16 autocast", dtype="bfloat16"))
     elif cpu_has_bf16():
         configs.append(Config("torch bf16 autocast", dtype="bfloat16", channels_last=True, tile=0, large=False))
     for backend, dtype, label in (("openvino", "float32", "openvino fp32"), ("openvino", "bfloat16", "openvino bf16"),
@@ -59,11 +64,21 @@ def default_configs(args: argparse.Namespace) -> list[Config]:
             configs.append(Config(label, backend=backend, dtype=dtype, large=backend != "onnxruntime"))
     if supports("openvino", device, "float32") is None:
         configs.append(Config("openvino fp32, tiles <=2048", backend="openvino", tile=2048))
+    if device.type == "cuda":
+        configs += compiled_configs()
     mark_default(configs, device, getattr(args, "weights", None))
     only = [v.strip() for v in (getattr(args, "only", None) or "").split(",") if v.strip()]
     if only:
         configs = [c for c in configs if c.reference or any(o in c.name for o in only)]
     return configs
+
+
+def compiled_configs() -> list[Config]:
+    """The ``torch.compile`` rows of a GPU run. Last in the plan: each compiles and autotunes its forward
+    anew for every size (the longest rows by far), so a run cut short by a time limit loses these and
+    keeps every other row. Only at sizes up to :data:`LARGE_PIXELS`, for the same reason."""
+    return [Config("torch fp16, torch.compile", dtype="float16", compile=True, large=False),
+            Config("torch fp32, torch.compile", compile=True, large=False)]
 
 
 def default_run(device, weights) -> tuple[str, str]:
@@ -88,6 +103,6 @@ def mark_default(configs: list[Config], device, weights) -> None:
     backend, dtype = default_run(device, weights)
     for c in configs:
         if not c.reference and c.backend == backend and c.dtype == dtype and c.tile is None and not c.concurrent \
-                and not c.channels_last:
+                and not c.channels_last and not c.compile:
             c.name += " (default)"
             return

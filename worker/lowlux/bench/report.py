@@ -89,7 +89,6 @@ def secs(value: float) -> str:
 
 def machine_line() -> str:
     """CPU, cores, memory, GPU and torch threads: printed first and stored with every row."""
-    import psutil
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -101,9 +100,19 @@ def machine_line() -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {psutil.cpu_count(logical=False) or os.cpu_count()} cores, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB{gpu}; torch {torch.__version__}, "
+    cores, memory = _cores_and_memory()
+    return (f"{cpu}, {cores} cores, {memory / 2**30:.0f} GiB{gpu}; torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
+
+
+def _cores_and_memory() -> tuple[int, int]:
+    """Physical cores and total memory in bytes; without psutil (a borrowed GPU machine running the
+    source tree may lack it) logical cores and the memory the OS reports, so the bench still runs."""
+    try:
+        import psutil
+    except ImportError:
+        return os.cpu_count() or 1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1, psutil.virtual_memory().total
 
 
 def header() -> str:
