@@ -119,10 +119,10 @@ def test_a_configuration_that_fails_costs_its_row_only_and_the_exit_status(tmp_p
 
     real = child.run_child
 
-    def flaky(kind, payload):
+    def flaky(kind, payload, timeout=None):
         if kind == "net" and payload["config"]["name"] == "torch channels_last":
             raise RuntimeError("bench child failed (net torch channels_last):\nRuntimeError: out of memory")
-        return real(kind, payload)
+        return real(kind, payload, timeout)
 
     monkeypatch.setattr(child, "run_child", flaky)
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
@@ -133,6 +133,39 @@ def test_a_configuration_that_fails_costs_its_row_only_and_the_exit_status(tmp_p
     assert names == ["eager fp32 (reference)", "torch concurrent encoders"]
     assert "torch channels_last at 64x96: RuntimeError: out of memory" in md.read_text()
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_a_row_past_the_row_limit_is_given_up_and_the_reference_is_never_limited(tmp_path, tiny_weights, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--sizes", "64x96", "--runs", "1", "--no-e2e", "--no-peak", "--only", "channels_last",
+            "--row-timeout", "0.01", "--json", str(out), "--weights", str(tiny_weights)]
+    assert main(args) == 1
+    assert [r["name"] for r in json.loads(out.read_text())] == ["eager fp32 (reference)"]
+    assert "ran past the row limit of 0.01 s" in capsys.readouterr().out
+
+
+def test_a_run_cut_short_keeps_every_row_it_finished(tmp_path, tiny_weights, monkeypatch):
+    import pytest
+
+    from lowlux.bench import child
+
+    real = child.run_child
+
+    class Stopped(BaseException):
+        """An outside limit (SIGTERM, a lease's end) stopping the run between rows."""
+
+    def cut(kind, payload, timeout=None):
+        if payload["config"]["name"] == "torch concurrent encoders":
+            raise Stopped
+        return real(kind, payload, timeout)
+
+    monkeypatch.setattr(child, "run_child", cut)
+    out = tmp_path / "bench.json"
+    with pytest.raises(Stopped):
+        main(["bench", "--sizes", "64x96", "--runs", "1", "--no-e2e", "--no-peak", "--only",
+              "channels_last,concurrent", "--json", str(out), "--weights", str(tiny_weights)])
+    assert [r["name"] for r in json.loads(out.read_text())] == ["eager fp32 (reference)", "torch channels_last"]
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_the_accuracy_rule_figures_and_verdict():

@@ -21,11 +21,18 @@ from .memory import maxrss_mb, peak_rss_mb, reset_peak
 from .workload import bench_input, pad32
 
 
-def run_child(kind: str, payload: dict) -> dict:
-    """In the parent: run one measurement (``net`` or ``e2e``) in a child process, return its result."""
+def run_child(kind: str, payload: dict, timeout: float | None = None) -> dict:
+    """In the parent: run one measurement (``net`` or ``e2e``) in a child process, return its result.
+
+    ``timeout`` (seconds) bounds the child: a row that compiles or autotunes for longer than a
+    borrowed machine's window is lost on its own, and the rows after it still run."""
     cmd = [sys.executable, "-m", "lowlux.bench", kind, json.dumps(payload)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     name = payload.get("config", {}).get("name", "")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"bench child ran past the row limit of {timeout:g} s ({kind} {name})") from None
     if proc.returncode != 0:
         raise RuntimeError(f"bench child failed ({kind} {name}):\n{proc.stderr[-2000:]}")
     try:

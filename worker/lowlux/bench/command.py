@@ -50,7 +50,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the accuracy rule's figures of each reduced precision on the evaluation set")
     p.add_argument("--eval-raw", type=Path, help="raw folder of the evaluation set (default: the shared data)")
     p.add_argument("--eval-clean", type=Path, help="photograph folder of the evaluation set (default: the shared data)")
-    p.add_argument("--json", type=Path, default=Path("bench-results.json"), help="results file (JSON list of rows)")
+    p.add_argument("--json", type=Path, default=Path("bench-results.json"),
+                   help="results file (JSON list of rows; rewritten after every row)")
+    p.add_argument("--row-timeout", type=float, default=None, metavar="S",
+                   help="give up a row after S seconds (e.g. a torch.compile row on a borrowed GPU); "
+                        "the rows after it still run")
     p.add_argument("--markdown", type=Path, help="also write the results as Markdown tables")
     g = p.add_argument_group("cluster (lowlux bench --cluster)")
     g.add_argument("--cluster", action="store_true",
@@ -101,7 +105,8 @@ def run_bench(args: argparse.Namespace) -> int:
                     res = child.run_child("net", {"config": asdict(config), "size": size, "runs": args.runs,
                                                   "warmup": args.warmup, "weights": weights, "device": device,
                                                   "ref_out": None if config.reference else ref_path,
-                                                  "save_out": ref_path if config.reference else None})
+                                                  "save_out": ref_path if config.reference else None},
+                                          timeout=None if config.reference else getattr(args, "row_timeout", None))
                 except RuntimeError as exc:
                     if config.reference:  # every other row is measured against it
                         raise
@@ -113,6 +118,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 ref_median = med if config.reference else ref_median
                 rows.append(_net_row(config, size_s, gmacs, res, ref_median, peaks))
                 print(format_row(rows[-1]), flush=True)
+                _save_rows(args.json, rows, machine)
             Path(ref_path).unlink(missing_ok=True)
             for fmt in () if args.no_e2e else E2E_FORMATS[args.e2e_format]:
                 res = child.run_child("e2e", {"size": size, "runs": max(args.runs // 2, 2), "weights": weights,
@@ -122,6 +128,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     print(f"file -> {fmt.upper()} (end to end) {size_s}: skipped, {res['skipped']}", flush=True)
                     continue
                 rows.append(_e2e_row(size_s, gmacs, res))
+                _save_rows(args.json, rows, machine)
                 print(format_row(rows[-1]) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items())
                       + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}", flush=True)
                 for label, key in (("one file", "profile"), ("batch, per file", "batch_profile")):
@@ -222,10 +229,18 @@ def profile_line(profile: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3f} s ({100 * v / total:.0f}%)" for k, v in sorted(profile.items(), key=lambda kv: -kv[1]))
 
 
+def _save_rows(path: Path, rows: list[Row], machine: str) -> None:
+    """The JSON rows so far (each with the machine line), replaced atomically: a run cut short by an
+    outside limit keeps every row it finished."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps([asdict(r) | {"machine": machine} for r in rows], indent=1))
+    tmp.replace(path)
+
+
 def _write_results(args: argparse.Namespace, rows: list[Row], machine: str, failures: list[str]) -> None:
-    """The JSON rows (each with the machine line), and the Markdown tables when asked for."""
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps([asdict(r) | {"machine": machine} for r in rows], indent=1))
+    """The JSON rows, and the Markdown tables when asked for."""
+    _save_rows(args.json, rows, machine)
     print(f"results written to {args.json}")
     if getattr(args, "markdown", None):
         text = markdown_tables(rows, machine)

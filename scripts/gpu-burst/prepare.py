@@ -1,0 +1,71 @@
+"""Fill .burst/ with what a borrowed GPU machine needs to train: photographs, noise, starting weights.
+
+A borrowed machine gets the working tree and what a call carries (64 MiB in all), not ../shared.
+The training photographs go as JPEG (quality 95, no chroma subsampling): 42 MiB instead of 166 MiB
+of PNG. Held-out photographs keep their names as 8 x 8 placeholders, so that the split (every 6th
+file of a folder, by name) holds out exactly the same photographs there; training never reads them.
+
+    python scripts/gpu-burst/prepare.py --init runs/colour-render/last.safetensors
+    python scripts/gpu-burst/prepare.py --checkpoint runs/gpu-burst2/checkpoint.pt   # resume a burst run
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "worker"))
+
+from lowlux.train.split import PHOTO_SUFFIXES, photo_is_held_out  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+LIMIT_MIB = 58  # the carry limit is 64 MiB with the working tree (about 5 MiB)
+
+
+def photos(src: Path, dst: Path) -> int:
+    """Training photographs as JPEG, held-out ones as placeholders; returns how many were written."""
+    count = 0
+    for folder in sorted(p for p in src.iterdir() if p.is_dir()):
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in PHOTO_SUFFIXES:
+                continue
+            out = dst / folder.name / f"{path.stem}.jpg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            held = photo_is_held_out(path)
+            image = Image.new("RGB", (8, 8)) if held else Image.open(path).convert("RGB")
+            image.save(out, quality=95, subsampling=0)
+            count += not held
+    return count
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    start = p.add_mutually_exclusive_group(required=True)
+    start.add_argument("--init", type=Path, help="weights a new burst run starts from")
+    start.add_argument("--checkpoint", type=Path, help="a burst run's checkpoint.pt to resume")
+    p.add_argument("--out", type=Path, default=REPO / ".burst")
+    args = p.parse_args()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    (args.out / "run").mkdir(parents=True)
+    n = photos(SHARED / "clean", args.out / "photos")
+    shutil.copytree(SHARED / "noise" / "eld", args.out / "eld")
+    if args.init:
+        shutil.copy(args.init, args.out / "init.safetensors")
+    else:
+        shutil.copy(args.checkpoint, args.out / "run" / "checkpoint.pt")
+    mib = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()) / 2**20
+    print(f"{args.out}: {n} training photographs, {mib:.1f} MiB in all")
+    if mib > LIMIT_MIB:
+        print(f"over {LIMIT_MIB} MiB: with the working tree it will not fit in one call's 64 MiB", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
