@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 
 import numpy as np
 import pyexiv2
@@ -11,7 +13,7 @@ import tifffile
 from PIL import ImageCms
 
 from lowlux.errors import OutputError
-from lowlux.tiff import srgb_icc_profile, to_uint16, write_tiff
+from lowlux.tiff import PREVIEW_SIDE, preview_of, srgb_icc_profile, to_uint16, write_tiff
 
 
 def gradient(h: int = 40, w: int = 60) -> np.ndarray:
@@ -90,7 +92,6 @@ def test_wrong_image_type_is_a_programming_error(tmp_path):
         write_tiff(tmp_path / "f.tif", np.zeros((4, 4, 3), np.float32))
 
 
-
 def test_xmp_and_iptc_are_copied_and_the_image_keeps_its_pixels_and_profile(tmp_path, make_dng):
     source = make_dng("tagged.dng", make="Sony", model="ILCE-7SM2")
     with pyexiv2.Image(str(source)) as raw:
@@ -128,3 +129,86 @@ def test_metadata_that_cannot_be_carried_over_costs_the_metadata_not_the_image(t
     assert np.array_equal(tifffile.imread(out), gradient())
     assert "metadata not copied" in caplog.text and "odd.dng" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif", "odd.dng"]
+
+
+def photo(h: int = 1536, w: int = 2304) -> np.ndarray:
+    """Large enough for an embedded preview (over twice PREVIEW_SIDE across), smooth like a restoration."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = np.stack([x / w, y / h, 0.5 + 0.5 * np.sin(x / 97.0) * np.cos(y / 61.0)], axis=-1)
+    return to_uint16(rgb)
+
+
+def subifd_pages(path) -> list:
+    """The SubIFD pages of IFD0, read back as arrays with their tags."""
+    with tifffile.TiffFile(path) as tif:
+        return [(p.asarray(), {t.name: t.value for t in p.tags}) for p in tif.pages[0].pages or []]
+
+
+def block_means(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``img`` averaged down to ``shape`` (8-bit levels): what a preview of it should look like."""
+    h, w = shape
+    fy, fx = img.shape[0] // h, img.shape[1] // w
+    blocks = img[: h * fy, : w * fx].reshape(h, fy, w, fx, 3).astype(np.float64)
+    return blocks.mean(axis=(1, 3)) * 255 / 65535
+
+
+@pytest.mark.parametrize("compression", ["none", "deflate"])
+@pytest.mark.parametrize("with_source", [False, True])
+def test_a_small_preview_of_the_restored_image_rides_in_a_subifd(tmp_path, make_dng, compression, with_source):
+    image = photo()
+    source = make_dng("src.dng", make="Sony", model="ILCE-7SM2") if with_source else None
+    out = write_tiff(tmp_path / "p.tif", image, source=source, compression=compression)
+    with tifffile.TiffFile(out) as tif:
+        assert len(tif.pages) == 1  # the image is the one page; the preview is no page of its own
+        main = tif.pages[0]
+        assert main.dtype == np.uint16 and main.shape == image.shape
+        assert main.tags["InterColorProfile"].value == srgb_icc_profile()
+    assert np.array_equal(tifffile.imread(out), image)
+    [(preview, tags)] = subifd_pages(out)
+    assert tags["NewSubfileType"] == tifffile.FILETYPE.REDUCEDIMAGE
+    assert tags["Compression"] == tifffile.COMPRESSION.NONE  # what darktable's thumbnail reader takes
+    assert preview.dtype == np.uint8 and preview.ndim == 3 and preview.shape[2] == 3
+    assert PREVIEW_SIDE <= max(preview.shape[:2]) < 2 * PREVIEW_SIDE
+    assert preview.shape[0] * 3 == preview.shape[1] * 2  # the image's aspect
+    assert np.abs(preview - block_means(image, preview.shape[:2])).max() <= 4
+    with pyexiv2.Image(str(out)) as img:
+        exif = img.read_exif()
+    assert exif["Exif.SubImage1.NewSubfileType"] == "1"  # exiv2's preview loader looks for this
+    assert exif["Exif.SubImage1.ImageWidth"] == str(preview.shape[1])
+    assert exif["Exif.Image.BitsPerSample"] == "16 16 16"
+    if with_source:
+        assert exif["Exif.Image.Model"] == "ILCE-7SM2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p.tif"] + (["src.dng"] if with_source else []))
+
+
+@pytest.mark.skipif(shutil.which("exiv2") is None, reason="the exiv2 command is not installed")
+def test_exiv2_lists_the_preview(tmp_path):
+    out = write_tiff(tmp_path / "x.tif", photo())
+    listed = subprocess.run(["exiv2", "-pp", str(out)], capture_output=True, text=True).stdout
+    assert "Preview 1: image/tiff, 1152x768 pixels" in listed
+
+
+def test_the_preview_is_every_nth_pixel_in_8_bits():
+    image = photo(3000, 4500)
+    preview = preview_of(image)
+    assert preview.shape == (750, 1125, 3)  # every 4th pixel: the longest side stays >= 1024
+    assert np.array_equal(preview, np.round(image[2::4, 2::4] / 257).astype(np.uint8))
+
+
+def test_an_image_under_twice_the_preview_size_gets_none(tmp_path):
+    assert preview_of(np.zeros((1000, 2047, 3), np.uint16)) is None
+    out = write_tiff(tmp_path / "s.tif", gradient())
+    assert subifd_pages(out) == []
+
+
+def test_a_preview_that_cannot_be_added_costs_the_preview_not_the_image(tmp_path, monkeypatch, caplog):
+    import tifftools
+
+    def broken(*args, **kwargs):
+        raise tifftools.TifftoolsError("no room for a SubIFD")
+
+    monkeypatch.setattr(tifftools, "write_tiff", broken)
+    out = write_tiff(tmp_path / "n.tif", photo())
+    assert np.array_equal(tifffile.imread(out), photo())
+    assert "preview not added" in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == ["n.tif"]

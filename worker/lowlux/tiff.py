@@ -7,6 +7,12 @@ TIFF in memory to add tags (twice the image's size: 0.7 GB at 60 MP), so it writ
 one-pixel TIFF instead, and tifftools (which copies pixel data in 1 MB chunks) grafts that TIFF's
 tags, Exif IFD included, onto the image's.
 
+Each TIFF carries a small 8-bit copy of the image in a SubIFD marked as a reduced-resolution image
+(NewSubfileType 1): exiv2's preview manager lists it, and darktable (``_init_8`` in its mipmap cache)
+builds the lighttable thumbnail of an unedited image from such an embedded preview instead of running
+its pixel pipe on the full 16-bit image. It is grafted in the same tifftools pass as the metadata,
+so the image itself is still written by one ``tifffile.imwrite`` and stays IFD0.
+
 Files are written to a temporary name in the target folder and moved into place only when
 complete, so a crash or a cancel never leaves a partial TIFF under the final name. Without
 ``overwrite`` the final move is a hard link, which fails if the name appeared meanwhile.
@@ -136,6 +142,24 @@ def to_uint16_into(rgb: np.ndarray, out: np.ndarray, rows: int | None = None, tr
         f.result()
 
 
+PREVIEW_SIDE = 1024
+"""The embedded preview's longest side is at least this (and under twice it): large enough for
+darktable's thumbnails up to its 720 x 450 mip, which is what the lighttable shows; larger ones it
+still renders from the image."""
+
+
+def preview_of(rgb: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray | None:
+    """An 8-bit copy of the uint16 sRGB image, every n-th pixel (n the largest that keeps the longest
+    side at least ``side``): a strided view costs nothing next to the write, where a filtered resize
+    of 12 MP takes about 0.2 s, and darktable scales it down again for the thumbnail. None when the
+    image is under twice ``side`` across: such an image is quick to render from itself."""
+    step = max(rgb.shape[:2]) // side
+    if step < 2:
+        return None
+    small = rgb[step // 2::step, step // 2::step]
+    return ((small.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
 def check_output(path: Path, overwrite: bool) -> None:
     """Fail early, before any work, if the TIFF cannot be written (or its folder cannot be made)."""
     folder = path.parent
@@ -212,22 +236,44 @@ def metadata_tags(source: Path) -> dict[int, dict]:
     return {tag: value for tag, value in ifd["tags"].items() if tag not in _PIXEL_LAYOUT_TAGS}
 
 
-def copy_metadata(source: Path, target: Path, dest: Path) -> bool:
-    """Write ``target`` with the raw's metadata added as ``dest``; False (nothing written) if it has
-    none or its tags cannot be carried over (then the image goes out without them, with a warning)."""
+def _preview_ifd(preview: np.ndarray) -> dict:
+    """``preview`` as a tifftools IFD marked as a reduced-resolution image (NewSubfileType 1, what
+    exiv2 looks for in a SubIFD), its pixels in a TIFF in memory that the IFD refers to. Always
+    uncompressed, whatever the image's compression: darktable 4.2 decodes a TIFF preview (as exiv2
+    extracts it) with GraphicsMagick, which read an uncompressed one but failed on a deflated one (with
+    or without predictor), and darktable then rendered the full image after all."""
+    import tifffile
+    import tifftools
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, preview, photometric="rgb", subfiletype=1, software=False, metadata=None)
+    buf.seek(0)
+    return tifftools.read_tiff(buf)["ifds"][0]
+
+
+def copy_metadata(source: Path | None, target: Path, dest: Path,
+                  preview: Callable[[], dict | None] | None = None) -> bool:
+    """Write ``target`` with the raw's metadata and ``preview()`` (an IFD, as a SubIFD) added as
+    ``dest``; False (nothing written) if there is neither, or they cannot be carried over (then the
+    image goes out without them, with a warning: neither is worth losing the image for)."""
     import tifftools
 
     try:
-        tags = metadata_tags(source)
-        if not tags:
+        tags = metadata_tags(source) if source is not None else {}
+        extra = preview() if preview is not None else None
+        if not tags and extra is None:
             return False
         info = tifftools.read_tiff(str(target))
-        info["ifds"][0]["tags"].update(tags)
+        ifd0 = info["ifds"][0]["tags"]
+        ifd0.update(tags)
+        if extra is not None:
+            ifd0[int(tifftools.Tag.SubIFD)] = {"datatype": tifftools.Datatype.IFD, "ifds": [[extra]]}
         tifftools.write_tiff(info, str(dest), allowExisting=True)
     except OSError:
         raise  # the disk, not the metadata: the caller reports it
     except Exception as exc:  # an odd vendor tag must not cost the image
-        log.warning("%s: metadata not copied, TIFF written without it (%s: %s)", source, exc.__class__.__name__, exc)
+        lost = "metadata not copied" if source is not None else "preview not added"
+        log.warning("%s: %s, TIFF written without it (%s: %s)", source or target, lost, exc.__class__.__name__, exc)
         dest.unlink(missing_ok=True)
         return False
     return True
@@ -254,7 +300,8 @@ def write_tiff(
     overwrite: bool = False,
     compression: str = "none",
 ) -> Path:
-    """Write an H x W x 3 uint16 sRGB image as TIFF, atomically, with metadata from ``source``."""
+    """Write an H x W x 3 uint16 sRGB image as TIFF, atomically, with metadata from ``source`` and an
+    embedded 8-bit preview (:func:`preview_of`) for darktable's thumbnails."""
     import tifffile
 
     path = Path(path)
@@ -270,21 +317,27 @@ def write_tiff(
         tifffile.imwrite(tmp, rgb, photometric="rgb", iccprofile=srgb_icc_profile(),
                          software=f"lowlux {__version__}", metadata=None, **kwargs)
 
-    return write_output(path, write, rgb.nbytes, source=source, overwrite=overwrite)
+    def preview() -> dict | None:
+        small = preview_of(rgb)
+        return None if small is None else _preview_ifd(small)
+
+    return write_output(path, write, rgb.nbytes, source=source, overwrite=overwrite, preview=preview)
 
 
 def write_output(path: Path, write: Callable[[Path], None], nbytes: int, *, source: str | Path | None = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, preview: Callable[[], dict | None] | None = None) -> Path:
     """The one way lowlux writes an output file (TIFF or DNG): ``write(tmp)`` writes the image to a
-    temporary name in the target folder, the raw's metadata is added, and the file is moved into place
-    atomically; a disk error is an ``OutputError`` naming the file, and nothing partial is left."""
+    temporary name in the target folder, the raw's metadata and ``preview()`` (a tifftools IFD, added
+    as a SubIFD) are added in one more pass, and the file is moved into place atomically; a disk error
+    is an ``OutputError`` naming the file, and nothing partial is left."""
     check_output(path, overwrite)
     tmp, tagged = _temp_name(path), _temp_name(path, "m")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         done = tmp
-        if source is not None and copy_metadata(Path(source), tmp, tagged):
+        if (source is not None or preview is not None) and copy_metadata(
+                None if source is None else Path(source), tmp, tagged, preview):
             done = tagged
             tmp.unlink()
         _move_into_place(done, path, overwrite)
