@@ -235,6 +235,20 @@ def test_the_model_card_says_when_the_shipped_weights_are_the_average(tmp_path):
     assert "| 2 | 25.00 | 0.5000 | 0.00 | 26.00, 0.5000 |" in card
 
 
+def test_the_model_card_tells_an_lr_drop_at_step_0_from_the_default_half_way(tmp_path):
+    from lowlux.train.card import model_card
+    from lowlux.train.evaluate import EvalItem, run_eval
+    from lowlux.train.unprocess import sony_colour
+
+    cfg = config(tmp_path, steps=4, eval_every=2, lr_drop_at=0)  # a stage resumed at the small lr throughout
+    train(cfg, [FixedSource(fixed_pair())], [1.0], eval_fn=lambda m: {"psnr": 20.0, "ssim": 0.5})
+    pair = fixed_pair()
+    run_eval([EvalItem("flat", pair.dark, pair.ratio, pair.target, sony_colour())],
+             cfg.run_dir / "best.safetensors", None, tmp_path / "eval", baseline=False)
+    card = model_card(cfg.run_dir, tmp_path / "eval" / "eval.json", "a test machine")
+    assert "1e-05 from step\n  0, loss" in card
+
+
 def test_a_new_run_can_start_from_shipped_weights(tmp_path):
     first = config(tmp_path / "a", steps=3)
     train(first, [FixedSource(fixed_pair())], [1.0])

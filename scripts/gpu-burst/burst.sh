@@ -12,8 +12,10 @@ mkdir -p "$OUT"
 common=(train --run-dir "$RUN" --source clean=.burst/photos --eld-noise .burst/eld --no-darktable-noise
   --output-space linear-camera-wb --steps 1000000 --crop 448 --batch "${BATCH:-32}" --workers "${WORKERS:-14}" --threads 2
   --eval-every 0 --ema 0.999 --colour-weight 1.0 --device "$DEVICE" --bf16 --checkpoint-minutes 1 --log-every 200 ${EXTRA:-})
+# phase A starts from .burst/init.safetensors, or resumes the checkpoint prepare.py put in the run
+start=(--resume); [ -f .burst/init.safetensors ] && start=(--init-weights .burst/init.safetensors)
 [ "$A" -gt 0 ] && timeout --foreground -k 30 -s TERM "$A" python3 -m lowlux "${common[@]}" \
-  --init-weights .burst/init.safetensors --lr-drop-at 1000000 > "$OUT/train-a.log" 2>&1
+  "${start[@]}" --lr-drop-at 1000000 > "$OUT/train-a.log" 2>&1
 echo "phase A rc=$?" >> "$OUT/machine.txt"
 [ "$B" -gt 0 ] && timeout --foreground -k 30 -s TERM "$B" python3 -m lowlux "${common[@]}" --lr-drop-at 0 --resume \
   > "$OUT/train-b.log" 2>&1

@@ -94,8 +94,15 @@ BF16_VERDICTS: dict[tuple[str, str, str], dict] = {
         "psnr_db": 0.011, "ssim": 0.0004, "delta_e00": 0.044, "levels_8bit": 3, "max_diff_255": 2.70,
         "measured": "as above, torch 2.13 bf16 autocast against torch float32",
     },
+    ("b43e90f94050ccec", "openvino", "amx"): {
+        "weights": "lowlux-default.safetensors (linear, shipped since 2026-12-01)", "output_space": "linear-camera-wb",
+        "passes": False, "psnr_db": 0.001, "ssim": 0.0001, "delta_e00": 0.012, "levels_8bit": 3,
+        "max_diff_255": 2.43, "measured": "lowlux bench 2026-12-01, colour anchoring on "
+                                         "(docs/benchmarks/accuracy-bf16-2026-12-01.json), as above: within the "
+                                         "rule but for pixels 3 levels off, so float32",
+    },
     ("a5eb116ed714758f", "openvino", "amx"): {
-        "weights": "lowlux-default.safetensors (linear, shipped since 2026-11-30)", "output_space": "linear-camera-wb",
+        "weights": "lowlux-default.safetensors (linear, shipped 2026-11-30)", "output_space": "linear-camera-wb",
         "passes": False, "psnr_db": 0.002, "ssim": 0.0002, "delta_e00": 0.011, "levels_8bit": 3,
         "max_diff_255": 2.98, "measured": "lowlux bench 2026-11-30, colour anchoring on "
                                          "(docs/benchmarks/accuracy-bf16-anchored.json; the net alone before it: "

@@ -133,7 +133,7 @@ none of the authors' weights were used to make it.
   {TARGETS[space]}. The evaluation images are held out (`lowlux.train.split`).
 - Steps: {meta.get('steps', '?')} (best eval PSNR) of {last_step} run so far{_which(meta, config)}.
 - Batch {config['batch']}, {config['crop']} px crops, Adam lr {config['lr']:g}, {config['lr_after']:g} from step
-  {config['lr_drop_at'] or config['steps'] // 2}, loss {_loss(config)}, seed {config['seed']},
+  {config['steps'] // 2 if config['lr_drop_at'] is None else config['lr_drop_at']}, loss {_loss(config)}, seed {config['seed']},
   {config['threads']} intra-op thread(s).
 - Hardware: {hardware}. Median {median_sec:.2f} s per step; {hours:.1f} h of wall time to the last evaluation.
 
