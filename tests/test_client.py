@@ -129,6 +129,27 @@ def test_status_wait_answers_once_a_file_finishes_not_at_its_deadline(engine, en
         assert client(endpoint, "status", job, "--wait", "-1") == 2
         assert "must not be negative" in capsys.readouterr().err
 
+
+def test_jobs_wait_answers_once_one_of_the_jobs_has_a_file_more(engine, endpoint, make_dng, capsys):
+    from workerkit import GatedEngine
+
+    gated = GatedEngine(engine)
+    with serving(gated, endpoint):
+        with Client(endpoint) as c:
+            job = c.submit([make_dng("slow.dng")])
+            assert gated.entered.wait(30)
+            assert [j["finished"] for j in c.jobs(wait=0.2, since={job: 0})] == [0]  # the wait ran out
+            threading.Timer(0.3, gated.gate.set).start()
+            assert [j["finished"] for j in c.jobs(wait=600, since={job: 0})] == [1]
+        capsys.readouterr()
+        assert client(endpoint, "jobs", "--wait", "5", "--since", f"{job}=0") == 0
+        assert capsys.readouterr().out.startswith(f"{job}\tdone\t1\t1")
+        with pytest.raises(SystemExit) as bad:
+            client(endpoint, "jobs", "--wait", "5", "--since", f"{job}=many")
+        assert bad.value.code == 2
+        assert "is not JOB=N" in capsys.readouterr().err
+        assert client(endpoint, "jobs", "--wait", "-1") == 2
+
 def test_cancel_and_shutdown_through_the_cli(engine, endpoint, make_dng, capsys):
     from workerkit import GatedEngine
 

@@ -615,7 +615,7 @@ def test_waiting_status_requests_are_bounded_for_all_clients_together(engine, en
     ({"wait": -1}, "'wait' must be a number"),
     ({"wait": "soon"}, "'wait' must be"),
     ({"wait": True}, "'wait' must be"),
-    ({"wait": 1, "since": -2}, "'since' a count"),
+    ({"wait": 1, "since": -2}, "'since' must be a count"),
     ({"wait": 1, "since": 1.5}, "'since' must be an integer"),
 ])
 def test_bad_waits_are_refused_naming_the_field(engine, endpoint, make_dng, fields, reason):
@@ -640,3 +640,86 @@ def test_the_client_still_waits_on_a_worker_that_answers_status_at_once(engine, 
         status = c.status(job, wait=120, since=0)
         opener.join()
         assert status["finished"] == 1 and status["state"] == "done"
+
+
+# ---- jobs that wait inside the worker (a client following several one-file jobs) ---------------------------
+
+
+def send_jobs(sock: zmq.Socket, **fields) -> str:
+    msg = proto.make_request("jobs", **fields)
+    sock.send_multipart([b"", proto.dumps(msg)])
+    return msg["id"]
+
+
+def test_a_waiting_jobs_request_is_answered_when_one_of_its_jobs_moves_on_and_not_before(engine, endpoint, make_dng):
+    gated = GatedEngine(engine)
+    with serving(gated, endpoint):
+        first = request(endpoint, "submit", files=[str(make_dng("a.dng"))])["job"]
+        second = request(endpoint, "submit", files=[str(make_dng("b.dng"))])["job"]
+        assert gated.entered.wait(30)
+        sock = open_dealer(endpoint)
+        try:
+            rid = send_jobs(sock, wait=60, since={first: 0, second: 0})
+            assert replies(sock, 0.5) == [], "answered while nothing had finished"
+            gated.gate.set()
+            answer = replies(sock, 60, count=1)
+        finally:
+            sock.close(0)
+        assert [a["id"] for a in answer] == [rid]
+        listed = {j["job"]: j for j in answer[0]["jobs"]}
+        assert listed[first]["finished"] == 1 or listed[second]["finished"] == 1
+
+
+def test_a_waiting_jobs_request_whose_wait_runs_out_or_names_a_gone_job_is_answered_as_it_is(engine, endpoint,
+                                                                                             make_dng):
+    gated = GatedEngine(engine)
+    with serving(gated, endpoint):
+        job = request(endpoint, "submit", files=[str(make_dng("w.dng"))])["job"]
+        assert gated.entered.wait(30)
+        started = time.monotonic()
+        listing = request(endpoint, "jobs", wait=0.3, since={job: 0})
+        assert listing["ok"] and time.monotonic() - started >= 0.25
+        assert [(j["job"], j["finished"]) for j in listing["jobs"]] == [(job, 0)]
+        started = time.monotonic()
+        gone = request(endpoint, "jobs", wait=30, since={job: 0, "no-such-job": 0})  # nothing to wait for
+        assert gone["ok"] and time.monotonic() - started < 5
+        gated.gate.set()
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"wait": 1, "since": ["J1"]}, "'since' must be an object"),
+    ({"wait": 1, "since": {"J1": -1}}, "'since' must map job ids to counts"),
+    ({"wait": 1, "since": {"J1": 1.5}}, "'since' must map job ids to counts"),
+    ({"wait": -1, "since": {"J1": 0}}, "'wait' must be a number"),
+])
+def test_bad_jobs_waits_are_refused_naming_the_field(engine, endpoint, fields, reason):
+    with serving(engine, endpoint):
+        reply = request(endpoint, "jobs", **fields)
+        assert not reply["ok"] and reply["error"]["code"] == proto.BAD_REQUEST
+        assert reason in reply["error"]["message"]
+        assert request(endpoint, "ping")["ok"]
+
+
+def test_a_jobs_request_naming_too_many_jobs_is_refused(engine, endpoint):
+    from lowlux.server.handlers import MAX_SINCE_JOBS
+
+    with serving(engine, endpoint):
+        reply = request(endpoint, "jobs", wait=1, since={f"J{i}": 0 for i in range(MAX_SINCE_JOBS + 1)})
+        assert not reply["ok"] and f"at most {MAX_SINCE_JOBS}" in reply["error"]["message"]
+
+
+def test_the_client_still_waits_for_its_jobs_on_a_worker_that_answers_jobs_at_once(engine, endpoint, make_dng,
+                                                                                    monkeypatch):
+    from lowlux.server.handlers import Handlers
+
+    monkeypatch.setattr(Handlers, "jobs", lambda self, msg, blobs, peer: self.jobs_now(msg, peer))
+    gated = GatedEngine(engine)
+    with serving(gated, endpoint), Client(endpoint) as c:
+        job = c.submit([make_dng("w.dng")])
+        assert gated.entered.wait(30)
+        opener = threading.Timer(0.3, gated.gate.set)
+        opener.start()
+        jobs = c.jobs(wait=120, since={job: 0})
+        opener.join()
+        assert [(j["job"], j["finished"]) for j in jobs] == [(job, 1)]
+

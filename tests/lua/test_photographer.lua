@@ -370,4 +370,19 @@ T.test("many one-file jobs: one jobs call per poll, and status only for the jobs
   T.eq(ctx.worker:all_commands(), {"ping", "submit", "submit", "submit", "jobs", "status", "jobs", "status", "status"})
   T.eq(summary.done, 3)
   T.eq(ctx.dt._rec.jobs[1].percents, {0, 1 / 3, 1})
+  -- each jobs call waits in the worker for a file beyond those seen; the status calls after it do not
+  local waits = {}
+  for _, c in ipairs(ctx.worker:calls()) do
+    local command
+    for _, word in ipairs(c) do if word == "jobs" or word == "status" then command = command or word end end
+    for i, word in ipairs(c) do
+      if word == "--wait" then
+        T.eq(c[i + 1], string.format("%.3f", ctx.api.config.status_wait_ms / 1000), "at most the status wait")
+        T.eq(c[i + 2], "--since")
+        waits[#waits + 1] = command .. " " .. c[i + 3]
+      end
+    end
+  end
+  T.eq(waits, {"jobs J1=0,J2=0,J3=0", "jobs J2=0,J3=0"})
+  for _, e in ipairs(ctx.dt._rec.timeline) do T.eq(e == "sleep", false, "no dt.control.sleep between the calls") end
 end)

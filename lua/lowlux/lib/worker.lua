@@ -178,8 +178,19 @@ function M.status(s, job, wait, since)
 end
 
 -- Every job the worker knows, in one call (id -> state, finished, total); nil when that fails.
-function M.jobs(s)
-  local code, out = M.run_client(s, {"jobs", "--format", "text"})
+-- With wait (seconds) and since (job id -> files seen finished) the call returns once one of
+-- those jobs has a file more finished or has ended, or after wait: the worker holds it meanwhile.
+function M.jobs(s, wait, since)
+  local args = {"jobs", "--format", "text"}
+  if wait and since then
+    local seen = {}
+    for job, n in pairs(since) do seen[#seen + 1] = job .. "=" .. tostring(n) end
+    table.sort(seen)
+    for _i, a in ipairs({"--wait", string.format("%.3f", wait), "--since", table.concat(seen, ",")}) do
+      args[#args + 1] = a
+    end
+  end
+  local code, out = M.run_client(s, args)
   if code ~= 0 then return nil end
   return M.parse_jobs(out)
 end
@@ -356,7 +367,7 @@ end
 -- Ask the active jobs for their status until all are final (or lost, or cancelled and not
 -- stopping); darktable stays responsive in between. With several jobs (one per file when the
 -- files have names of their own) one `jobs` call per poll says which changed, and only those
--- are asked for their files.
+-- are asked for their files; that call, like a lone job's status call, waits in the worker.
 function M.poll(run, active)
   local progress = run.progress
   local cancel_sent, polls_after_cancel = false, 0
@@ -366,12 +377,19 @@ function M.poll(run, active)
       cancel_sent = true
       send_cancel(run, active)
     end
-    -- one job: its status call itself waits in the worker for the next finished file, instead of
-    -- a pause here: one process per file (or per status_wait_ms), and the worker does nothing for
-    -- it meanwhile (not while darktable quits: then one quick look and out)
-    local waiting = #active == 1 and not dt.control.ending
-    local listing = #active > 1 and M.jobs(run.s) or nil
-    local answered = true
+    -- the status call (one job) or the jobs call (several) itself waits in the worker for the next
+    -- finished file, instead of a pause here: one process per file (or per status_wait_ms), and the
+    -- worker does nothing for it meanwhile (not while darktable quits: then one quick look and out).
+    -- Once cancelled, the short wait: cancel_polls then bounds the time to settle as before.
+    local waiting = not dt.control.ending
+    local wait_s = (cancel_sent and M.config.poll_ms or M.config.status_wait_ms) / 1000
+    local listing, answered = nil, true
+    if #active > 1 then
+      local since = {}
+      for _i, batch in ipairs(active) do since[batch.job] = batch.seen_finished end
+      listing = M.jobs(run.s, waiting and wait_s or nil, waiting and since or nil)
+      answered = listing ~= nil
+    end
     local finished, total, still = 0, 0, {}
     for _i, batch in ipairs(active) do
       local info = listing and listing[batch.job]
@@ -379,9 +397,9 @@ function M.poll(run, active)
         finished, total = finished + info.finished, total + info.total
         still[#still + 1] = batch
       else
-        -- once cancelled, the short wait: cancel_polls then bounds the time to settle as before
-        local wait_ms = cancel_sent and M.config.poll_ms or M.config.status_wait_ms
-        local st, err = M.status(run.s, batch.job, waiting and wait_ms / 1000 or nil, batch.seen_finished)
+        -- a lone job's status waits; with several, the jobs call above has waited already
+        local st, err = M.status(run.s, batch.job, (waiting and #active == 1) and wait_s or nil,
+                                 batch.seen_finished)
         answered = answered and st ~= nil
         if st then
           batch.failures = 0

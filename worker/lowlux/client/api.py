@@ -209,8 +209,27 @@ class Client:
     def cancel(self, job: str) -> dict[str, Any]:
         return self.request("cancel", job=job)
 
-    def jobs(self) -> list[dict[str, Any]]:
-        return self.request("jobs")["jobs"]
+    def jobs(self, *, wait: float = 0.0, since: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        """The jobs; with ``wait`` and ``since`` (job -> files seen finished), once one of those jobs has
+        more finished files or has ended (or is gone), or ``wait`` seconds have passed.
+
+        As with :meth:`status`, the worker holds the request meanwhile; one that answers at once (one
+        that predates waiting) is asked again every few milliseconds."""
+        if wait <= 0 or not since:
+            return self.request("jobs")["jobs"]
+        deadline = time.monotonic() + wait
+        delay = 0.01
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            jobs = self.conn.request("jobs", wait=round(left, 3), since=since,
+                                     timeout=left + self.conn.timeout).body["jobs"]
+            if _moved_on(jobs, since):
+                return jobs
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return jobs
+            time.sleep(min(delay, left))
+            delay = min(delay * 1.5, STATUS_WAIT_POLL)
 
     def fetch(self, job: str, index: int, *, patience: float = FETCH_PATIENCE) -> tuple[list[str], list[bytes]]:
         """Names and bytes of the TIFFs of one finished file of an upload job. A worker busy sending
@@ -303,3 +322,13 @@ class Client:
             message = exc.message if isinstance(exc, WorkerError) else str(exc)
             return {**entry, "state": "failed", "outputs": [], "error": f"{source}: {message}"}
         return {**entry, "outputs": outputs}
+
+
+def _moved_on(jobs: list[dict[str, Any]], since: dict[str, int]) -> bool:
+    """Whether a job in ``since`` has more finished files than seen there, has ended, or is gone."""
+    listed = {j["job"]: j for j in jobs}
+    for job_id, seen in since.items():
+        job = listed.get(job_id)
+        if job is None or job["finished"] > seen or job["state"] in proto.TERMINAL_STATES:
+            return True
+    return False

@@ -129,6 +129,12 @@ def add_client_parser(sub) -> None:
         a = actions.add_parser(name, help=text)
         if name in ("health", "jobs"):
             _format_argument(a, "json" if name == "health" else "text")
+        if name == "jobs":
+            a.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                           help="with --since: answer once one of those jobs has a file more finished (or "
+                                "ended), waiting at most SECONDS (default 0: at once)")
+            a.add_argument("--since", type=_since_argument, default=None, metavar="JOB=N,...",
+                           help="the jobs to wait for, each with the files already seen finished")
         if name == "shutdown":
             a.add_argument("--now", action="store_true", help="also cancel the files being restored")
     for a in actions.choices.values():
@@ -265,8 +271,22 @@ def _do_health(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _since_argument(text: str) -> dict[str, int]:
+    """``J1=0,J2=3`` -> {"J1": 0, "J2": 3}."""
+    since: dict[str, int] = {}
+    for part in filter(None, text.split(",")):
+        job, sep, count = part.partition("=")
+        if not sep or not job or not count.isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r} is not JOB=N (N a count of files >= 0)")
+        since[job] = int(count)
+    return since
+
+
 def _do_jobs(client: Client, args: argparse.Namespace) -> int:
-    jobs = client.jobs()
+    if args.wait < 0:
+        print("lowlux client: --wait must not be negative", file=sys.stderr)
+        return EXIT_USAGE
+    jobs = client.jobs(wait=args.wait, since=args.since)
     if args.format == "json":
         print(json.dumps(jobs, indent=1))
     else:

@@ -210,16 +210,21 @@ class Handlers:
 
     def status(self, msg: dict, blobs: list, peer: Peer) -> Reply | WaitFor:
         job = self._owned_job(msg, peer)
-        wait = proto.field(msg, "wait", (int, float), required=False, default=0)
+        wait = _wait_field(msg)
         since = proto.field(msg, "since", int, required=False)
-        if not proto.is_number(wait) or wait < 0 or (since is not None and since < 0):
-            raise ProtocolError(proto.BAD_REQUEST, "'wait' must be a number of seconds >= 0 and 'since' a count >= 0")
-        if wait > 0 and not self.server.stopping and self.server.waits.room_for(peer.key):
+        if since is not None and since < 0:
+            raise ProtocolError(proto.BAD_REQUEST, "'since' must be a count >= 0")
+        if self._may_wait(wait, peer):
             finished, ended = self.scheduler.progress(job.id)
             since = finished if since is None else since
             if not ended and finished <= since:
-                return WaitFor(msg, peer, job.id, since, time.monotonic() + min(float(wait), MAX_WAIT))
+                return WaitFor(msg, peer, {job.id: since}, time.monotonic() + min(wait, MAX_WAIT))
         return self.status_now(msg, peer)
+
+    def _may_wait(self, wait: float, peer: Peer) -> bool:
+        """Whether a request that asks to wait may be held: not while the worker stops, and only while
+        the client and the worker have room for another held request (else it is answered at once)."""
+        return wait > 0 and not self.server.stopping and self.server.waits.room_for(peer.key)
 
     def status_now(self, msg: dict, peer: Peer) -> Reply:
         """The job's status as it is (a waiting ``status``'s answer once it is due)."""
@@ -263,8 +268,27 @@ class Handlers:
         job.told = True
         return Reply(proto.ok_reply(msg, job=job.id))
 
-    def jobs(self, msg: dict, blobs: list, peer: Peer) -> Reply:
+    def jobs(self, msg: dict, blobs: list, peer: Peer) -> Reply | WaitFor:
+        """The jobs; with ``wait`` and ``since`` (job -> files seen finished), once one of those jobs has
+        moved on: a client following several jobs (one per file) holds one request, not one per job."""
+        wait = _wait_field(msg)
+        since = _since_map(msg)
+        if since and self._may_wait(wait, peer) and not any(self._moved_on(j, n, peer) for j, n in since.items()):
+            return WaitFor(msg, peer, since, time.monotonic() + min(wait, MAX_WAIT), answer="jobs")
+        return self.jobs_now(msg, peer)
+
+    def jobs_now(self, msg: dict, peer: Peer) -> Reply:
+        """The jobs as they are (a waiting ``jobs``'s answer once it is due)."""
         return Reply(proto.ok_reply(msg, jobs=self.scheduler.jobs(peer.owner if peer.remote else None)))
+
+    def _moved_on(self, job_id: str, seen: int, peer: Peer) -> bool:
+        """More than ``seen`` files finished, or the job ended; a job that is gone or not the client's
+        counts as moved on (there is nothing to wait for)."""
+        job = self.scheduler.get(job_id)
+        if job is None or (peer.remote and job.owner != peer.owner):
+            return True
+        finished, ended = self.scheduler.progress(job_id)
+        return ended or finished > seen
 
     def _owned_job(self, msg: dict, peer: Peer) -> Job:
         job_id = proto.job_field(msg)
@@ -273,6 +297,30 @@ class Handlers:
             raise ProtocolError(proto.UNKNOWN_JOB, f"no job {job_id} on this worker (finished jobs are forgotten "
                                                    f"after {self.config.job_ttl:.0f} s; a restarted worker knows none)")
         return job
+
+
+MAX_SINCE_JOBS = 1024
+"""Jobs one waiting ``jobs`` request may name in ``since``."""
+
+
+def _wait_field(msg: dict) -> float:
+    """``wait``: seconds a request may be held (0: answer at once)."""
+    wait = proto.field(msg, "wait", (int, float), required=False, default=0)
+    if not proto.is_number(wait) or wait < 0:
+        raise ProtocolError(proto.BAD_REQUEST, "'wait' must be a number of seconds >= 0")
+    return float(wait)
+
+
+def _since_map(msg: dict) -> dict[str, int]:
+    """``jobs``'s ``since``: job id -> files the client has seen finished."""
+    since = proto.field(msg, "since", dict, required=False, default={})
+    if len(since) > MAX_SINCE_JOBS:
+        raise ProtocolError(proto.BAD_REQUEST, f"'since' names {len(since)} jobs; at most {MAX_SINCE_JOBS}")
+    for job_id, seen in since.items():
+        if not isinstance(seen, int) or isinstance(seen, bool) or seen < 0:
+            raise ProtocolError(proto.BAD_REQUEST, f"'since' must map job ids to counts >= 0, not "
+                                                   f"{job_id[:64]!r}: {str(seen)[:64]}")
+    return since
 
 
 def as_bytes(frame: Any) -> bytes:

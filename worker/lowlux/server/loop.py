@@ -278,19 +278,23 @@ class Server:
             self.fetches.sent(peer.key, tracker, data)
 
     def _answer_waits(self) -> None:
-        """Answer the waiting ``status`` requests whose file finished, job ended or wait ran out; all of
-        them once the worker stops."""
+        """Answer the waiting requests whose file finished, job ended or wait ran out; all of them once
+        the worker stops."""
         if not len(self.waits):
             return
 
         def ready(wait: WaitFor) -> bool:
-            finished, ended = self.scheduler.progress(wait.job_id)
-            return ended or finished > wait.since
+            for job_id, seen in wait.seen.items():
+                finished, ended = self.scheduler.progress(job_id)
+                if ended or finished > seen:
+                    return True
+            return False
 
+        answers = {"status": self.handlers.status_now, "jobs": self.handlers.jobs_now}
         for waiting in self.waits.due(ready, all_of_them=self._stop.is_set()):
             wait = waiting.wait
             try:
-                reply = self.handlers.status_now(wait.msg, wait.peer)
+                reply = answers[wait.answer](wait.msg, wait.peer)
             except Exception as exc:
                 reply = self.handlers.error_reply(exc, wait.msg, wait.peer)
             self._send(waiting.sock, waiting.envelope, reply, wait.peer)

@@ -1,9 +1,10 @@
 """Status requests that wait inside the worker.
 
 ``status`` with ``wait`` is answered once more than ``since`` of the job's files have finished, the job
-has ended, the wait is over, or the worker stops. A client that wants to learn of a finished file at once
-then has one request in flight instead of a look every few milliseconds: the worker does nothing for it
-while nothing changes, and the pipeline's threads keep the CPU and the GIL.
+has ended, the wait is over, or the worker stops; ``jobs`` with ``wait`` likewise once any of the jobs
+in its ``since`` (job -> files seen finished) has moved on. A client that wants to learn of a finished
+file at once then has one request in flight instead of a look every few milliseconds: the worker does
+nothing for it while nothing changes, and the pipeline's threads keep the CPU and the GIL.
 
 The pipeline wakes the request loop through a pipe (``wake`` is safe from any thread; a full pipe is
 already a pending wake-up); the loop polls the pipe's read end beside its sockets.
@@ -18,23 +19,24 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_WAIT = 60.0
-"""Longest a status request may wait (seconds); a longer ``wait`` is cut to this."""
+"""Longest a request may wait (seconds); a longer ``wait`` is cut to this."""
 MAX_WAITING_PER_PEER = 16
-"""Status requests one client may have waiting at once; beyond that they are answered at once."""
+"""Requests one client may have waiting at once; beyond that they are answered at once."""
 MAX_WAITING = 1024
-"""Status requests all clients together may have waiting (each local connection is a client of its own)."""
+"""Requests all clients together may have waiting (each local connection is a client of its own)."""
 
 
 @dataclass
 class WaitFor:
-    """What a handler returns instead of a reply: answer ``msg`` later, once ``job_id`` has more than
-    ``since`` finished files, has ended, or ``deadline`` (monotonic) has passed."""
+    """What a handler returns instead of a reply: answer ``msg`` later, once one of the jobs in
+    ``seen`` has more finished files than seen there, or has ended, or ``deadline`` (monotonic) has
+    passed. ``answer`` names the request whose reply is then sent (``status`` or ``jobs``)."""
 
     msg: dict[str, Any]
     peer: Any
-    job_id: str
-    since: int
+    seen: dict[str, int]
     deadline: float
+    answer: str = "status"
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Waiting:
 
 
 class Waits:
-    """The parked status requests of one worker, and the pipe that wakes the loop for them."""
+    """The parked requests of one worker, and the pipe that wakes the loop for them."""
 
     def __init__(self) -> None:
         self._waiting: list[Waiting] = []
