@@ -8,11 +8,12 @@ always written.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from .atomic import replacing
 
 CFA_CODES = {"R": 0, "G": 1, "B": 2}
 
@@ -84,8 +85,7 @@ def write_dng(
         (50728, "2I", 3, tuple(_rational(as_shot_neutral)), True),  # AsShotNeutral
     ]
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         tifffile.imwrite(
             tmp,
             cfa,
@@ -101,9 +101,6 @@ def write_dng(
 
             with pyexiv2.Image(str(tmp)) as img:
                 img.modify_exif(exif)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

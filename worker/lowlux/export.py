@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .atomic import replacing
 from .model import FEATURES, HEAD_CHANNELS, LowLightNet
 from .weights import file_digest, output_space
 
@@ -88,25 +89,20 @@ def _modules(model: LowLightNet) -> dict[str, tuple[torch.nn.Module, tuple, dict
 
 def _export_graph(module: torch.nn.Module, args: tuple, names: dict, path: Path) -> None:
     """One ONNX file, written under a temporary name and moved into place when complete."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     module = module.eval().float().cpu()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:  # the TorchScript exporter: quick (well under a second) and exact for plain convs
-                torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET, **names)
-            except (TypeError, RuntimeError, ImportError, AttributeError) as exc:
-                log.debug("TorchScript ONNX export unavailable (%s); using torch.export", exc)
-                from torch.export import Dim
+    with replacing(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # the TorchScript exporter: quick (well under a second) and exact for plain convs
+            torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=OPSET, **names)
+        except (TypeError, RuntimeError, ImportError, AttributeError) as exc:
+            log.debug("TorchScript ONNX export unavailable (%s); using torch.export", exc)
+            from torch.export import Dim
 
-                # one entry: _Part.forward takes its inputs as one ``*inputs`` tuple
-                shapes = (tuple({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC} for _ in args),)
-                torch.onnx.export(module, args, str(tmp), dynamo=True, opset_version=max(OPSET, 18),
-                                  input_names=names["input_names"], output_names=names["output_names"],
-                                  dynamic_shapes=shapes)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            # one entry: _Part.forward takes its inputs as one ``*inputs`` tuple
+            shapes = (tuple({0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC} for _ in args),)
+            torch.onnx.export(module, args, str(tmp), dynamo=True, opset_version=max(OPSET, 18),
+                              input_names=names["input_names"], output_names=names["output_names"],
+                              dynamic_shapes=shapes)
 
 
 def _valid(path: Path) -> bool:

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import replacing
 from .config import ENV_CLIENT_KEY, ENV_SERVER_KEY, ConfigError, keys_dir, private_dir, setting
 from .options import EXIT_OK, EXIT_USAGE
 
@@ -52,12 +53,8 @@ def _certificate(public: bytes, secret: bytes | None) -> str:
 def _write(path: Path, text: str, mode: int, force: bool) -> None:
     if path.exists() and not force:
         raise ConfigError(f"{path}: already exists (use --force to replace the key pair)")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    with replacing(path, mode=mode) as tmp:
+        tmp.write_text(text)
 
 
 def generate(folder: Path, name: str, *, force: bool = False) -> tuple[Path, Path]:
@@ -126,10 +123,8 @@ def authorize(folder: Path, public_file: Path, name: str | None = None, *, force
     for other in target_dir.glob("*.key"):
         if other != target and read_key_file(other)[0] == public:
             print(f"note: this key is also authorized as {other.name}", file=sys.stderr)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.copyfile(public_file, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    with replacing(target, mode=0o644) as tmp:
+        shutil.copyfile(public_file, tmp)
     return target
 
 

@@ -14,7 +14,7 @@ its pixel pipe on the full 16-bit image. It is grafted in the same tifftools pas
 so the image itself is still written by one ``tifffile.imwrite`` and stays IFD0.
 
 Files are written to a temporary name in the target folder and moved into place only when
-complete, so a crash or a cancel never leaves a partial TIFF under the final name. Without
+complete (:mod:`lowlux.atomic`), so a crash or a cancel never leaves a partial TIFF under the final name. Without
 ``overwrite`` the final move is a hard link, which fails if the name appeared meanwhile.
 """
 
@@ -32,11 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .atomic import EXISTS, move_into_place, temp_beside
 from .errors import OutputError
 
 log = logging.getLogger(__name__)
 
 COMPRESSIONS = ("none", "deflate")
+TEMP_SUFFIX = ".tmp.tif"
+"""How an output's temporary names end, TIFF or DNG: :func:`lowlux.batch.remove_stale_temporaries` finds a
+killed worker's leftovers by it."""
 
 # Tags that describe the raw's pixel layout or point into its structure: never copied.
 _SKIP_EXIF_PREFIXES = (
@@ -164,7 +168,7 @@ def check_output(path: Path, overwrite: bool) -> None:
     """Fail early, before any work, if the TIFF cannot be written (or its folder cannot be made)."""
     folder = path.parent
     if path.exists() and not overwrite:
-        raise OutputError(path, "already exists (use --overwrite to replace it)")
+        raise OutputError(path, EXISTS)
     if path.is_dir():
         raise OutputError(path, "is a directory")
     if folder.exists() and not folder.is_dir():
@@ -288,10 +292,6 @@ def _write_failure(exc: OSError, nbytes: int) -> str:
     return f"cannot write ({exc.strerror or exc})"
 
 
-def _temp_name(path: Path, step: str = "") -> Path:
-    return path.with_name(f".{path.stem}.{os.getpid()}.{id(path):x}{step}.tmp.tif")
-
-
 def write_tiff(
     path: str | Path,
     rgb: np.ndarray,
@@ -331,7 +331,7 @@ def write_output(path: Path, write: Callable[[Path], None], nbytes: int, *, sour
     as a SubIFD) are added in one more pass, and the file is moved into place atomically; a disk error
     is an ``OutputError`` naming the file, and nothing partial is left."""
     check_output(path, overwrite)
-    tmp, tagged = _temp_name(path), _temp_name(path, "m")
+    tmp, tagged = temp_beside(path, suffix=TEMP_SUFFIX), temp_beside(path, "m", suffix=TEMP_SUFFIX)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
@@ -340,25 +340,10 @@ def write_output(path: Path, write: Callable[[Path], None], nbytes: int, *, sour
                 None if source is None else Path(source), tmp, tagged, preview):
             done = tagged
             tmp.unlink()
-        _move_into_place(done, path, overwrite)
+        move_into_place(done, path, overwrite)
     except OSError as exc:
         raise OutputError(path, _write_failure(exc, nbytes)) from exc
     finally:
         tmp.unlink(missing_ok=True)
         tagged.unlink(missing_ok=True)
     return path
-
-
-def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # atomic and refuses to clobber
-    except FileExistsError as exc:
-        raise OutputError(path, "already exists (use --overwrite to replace it)") from exc
-    except OSError:
-        # Filesystems without hard links: re-check, then rename.
-        if path.exists():
-            raise OutputError(path, "already exists (use --overwrite to replace it)") from None
-        os.replace(tmp, path)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .atomic import replacing
 from .errors import WeightsError
 from .model import SRGB, LowLightNet
 
@@ -160,10 +161,9 @@ def save_weights(model: LowLightNet, path: str | Path, metadata: dict[str, str] 
 
     state = {k: v.detach().cpu().contiguous() for k, v in strip_weight_norm_keys(model.state_dict()).items()}
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     meta = {"format": FORMAT, "output_space": getattr(model, "output_space", SRGB), **(metadata or {})}
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import replacing
 from . import child
 from .configs import Config, default_configs
 from .report import Row, format_row, header, machine_line, markdown_tables, secs
@@ -233,9 +234,8 @@ def _save_rows(path: Path, rows: list[Row], machine: str) -> None:
     """The JSON rows so far (each with the machine line), replaced atomically: a run cut short by an
     outside limit keeps every row it finished."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([asdict(r) | {"machine": machine} for r in rows], indent=1))
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps([asdict(r) | {"machine": machine} for r in rows], indent=1))
 
 
 def _write_results(args: argparse.Namespace, rows: list[Row], machine: str, failures: list[str]) -> None:

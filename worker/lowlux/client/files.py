@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import EXISTS, write_bytes
+from ..errors import OutputError
 from ..naming import names_for_options
 from .errors import OutputExists
 
@@ -43,23 +45,16 @@ def upload_problem(path: Path, options: dict[str, Any], local: dict[str, Any],
         folder = Path(local["out_dir"]) if local.get("out_dir") else path.parent
         for name in names_for_options(path, options):
             if (folder / name).exists():
-                return f"{folder / name}: already exists (use --overwrite to replace it)"
+                return f"{folder / name}: {EXISTS}"
     return None
 
 
 def write_atomic(path: Path, data: bytes, overwrite: bool) -> Path:
-    """Write a fetched TIFF under a temporary name and move it into place only when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    """Write a fetched TIFF atomically (:func:`lowlux.atomic.write_bytes`). A taken name is the client's
+    own ``OutputExists``, part of its API; a file that cannot be written is an ``OutputError`` naming it."""
     try:
-        tmp.write_bytes(data)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise OutputExists(f"{path}: already exists (use --overwrite to replace it)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        return write_bytes(path, data, overwrite=overwrite)
+    except OutputError as exc:
+        if exc.reason == EXISTS:
+            raise OutputExists(str(exc)) from None
+        raise

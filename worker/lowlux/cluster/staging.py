@@ -31,11 +31,11 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..atomic import EXISTS
 from ..errors import OutputError
 
 JOB_DIR_PREFIX = ".lowlux-"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-EXISTS = "already exists (use --overwrite to replace it)"
 
 
 def new_job_id() -> str:
@@ -116,33 +116,3 @@ def remove_job_dirs(folders: Iterable[Path], job_id: str) -> int:
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed
-
-
-def write_atomically(final: Path, data: bytes, *, overwrite: bool) -> Path:
-    """Write bytes received from a worker under ``final``: a temporary name, then a link or rename."""
-    final = Path(final)
-    if final.exists() and not overwrite:
-        raise OutputError(final, EXISTS)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, final)
-        else:
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                raise OutputError(final, EXISTS) from None
-            except OSError:
-                if final.exists():
-                    raise OutputError(final, EXISTS) from None
-                os.replace(tmp, final)
-    except OSError as exc:
-        raise OutputError(final, f"cannot write ({exc.strerror or exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final

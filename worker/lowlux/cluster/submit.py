@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..atomic import write_bytes
 from ..engine import EngineConfig
 from ..errors import LowluxError, OutputError
 from ..pipeline import EnhanceOptions, output_paths
@@ -109,7 +110,7 @@ def outcome_of(future, source: Path, options: EnhanceOptions, upload: bool) -> O
         for final, name, data in zip(output_paths(source, options), result.outputs, result.data or []):
             if final.name != name:
                 raise FileFailed(source, f"{source}: the worker named its output {name}, expected {final.name}")
-            written.append(staging.write_atomically(final, data, overwrite=options.overwrite))
+            written.append(write_bytes(final, data, overwrite=options.overwrite))
     except LowluxError as exc:
         return exc
     return written

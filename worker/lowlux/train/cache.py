@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import replacing
 from ..mosaic import rggb_offset
 from ..raw import read_raw
 from ..colour import CameraColour, from_libraw
@@ -41,10 +42,8 @@ def _key(path: Path, tag: str) -> str:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    tmp.replace(path)
 
 
 LIBRAW_LINEAR_RENDER = dict(use_camera_wb=True, no_auto_bright=True, output_bps=16, user_flip=0, gamma=(1, 1),

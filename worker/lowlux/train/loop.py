@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..atomic import replacing
 from ..model import LINEAR_CAMERA_WB, SRGB, LowLightNet, apply_weight_norm, msra_init
 from ..weights import load_state, save_weights, strip_weight_norm_keys
 from .data import PairDataset, SequentialFrom, Source
@@ -125,10 +126,9 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: Path, model: LowLightNet, opt: torch.optim.Optimizer, step: int,
                     config: TrainConfig, extra: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "rng": _rng_state(), "config": config.to_json(), **extra}, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "rng": _rng_state(), "config": config.to_json(), **extra}, tmp)
 
 
 def new_ema(model: LowLightNet, decay: float) -> torch.optim.swa_utils.AveragedModel:
