@@ -276,8 +276,9 @@ def copy_metadata(source: Path | None, target: Path, dest: Path,
     except OSError:
         raise  # the disk, not the metadata: the caller reports it
     except Exception as exc:  # an odd vendor tag must not cost the image
-        lost = "metadata not copied" if source is not None else "preview not added"
-        log.warning("%s: %s, TIFF written without it (%s: %s)", source or target, lost, exc.__class__.__name__, exc)
+        lost = " and ".join(what for what, tried in (("metadata not copied", source is not None),
+                                                    ("preview not added", preview is not None)) if tried)
+        log.warning("%s: %s; the TIFF goes out without (%s: %s)", source or target, lost, exc.__class__.__name__, exc)
         dest.unlink(missing_ok=True)
         return False
     return True
