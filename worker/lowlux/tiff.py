@@ -278,7 +278,7 @@ def copy_metadata(source: Path | None, target: Path, dest: Path,
     except Exception as exc:  # an odd vendor tag must not cost the image
         lost = " and ".join(what for what, tried in (("metadata not copied", source is not None),
                                                     ("preview not added", preview is not None)) if tried)
-        log.warning("%s: %s; the TIFF goes out without (%s: %s)", source or target, lost, exc.__class__.__name__, exc)
+        log.warning("%s: %s; the TIFF goes out without them (%s: %s)", source or target, lost, exc.__class__.__name__, exc)
         dest.unlink(missing_ok=True)
         return False
     return True
