@@ -91,8 +91,9 @@ class EngineConfig:
     compile: bool = False
     """Torch backend: compile the whole-frame forward with ``torch.compile`` (on CUDA, inside the CUDA
     graph; tiled restores stay eager). Off by default: it compiles (on CUDA, autotunes) once per input
-    shape, seconds to minutes against a forward's milliseconds, and a worker sees many frame sizes;
-    the gain it buys is measured in docs/benchmarks.md."""
+    shape, seconds to minutes against a forward's milliseconds, and a worker sees many frame sizes.
+    Its gain is not measured yet: on an H200 the 12 MP forward had not finished compiling after about
+    100 s (docs/benchmarks.md, *GPU: one H200*)."""
     anchor: bool = True
     """Linear weights: anchor the output's local colour to the raw's own means (:mod:`lowlux.anchor`);
     False gives the net's output alone. sRGB (paper-mode) weights are never anchored."""
