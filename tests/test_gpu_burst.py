@@ -1,0 +1,45 @@
+"""scripts/gpu-burst: what a borrowed GPU machine trains on is the training split, nothing held out."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lowlux.train.split import split_photos
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts" / "gpu-burst"
+
+
+def load_prepare():
+    spec = importlib.util.spec_from_file_location("gpu_burst_prepare", SCRIPTS / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_carried_photographs_hold_out_the_same_files_and_carry_none_of_them(tmp_path):
+    src, dst = tmp_path / "clean", tmp_path / "burst"
+    rng = np.random.default_rng(0)
+    for folder, count, suffix in (("kodak", 13, ".png"), ("mcmaster", 7, ".tif")):
+        (src / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(src / folder / f"{i:02d}{suffix}")
+    written = load_prepare().photos(src, dst)
+
+    train, held = split_photos(src)
+    carried_train, carried_held = split_photos(dst)
+    assert written == len(train) == len(carried_train)
+    assert [(p.parent.name, p.stem) for p in carried_train] == [(p.parent.name, p.stem) for p in train]
+    assert [(p.parent.name, p.stem) for p in carried_held] == [(p.parent.name, p.stem) for p in held]
+    assert all(Image.open(p).size == (8, 8) for p in carried_held)  # placeholders, never the photograph
+    first = np.asarray(Image.open(carried_train[0]), dtype=float)
+    assert np.abs(first - np.asarray(Image.open(train[0]), dtype=float)).mean() < 8  # JPEG q95 of the same image
+
+
+def test_the_burst_script_parses():
+    assert subprocess.run(["bash", "-n", str(SCRIPTS / "burst.sh")]).returncode == 0
