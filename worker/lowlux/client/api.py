@@ -190,21 +190,13 @@ class Client:
         answers at once (one that predates waiting) is asked again every few milliseconds."""
         if wait <= 0:
             return self.request("status", job=job)
-        deadline = time.monotonic() + wait
-        delay = 0.01
-        while True:
-            left = max(0.0, deadline - time.monotonic())
-            fields = {"job": job} if since is None else {"job": job, "since": since}
-            status = self.conn.request("status", wait=round(left, 3), timeout=left + self.conn.timeout,
-                                       **fields).body
-            since = status["finished"] if since is None else since
-            if status["finished"] > since or status["state"] in proto.TERMINAL_STATES:
-                return status
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return status
-            time.sleep(min(delay, left))
-            delay = min(delay * 1.5, STATUS_WAIT_POLL)
+        fields: dict[str, Any] = {"job": job} if since is None else {"job": job, "since": since}
+
+        def moved_on(status: dict[str, Any]) -> bool:
+            seen = fields.setdefault("since", status["finished"])  # the first look's count, then asked for
+            return status["finished"] > seen or status["state"] in proto.TERMINAL_STATES
+
+        return self._held("status", wait, fields, moved_on)
 
     def cancel(self, job: str) -> dict[str, Any]:
         return self.request("cancel", job=job)
@@ -217,17 +209,23 @@ class Client:
         that predates waiting) is asked again every few milliseconds."""
         if wait <= 0 or not since:
             return self.request("jobs")["jobs"]
+        return self._held("jobs", wait, {"since": since}, lambda reply: _moved_on(reply["jobs"], since))["jobs"]
+
+    def _held(self, op: str, wait: float, fields: dict[str, Any],
+              moved_on: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Ask ``op`` with ``wait`` until ``moved_on(reply)`` or ``wait`` seconds have passed. The worker
+        holds each request until something moved on; a worker that answers at once (one that predates
+        waiting) is asked again every few milliseconds, then less often."""
         deadline = time.monotonic() + wait
         delay = 0.01
         while True:
             left = max(0.0, deadline - time.monotonic())
-            jobs = self.conn.request("jobs", wait=round(left, 3), since=since,
-                                     timeout=left + self.conn.timeout).body["jobs"]
-            if _moved_on(jobs, since):
-                return jobs
+            reply = self.conn.request(op, wait=round(left, 3), timeout=left + self.conn.timeout, **fields).body
+            if moved_on(reply):
+                return reply
             left = deadline - time.monotonic()
             if left <= 0:
-                return jobs
+                return reply
             time.sleep(min(delay, left))
             delay = min(delay * 1.5, STATUS_WAIT_POLL)
 
