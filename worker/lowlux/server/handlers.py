@@ -215,9 +215,8 @@ class Handlers:
         if since is not None and since < 0:
             raise ProtocolError(proto.BAD_REQUEST, "'since' must be a count >= 0")
         if self._may_wait(wait, peer):
-            finished, ended = self.scheduler.progress(job.id)
-            since = finished if since is None else since
-            if not ended and finished <= since:
+            since = self.scheduler.progress(job.id)[0] if since is None else since
+            if not self.moved_on(job.id, since, peer):
                 return WaitFor(msg, peer, {job.id: since}, time.monotonic() + min(wait, MAX_WAIT))
         return self.status_now(msg, peer)
 
@@ -273,7 +272,7 @@ class Handlers:
         moved on: a client following several jobs (one per file) holds one request, not one per job."""
         wait = _wait_field(msg)
         since = _since_map(msg)
-        if since and self._may_wait(wait, peer) and not any(self._moved_on(j, n, peer) for j, n in since.items()):
+        if since and self._may_wait(wait, peer) and not any(self.moved_on(j, n, peer) for j, n in since.items()):
             return WaitFor(msg, peer, since, time.monotonic() + min(wait, MAX_WAIT), answer="jobs")
         return self.jobs_now(msg, peer)
 
@@ -281,9 +280,9 @@ class Handlers:
         """The jobs as they are (a waiting ``jobs``'s answer once it is due)."""
         return Reply(proto.ok_reply(msg, jobs=self.scheduler.jobs(peer.owner if peer.remote else None)))
 
-    def _moved_on(self, job_id: str, seen: int, peer: Peer) -> bool:
+    def moved_on(self, job_id: str, seen: int, peer: Peer) -> bool:
         """More than ``seen`` files finished, or the job ended; a job that is gone or not the client's
-        counts as moved on (there is nothing to wait for)."""
+        counts as moved on (there is nothing to wait for). What a waiting request waits for."""
         job = self.scheduler.get(job_id)
         if job is None or (peer.remote and job.owner != peer.owner):
             return True

@@ -284,11 +284,7 @@ class Server:
             return
 
         def ready(wait: WaitFor) -> bool:
-            for job_id, seen in wait.seen.items():
-                finished, ended = self.scheduler.progress(job_id)
-                if ended or finished > seen:
-                    return True
-            return False
+            return any(self.handlers.moved_on(job_id, seen, wait.peer) for job_id, seen in wait.seen.items())
 
         answers = {"status": self.handlers.status_now, "jobs": self.handlers.jobs_now}
         for waiting in self.waits.due(ready, all_of_them=self._stop.is_set()):
