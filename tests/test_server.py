@@ -527,8 +527,8 @@ def open_dealer(ep: str) -> zmq.Socket:
     return sock
 
 
-def send_status(sock: zmq.Socket, **fields) -> str:
-    msg = proto.make_request("status", **fields)
+def send(sock: zmq.Socket, op: str, **fields) -> str:
+    msg = proto.make_request(op, **fields)
     sock.send_multipart([b"", proto.dumps(msg)])
     return msg["id"]
 
@@ -541,19 +541,25 @@ def replies(sock: zmq.Socket, timeout: float, count: int | None = None) -> list[
     return out
 
 
+def held_until_the_file_ends(endpoint: str, gated, op: str, **fields) -> tuple[str, list[dict]]:
+    """Send a waiting ``op`` while the gated file is on the net: no answer for 0.5 s, then the gate
+    opens. Returns the request's id and the answers that came within 60 s of that."""
+    sock = open_dealer(endpoint)
+    try:
+        rid = send(sock, op, **fields)
+        assert replies(sock, 0.5) == [], "answered while nothing had finished"
+        gated.gate.set()
+        return rid, replies(sock, 60, count=1)
+    finally:
+        sock.close(0)
+
+
 def test_a_waiting_status_is_answered_when_a_file_finishes_and_not_before(engine, endpoint, make_dng):
     gated = GatedEngine(engine)
     with serving(gated, endpoint):
         job = request(endpoint, "submit", files=[str(make_dng("w.dng"))])["job"]
         assert gated.entered.wait(30)
-        sock = open_dealer(endpoint)
-        try:
-            rid = send_status(sock, job=job, wait=60, since=0)
-            assert replies(sock, 0.5) == [], "answered while nothing had finished"
-            gated.gate.set()
-            answer = replies(sock, 60, count=1)
-        finally:
-            sock.close(0)
+        rid, answer = held_until_the_file_ends(endpoint, gated, "status", job=job, wait=60, since=0)
         assert [a["id"] for a in answer] == [rid]
         assert answer[0]["finished"] == 1 and answer[0]["state"] == "done"
 
@@ -579,7 +585,7 @@ def test_waiting_status_requests_are_bounded_per_client_and_answered_when_the_wo
         assert gated.entered.wait(30)
         sock = open_dealer(endpoint)
         try:
-            ids = [send_status(sock, job=job, wait=60) for _ in range(MAX_WAITING_PER_PEER + 1)]
+            ids = [send(sock, "status", job=job, wait=60) for _ in range(MAX_WAITING_PER_PEER + 1)]
             early = replies(sock, 1.0)
             assert [a["id"] for a in early] == ids[-1:], "one client beyond the bound is answered at once"
             assert len(server.waits) == MAX_WAITING_PER_PEER
@@ -603,7 +609,7 @@ def test_waiting_status_requests_are_bounded_for_all_clients_together(engine, en
         socks = [open_dealer(endpoint) for _ in range(4)]  # four clients, one request each
         try:
             for sock in socks:
-                send_status(sock, job=job, wait=60)
+                send(sock, "status", job=job, wait=60)
             assert [len(replies(sock, 0.5)) for sock in socks].count(1) == 1, "the fourth is answered at once"
             assert len(server.waits) == 3
         finally:
@@ -627,28 +633,30 @@ def test_bad_waits_are_refused_naming_the_field(engine, endpoint, make_dng, fiel
         assert request(endpoint, "ping")["ok"]
 
 
-def test_the_client_still_waits_on_a_worker_that_answers_status_at_once(engine, endpoint, make_dng, monkeypatch):
+def ask_a_worker_that_answers_at_once(engine, endpoint, make_dng, monkeypatch, op: str, ask):
+    """A worker from before waiting (``op`` answered at once); its one file finishes 0.3 s into ``ask``.
+    Returns the job and what ``ask(client, job)`` returned."""
     from lowlux.server.handlers import Handlers
 
-    monkeypatch.setattr(Handlers, "status", lambda self, msg, blobs, peer: self.status_now(msg, peer))
+    monkeypatch.setattr(Handlers, op, lambda self, msg, blobs, peer: getattr(self, f"{op}_now")(msg, peer))
     gated = GatedEngine(engine)
     with serving(gated, endpoint), Client(endpoint) as c:
         job = c.submit([make_dng("w.dng")])
         assert gated.entered.wait(30)
         opener = threading.Timer(0.3, gated.gate.set)
         opener.start()
-        status = c.status(job, wait=120, since=0)
+        answer = ask(c, job)
         opener.join()
-        assert status["finished"] == 1 and status["state"] == "done"
+    return job, answer
+
+
+def test_the_client_still_waits_on_a_worker_that_answers_status_at_once(engine, endpoint, make_dng, monkeypatch):
+    _, status = ask_a_worker_that_answers_at_once(engine, endpoint, make_dng, monkeypatch, "status",
+                                                  lambda c, job: c.status(job, wait=120, since=0))
+    assert status["finished"] == 1 and status["state"] == "done"
 
 
 # ---- jobs that wait inside the worker (a client following several one-file jobs) ---------------------------
-
-
-def send_jobs(sock: zmq.Socket, **fields) -> str:
-    msg = proto.make_request("jobs", **fields)
-    sock.send_multipart([b"", proto.dumps(msg)])
-    return msg["id"]
 
 
 def test_a_waiting_jobs_request_is_answered_when_one_of_its_jobs_moves_on_and_not_before(engine, endpoint, make_dng):
@@ -657,14 +665,7 @@ def test_a_waiting_jobs_request_is_answered_when_one_of_its_jobs_moves_on_and_no
         first = request(endpoint, "submit", files=[str(make_dng("a.dng"))])["job"]
         second = request(endpoint, "submit", files=[str(make_dng("b.dng"))])["job"]
         assert gated.entered.wait(30)
-        sock = open_dealer(endpoint)
-        try:
-            rid = send_jobs(sock, wait=60, since={first: 0, second: 0})
-            assert replies(sock, 0.5) == [], "answered while nothing had finished"
-            gated.gate.set()
-            answer = replies(sock, 60, count=1)
-        finally:
-            sock.close(0)
+        rid, answer = held_until_the_file_ends(endpoint, gated, "jobs", wait=60, since={first: 0, second: 0})
         assert [a["id"] for a in answer] == [rid]
         listed = {j["job"]: j for j in answer[0]["jobs"]}
         assert listed[first]["finished"] == 1 or listed[second]["finished"] == 1
@@ -710,16 +711,7 @@ def test_a_jobs_request_naming_too_many_jobs_is_refused(engine, endpoint):
 
 def test_the_client_still_waits_for_its_jobs_on_a_worker_that_answers_jobs_at_once(engine, endpoint, make_dng,
                                                                                     monkeypatch):
-    from lowlux.server.handlers import Handlers
-
-    monkeypatch.setattr(Handlers, "jobs", lambda self, msg, blobs, peer: self.jobs_now(msg, peer))
-    gated = GatedEngine(engine)
-    with serving(gated, endpoint), Client(endpoint) as c:
-        job = c.submit([make_dng("w.dng")])
-        assert gated.entered.wait(30)
-        opener = threading.Timer(0.3, gated.gate.set)
-        opener.start()
-        jobs = c.jobs(wait=120, since={job: 0})
-        opener.join()
-        assert [(j["job"], j["finished"]) for j in jobs] == [(job, 1)]
+    job, jobs = ask_a_worker_that_answers_at_once(engine, endpoint, make_dng, monkeypatch, "jobs",
+                                                  lambda c, job: c.jobs(wait=120, since={job: 0}))
+    assert [(j["job"], j["finished"]) for j in jobs] == [(job, 1)]
 
