@@ -197,6 +197,41 @@ def test_bfloat16_is_within_its_tolerance_on_noise_and_bounded_on_smooth_gradien
         assert (engine.forward(x) - expected).abs().max() <= tolerance, vector
 
 
+def _conv_precisions(request) -> dict[str, str]:
+    """Each convolution of a compiled OpenVINO graph -> the precision it runs in."""
+    ops = request.get_compiled_model().get_runtime_model().get_ordered_ops()
+    return {op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str) for op in ops
+            if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
+
+
+def test_reduced_precision_marks_the_lse_and_only_the_lse_to_stay_float32(tmp_path, weights):
+    need_backend("openvino")
+    import openvino as ov
+
+    from lowlux.backends.openvino_backend import KEEP_PRECISION, keep_full_precision
+
+    core = ov.Core()
+    graphs = export.exported_graphs(load_model(weights), weights, tmp_path)
+    for graph in ("full", "local"):  # the graphs that hold the LSE; a renamed block would mark nothing
+        marked = keep_full_precision(core, core.read_model(str(graphs[graph])))
+        kept = {op.get_friendly_name() for op in marked.get_ordered_ops()
+                if f"{KEEP_PRECISION[0]}_{KEEP_PRECISION[1]}" in op.get_rt_info().keys()}
+        assert kept and all(name.startswith("/lse/") for name in kept), (graph, kept)
+        assert any(op.get_type_name() == "Convolution" and op.get_friendly_name() in kept
+                   for op in marked.get_ordered_ops())
+
+
+def test_openvino_bf16_runs_the_lse_in_float32_and_the_rest_in_bf16(weights):
+    need_backend("openvino", "bfloat16")
+    engine = Engine(EngineConfig(weights=weights, backend="openvino", dtype="bfloat16"))
+    engine.forward(torch.rand(1, 1, 96, 128) * 0.5)
+    (request,) = engine.backend._compiled.values()
+    precisions = _conv_precisions(request)
+    lse = {name: p for name, p in precisions.items() if name.startswith("/lse/")}
+    assert lse and set(lse.values()) == {"f32"}
+    assert {p for name, p in precisions.items() if name not in lse} == {"bf16"}
+
+
 # ---- the export cache --------------------------------------------------------------------------------
 
 

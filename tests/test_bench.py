@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lowlux.bench import count_macs
 from lowlux.cli import main
 
@@ -194,6 +196,49 @@ def test_the_accuracy_rule_figures_and_verdict():
     bad = rule_figures(reference + [reference[0]], [nudged(r, 2.5) for r in reference] + [reference[0]],
                        items, [chart])
     assert bad["max_diff_255"] > RULE["levels_8bit"] and not bad["passes"]
+
+
+def test_the_accuracy_rule_is_measured_on_each_evaluation_group_apart(monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lowlux.bench import accuracy, engines
+
+    rng = np.random.default_rng(1)
+    data = {g: [SimpleNamespace(target=rng.random((32, 32, 3), dtype=np.float32)) for _ in range(2)]
+            for g in accuracy.GROUPS}
+    chart = SimpleNamespace(target=np.full((8, 8, 3), 0.5, np.float32), delta_e=lambda srgb: np.array([0.0]))
+    monkeypatch.setattr(accuracy, "eval_data", lambda raw, clean, group: (data[group], [chart], f"2 items ({group})"))
+
+    class FakeEngine:
+        def __init__(self, config):
+            self.dtype = config.dtype
+
+        def describe(self):
+            return {"backend": f"fake ({self.dtype})"}
+
+        def close(self):
+            pass
+
+    def restore_all(engine, every, mode):  # reduced precision moves one pixel by 3 levels, in the new group only
+        out = [it.target * np.float32(0.9) + np.float32(0.05) for it in every]  # a finite PSNR
+        if engine.dtype != "float32" and every[0] is data["new"][0]:
+            out[0][0, 0, 0] += 3 / 255
+        return out
+
+    monkeypatch.setattr(engines, "make_engine", FakeEngine)
+    monkeypatch.setattr(accuracy, "restore_all", restore_all)
+    res = accuracy.measure_rule(None, "cpu", [("openvino", "bfloat16")])
+    verdicts = {r["group"]: r["figures"]["passes"] for r in res["rows"]}
+    assert verdicts == {"comparable": True, "new": False}
+    assert "(comparable)" in res["note"] and "(new)" in res["note"]
+
+
+def test_the_bench_refuses_an_unknown_evaluation_group(tiny_weights):
+    with pytest.raises(SystemExit, match="unknown evaluation group.*held"):
+        main(["bench", "--sizes", "64x96", "--runs", "1", "--no-e2e", "--no-peak", "--only", "bf16",
+              "--accuracy-groups", "comparable,held", "--weights", str(tiny_weights)])
 
 
 def test_without_the_evaluation_data_the_accuracy_rows_are_skipped_with_the_reason(tmp_path):

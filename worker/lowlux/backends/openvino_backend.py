@@ -7,6 +7,8 @@ is built, so the package loads without it.
 
 from __future__ import annotations
 
+import tempfile
+import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from pathlib import Path
 
@@ -14,7 +16,36 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..model import FULL_PRECISION_BLOCKS
 from .base import ExportedBackend
+
+KEEP_PRECISION = ("DisablePrecisionConversion", "0", "dynamic:f16")
+"""OpenVINO's run-time attribute (name, version, value) that keeps a layer in its original float32
+under a reduced inference precision: the CPU plugin leaves such layers out of its bf16/f16
+conversion. Python cannot build it directly, but an IR file carries it."""
+
+
+def keep_full_precision(core, model, blocks: tuple[str, ...] = FULL_PRECISION_BLOCKS):
+    """``model`` with the layers of the net's ``blocks`` (ONNX names ``/<block>/...``) marked to run in
+    float32 whatever the inference precision, through an IR round trip: the marks are written into
+    the IR's XML, which OpenVINO reads back as the attribute."""
+    import openvino as ov
+
+    prefixes = tuple(f"/{b}/" for b in blocks)
+    with tempfile.TemporaryDirectory(prefix="lowlux-ir-") as tmp:
+        xml_path = Path(tmp) / "graph.xml"
+        ov.save_model(model, str(xml_path), compress_to_fp16=False)
+        tree = ET.parse(xml_path)
+        for layer in tree.iter("layer"):
+            if layer.get("name", "").startswith(prefixes):
+                rt_info = layer.find("rt_info")
+                if rt_info is None:
+                    rt_info = ET.SubElement(layer, "rt_info")
+                name, version, value = KEEP_PRECISION
+                ET.SubElement(rt_info, "attribute", name=name, version=version, value=value)
+        tree.write(xml_path)
+        weights = np.fromfile(xml_path.with_suffix(".bin"), dtype=np.uint8)
+        return core.read_model(xml_path.read_bytes(), ov.Tensor(weights))
 
 
 class OpenVinoBackend(ExportedBackend):
@@ -28,6 +59,8 @@ class OpenVinoBackend(ExportedBackend):
         self._ov = ov
         self.core = ov.Core()
         self.models = {name: self.core.read_model(str(path)) for name, path in graphs.items()}
+        if dtype != "float32":
+            self.models = {name: keep_full_precision(self.core, m) for name, m in self.models.items()}
         self.config = {"INFERENCE_PRECISION_HINT": self.PRECISIONS[dtype], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)

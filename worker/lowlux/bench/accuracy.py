@@ -77,9 +77,15 @@ def shared_data() -> "Path":
     return Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
-def eval_data(raw_dir=None, clean_dir=None):
-    """``(items, charts, note)``: the project's evaluation set and colour charts, or ``([], [], reason)``
-    when the data (or the training extras that read it) are not here."""
+GROUPS = ("comparable", "new")
+"""The evaluation groups the rule is measured on (:func:`lowlux.train.evalset.build_eval_set`): the 12
+items every earlier measurement used, and the 24 held out since. The largest pixel difference is a
+maximum, so it grows with the pixels looked at; a precision passes only where it passes on both."""
+
+
+def eval_data(raw_dir=None, clean_dir=None, group: str = "comparable"):
+    """``(items, charts, note)``: one group of the project's evaluation set and the colour charts, or
+    ``([], [], reason)`` when the data (or the training extras that read it) are not here."""
     from pathlib import Path
 
     data = shared_data()
@@ -91,13 +97,13 @@ def eval_data(raw_dir=None, clean_dir=None):
         from ..train.chart import build_charts
         from ..train.evalset import build_eval_set
 
-        items = build_eval_set(raw_dir, clean_dir)
+        items = build_eval_set(raw_dir, clean_dir, group=group)
         charts = build_charts(raw_dir=raw_dir)
     except ImportError as exc:
         return [], [], f"the evaluation set needs the training extras ({exc})"
     except ValueError as exc:
         return [], [], f"no evaluation set ({exc})"
-    return items, charts, f"{len(items)} evaluation items, {len(charts)} charts"
+    return items, charts, f"{len(items)} evaluation items ({group}), {len(charts)} charts"
 
 
 def restore_all(engine, items, mode: str = "gt") -> list:
@@ -113,42 +119,46 @@ def restore_all(engine, items, mode: str = "gt") -> list:
 MODES = ("gt", "amp")
 
 
-def measure_rule(weights, device: str, pairs: list[tuple[str, str]], raw_dir=None, clean_dir=None) -> dict:
+def measure_rule(weights, device: str, pairs: list[tuple[str, str]], raw_dir=None, clean_dir=None,
+                 groups: tuple[str, ...] = GROUPS) -> dict:
     """In a bench child: the :data:`RULE` figures of each (backend, precision) in ``pairs`` against
-    float32 of the same backend, on the evaluation set and charts, worst of both amplifications.
+    float32 of the same backend, on each of the evaluation ``groups`` with the charts, worst of both
+    amplifications.
 
-    ``{"note": ..., "rows": [{"backend", "dtype", "seconds", "figures", "per_mode"}]}``; no rows (and the
-    reason in ``note``) without the evaluation data.
+    ``{"note": ..., "rows": [{"backend", "dtype", "group", "seconds", "figures", "per_mode"}]}``; no rows
+    (and the reason in ``note``) without the evaluation data.
     """
     import time
 
     from ..engine import EngineConfig
     from .engines import make_engine
 
-    items, charts, note = eval_data(raw_dir, clean_dir)
-    rows = []
-    if not items:
-        return {"note": note, "rows": rows}
-    every = list(items) + list(charts)
-    references: dict[str, dict[str, list]] = {}
-    for backend, dtype in pairs:
-        if backend not in references:
-            engine = make_engine(EngineConfig(weights=weights, device=device, dtype="float32", backend=backend))
-            references[backend] = {m: restore_all(engine, every, m) for m in MODES}
+    rows, notes = [], []
+    for group in groups:
+        items, charts, note = eval_data(raw_dir, clean_dir, group)
+        notes.append(note)
+        if not items:
+            continue
+        every = list(items) + list(charts)
+        references: dict[str, dict[str, list]] = {}
+        for backend, dtype in pairs:
+            if backend not in references:
+                engine = make_engine(EngineConfig(weights=weights, device=device, dtype="float32", backend=backend))
+                references[backend] = {m: restore_all(engine, every, m) for m in MODES}
+                engine.close()
+            t0 = time.perf_counter()
+            engine = make_engine(EngineConfig(weights=weights, device=device, dtype=dtype, backend=backend))
+            outputs = {m: restore_all(engine, every, m) for m in MODES}
+            seconds = time.perf_counter() - t0
+            runtime = engine.describe()["backend"]
             engine.close()
-        t0 = time.perf_counter()
-        engine = make_engine(EngineConfig(weights=weights, device=device, dtype=dtype, backend=backend))
-        outputs = {m: restore_all(engine, every, m) for m in MODES}
-        seconds = time.perf_counter() - t0
-        runtime = engine.describe()["backend"]
-        engine.close()
-        per_mode = {m: rule_figures(references[backend][m], outputs[m], items, charts) for m in MODES}
-        worst = {k: max(f[k] for f in per_mode.values()) for k in (*RULE, "max_abs_diff")}
-        worst["max_diff_255"] = worst["max_abs_diff"] * 255
-        worst["passes"] = all(f["passes"] for f in per_mode.values())
-        rows.append({"backend": backend, "dtype": dtype, "runtime": runtime, "seconds": seconds,
-                     "figures": worst, "per_mode": per_mode})
-    return {"note": note, "rows": rows}
+            per_mode = {m: rule_figures(references[backend][m], outputs[m], items, charts) for m in MODES}
+            worst = {k: max(f[k] for f in per_mode.values()) for k in (*RULE, "max_abs_diff")}
+            worst["max_diff_255"] = worst["max_abs_diff"] * 255
+            worst["passes"] = all(f["passes"] for f in per_mode.values())
+            rows.append({"backend": backend, "dtype": dtype, "group": group, "runtime": runtime,
+                         "seconds": seconds, "figures": worst, "per_mode": per_mode, "data": note})
+    return {"note": "; ".join(dict.fromkeys(notes)), "rows": rows}
 
 
 def rule_figures(reference: list, outputs: list, items, charts) -> dict:

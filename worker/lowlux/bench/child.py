@@ -113,7 +113,8 @@ def main(argv: list[str]) -> None:
         from .accuracy import measure_rule
 
         res = measure_rule(payload["weights"], payload.get("device", "auto"), [tuple(p) for p in payload["pairs"]],
-                           payload.get("eval_raw"), payload.get("eval_clean"))
+                           payload.get("eval_raw"), payload.get("eval_clean"),
+                           tuple(payload.get("groups") or ("comparable",)))
     elif kind == "net":
         res = measure_net(Config(**payload["config"]), tuple(payload["size"]), payload["runs"], payload["warmup"],
                           payload["weights"], payload["ref_out"], payload["save_out"], payload.get("device", "auto"))

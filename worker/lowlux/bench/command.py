@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..atomic import replacing
 from . import child
+from .accuracy import GROUPS
 from .configs import Config, default_configs
 from .report import Row, format_row, header, machine_line, markdown_tables, secs
 from .workload import count_macs
@@ -49,6 +50,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-peak", action="store_true", help="skip the machine's convolution peak (GMAC/s)")
     p.add_argument("--no-accuracy", action="store_true",
                    help="skip the accuracy rule's figures of each reduced precision on the evaluation set")
+    p.add_argument("--accuracy-groups", default=",".join(GROUPS), metavar="G[,G]",
+                   help="evaluation groups the accuracy rule is measured on (default: %(default)s; a "
+                        "precision passes only where it passes on each)")
     p.add_argument("--eval-raw", type=Path, help="raw folder of the evaluation set (default: the shared data)")
     p.add_argument("--eval-clean", type=Path, help="photograph folder of the evaluation set (default: the shared data)")
     p.add_argument("--json", type=Path, default=Path("bench-results.json"),
@@ -178,17 +182,24 @@ def _accuracy(args: argparse.Namespace, configs: list[Config], weights: str | No
             names[(c.backend, c.dtype)] = c.name
     if not names:
         return
-    res = child.run_child("accuracy", {"pairs": list(names), "weights": weights, "device": device,
+    groups = [g for g in getattr(args, "accuracy_groups", "comparable").split(",") if g]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise SystemExit(f"lowlux bench: unknown evaluation group(s) {', '.join(unknown)} "
+                         f"(choose from {', '.join(GROUPS)})")
+    res = child.run_child("accuracy", {"pairs": list(names), "weights": weights, "device": device, "groups": groups,
                                        "eval_raw": str(args.eval_raw) if getattr(args, "eval_raw", None) else None,
                                        "eval_clean": str(args.eval_clean) if getattr(args, "eval_clean", None) else None})
     print(f"accuracy rule (against float32 of the same backend; limits: PSNR {RULE['psnr_db']} dB, SSIM "
           f"{RULE['ssim']}, chart dE00 {RULE['delta_e00']}, any pixel {RULE['levels_8bit']}/255): {res['note']}")
     for r in res["rows"]:
         f = r["figures"]
-        name = f"accuracy: {names[(r['backend'], r['dtype'])]}"
-        rows.append(Row(name, "accuracy", r["dtype"], "evaluation set", r["seconds"], r["seconds"], r["seconds"], 1,
-                        0.0, 0.0, f["max_abs_diff"], extra={"runtime": r["runtime"], "figures": f,
-                                                            "per_mode": r["per_mode"], "data": res["note"]}))
+        group = r.get("group", "comparable")
+        name = f"accuracy: {names[(r['backend'], r['dtype'])]}" + ("" if group == "comparable" else f" ({group})")
+        rows.append(Row(name, "accuracy", r["dtype"], f"evaluation set, {group}", r["seconds"], r["seconds"],
+                        r["seconds"], 1, 0.0, 0.0, f["max_abs_diff"],
+                        extra={"runtime": r["runtime"], "figures": f, "per_mode": r["per_mode"], "group": group,
+                               "data": r.get("data", res["note"])}))
         print(f"{name:40s} PSNR {f['psnr_db']:.3f} dB  SSIM {f['ssim']:.5f}  dE00 {f['delta_e00']:.3f}  "
               f"max {f['max_diff_255']:.2f}/255 ({f['levels_8bit']} levels)  "
               f"{'PASSES' if f['passes'] else 'fails'}", flush=True)
