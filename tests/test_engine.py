@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lowlux.amplifier import estimate_amplification
+from lowlux.colour import CameraColour
 from lowlux.engine import DEFAULT_MEMORY_BUDGET_MB, STRIPS, TILE_BUDGET_FRACTION, Engine, EngineConfig, quantised
 from lowlux.mosaic import Crop, apply_orientation, coded_for_net, pad_for_net
 from lowlux.pipeline import Decoded, infer
@@ -141,15 +142,41 @@ def test_the_piecewise_uint16_path_equals_crop_convert_and_turn(tiny_weights, en
     class OnAGpu:  # the pipeline asks a GPU engine for pieces already quantised where the net ran
         device = torch.device("cuda")
 
-        def restore_tiles(self, m, a, uint16=False):
-            assert uint16
-            return engine.restore_tiles(m, a, uint16=True)
+        def restore_tiles(self, m, a, uint16=False, transform=None):
+            assert uint16 and transform is None  # the paper's sRGB: no colour stage
+            return engine.restore_tiles(m, a, uint16=True, transform=transform)
 
     fast, = infer(engine, decoded)
     plain, = infer(RestoreOnly(), decoded)
     gpu, = infer(OnAGpu(), decoded)
     assert fast.dtype == np.uint16 and fast.flags.c_contiguous
     assert np.array_equal(fast, expected) and np.array_equal(plain, expected) and np.array_equal(gpu, expected)
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "dng"])
+def test_on_a_gpu_the_colour_stage_runs_where_the_net_ran_and_matches_the_host(linear_weights, engine_factory, fmt):
+    engine = engine_factory(weights=linear_weights, tile=256)
+    cfa = (np.random.default_rng(5).random((341, 430)) * 800 + 512).astype(np.uint16)
+    raw = RawImage(Path("x.dng"), cfa, np.full((2, 2), 512, np.float32), 16383.0, "RGGB")
+    mosaic, crop = coded_for_net(raw.cfa, raw.tables(), raw.pattern)
+    colour = CameraColour(np.array([[0.76, -0.21, -0.06], [-0.43, 1.21, 0.25], [-0.09, 0.21, 0.62]]), (2.1, 1.0, 1.5))
+    decoded = Decoded(Path("x.dng"), mosaic, crop, 6, [20.0], [Path("x.tif")], colour=colour, format=fmt)
+    seen = []
+
+    class OnAGpu:  # the real engine on the CPU, asked as the pipeline asks a GPU engine
+        device = torch.device("cuda")
+        model = engine.model
+
+        def restore_tiles(self, m, a, uint16=False, transform=None):
+            seen.append((uint16, transform is not None))
+            return engine.restore_tiles(m, a, uint16=uint16, transform=transform)
+
+    host, = infer(engine, decoded)
+    gpu, = infer(OnAGpu(), decoded)
+    assert seen == [(True, True)]
+    assert gpu.dtype == np.uint16 and gpu.shape == host.shape
+    assert np.abs(gpu.astype(np.int32) - host).max() <= 1  # float32 rounding apart: one 16-bit level at most
+    assert host.std() > 1000  # a picture, not an empty frame
 
 
 def test_quantising_where_the_net_ran_gives_exactly_the_host_conversion():

@@ -158,6 +158,24 @@ def render_srgb_batch(linear_wb, cam_to_rgb, gain):
     return curves.encode(rgb)
 
 
+def render_srgb_on_device(rgb, colour: CameraColour):
+    """:func:`render_srgb` of one h x w x 3 tensor where it lies: on a GPU the colour stage then runs
+    beside the net, and only the quantised image crosses to the host (half the bytes of floats, and
+    no per-pixel work left for the host's cores). The same operations as :func:`render_srgb_batch`;
+    the host's result within float32 rounding (one 16-bit level at most, tested)."""
+    import torch
+
+    matrix = torch.as_tensor(np.asarray(colour.cam_to_rgb, dtype=np.float32), device=rgb.device)
+    gain = torch.tensor([stage_gain(colour.wb)], dtype=torch.float32, device=rgb.device)
+    return render_srgb_batch(rgb.permute(2, 0, 1)[None], matrix[None], gain)[0].permute(1, 2, 0)
+
+
+def camera_native(colour: CameraColour) -> np.ndarray:
+    """The multipliers that undo the white balance (3 x float32): a scene-referred DNG holds camera-native
+    linear values, and its reader applies AsShotNeutral itself."""
+    return np.float32(1.0) / np.asarray(colour.wb, dtype=np.float32)
+
+
 def _encode_in_place(x: np.ndarray) -> np.ndarray:
     """:func:`lowlux.curves.encode` of ``x`` (float32, already in [0, 1]) computed in place: the same
     float32 operations in the same order, without its temporaries (the colour stage's largest cost)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -249,18 +249,21 @@ class Engine:
 
         return TensorFrame(raw, amplify)
 
-    def restore_tiles(self, mosaic: np.ndarray | CodedMosaic, amplification: float, *,
-                      uint16: bool = False) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    def restore_tiles(self, mosaic: np.ndarray | CodedMosaic, amplification: float, *, uint16: bool = False,
+                      transform: Callable[[Tensor], Tensor] | None = None
+                      ) -> Iterator[tuple[slice, slice, np.ndarray]]:
         """Like :meth:`restore`, piece by piece: ``(rows, columns, h x w x 3 float32)``.
 
         One piece for a frame that runs whole, one per tile otherwise, so a caller can convert and
         store each piece without ever holding the whole float image. Use or copy each piece before
         asking for the next (see :meth:`pieces`). ``uint16`` quantises each piece where the net ran
-        (:func:`quantised`): worth it on a GPU, where the host then gets half the bytes and no
-        per-pixel work; on the CPU the caller's banded conversion needs less memory.
+        (:func:`quantised`), after ``transform`` (h x w x 3 tensor -> same; a colour stage) ran there
+        too: worth it on a GPU, where the host then gets half the bytes and no per-pixel work; on the
+        CPU the caller's banded conversion needs less memory.
         """
         for ys, xs, rgb in self._pieces(self._frame(mosaic, amplification)):
-            yield ys, xs, quantised(rgb[0]) if uint16 else rgb[0].cpu().numpy()
+            piece = rgb[0] if transform is None else transform(rgb[0])
+            yield ys, xs, quantised(piece) if uint16 else piece.cpu().numpy()
 
     def restore(self, mosaic: np.ndarray | CodedMosaic, amplification: float) -> np.ndarray:
         """Padded RGGB mosaic (H x W, normalised float or sensor codes) -> RGB in the net's output space (H x W x 3 float32, [0, 1]).

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .amplifier import DEFAULT_BRIGHTNESS, DEFAULT_VARIANT, check_brightness, estimate_amplification
-from .colour import CameraColour, render_srgb, rggb_gains
+from .colour import CameraColour, camera_native, render_srgb, render_srgb_on_device, rggb_gains
 from .dng import write_linear_dng
 from .errors import InputError
 from .model import LINEAR_CAMERA_WB, SRGB
@@ -131,8 +131,17 @@ def _finisher(decoded: Decoded, space: str, fmt: str):
     colour = decoded.colour
     if fmt == "tiff":
         return lambda band: render_srgb(band, colour)
-    undo = np.float32(1.0) / np.asarray(colour.wb, dtype=np.float32)
-    return lambda band: band * undo  # camera-native linear: a DNG reader applies the white balance
+    undo = camera_native(colour)
+    return lambda band: band * undo
+
+
+def _device_finisher(decoded: Decoded, fmt: str):
+    """:func:`_finisher`'s colour stage as tensor operations, for pieces still on the net's device."""
+    colour = decoded.colour
+    if fmt == "tiff":
+        return lambda rgb: render_srgb_on_device(rgb, colour)
+    undo = camera_native(colour)
+    return lambda rgb: rgb * rgb.new_tensor(undo)
 
 
 def _net_mosaic(decoded: Decoded, space: str) -> CodedMosaic:
@@ -167,9 +176,10 @@ def _restore_uint16(engine, decoded: Decoded, mosaic: CodedMosaic, amp: float, f
     shape = (crop.width, crop.height, 3) if flip & 4 else (crop.height, crop.width, 3)
     image = np.empty(shape, dtype=np.uint16)
     canvas = orientation_canvas(image, flip)
-    # quantised on the GPU (half the bytes to copy back, no host pass) when no colour stage follows
-    on_gpu = engine.device.type == "cuda" and finish is None
-    for ys, xs, rgb in engine.restore_tiles(mosaic, amp, uint16=on_gpu):
+    # On a GPU the colour stage and the quantisation run there: half the bytes to copy back, no host pass.
+    on_gpu = engine.device.type == "cuda"
+    device_finish = _device_finisher(decoded, decoded.format) if on_gpu and finish is not None else None
+    for ys, xs, rgb in engine.restore_tiles(mosaic, amp, uint16=on_gpu, transform=device_finish):
         y0, y1 = max(ys.start, crop.top), min(ys.stop, crop.top + crop.height)
         x0, x1 = max(xs.start, crop.left), min(xs.stop, crop.left + crop.width)
         if y0 >= y1 or x0 >= x1:
