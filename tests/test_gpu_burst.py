@@ -43,3 +43,28 @@ def test_the_carried_photographs_hold_out_the_same_files_and_carry_none_of_them(
 
 def test_the_burst_script_parses():
     assert subprocess.run(["bash", "-n", str(SCRIPTS / "burst.sh")]).returncode == 0
+
+
+def test_the_wheels_for_the_file_bench_are_pinned_to_this_install_and_built_for_the_machines_python(tmp_path):
+    from importlib.metadata import version
+
+    prepare = load_prepare()
+    command = prepare.wheel_command(tmp_path, ("rawpy", "tifffile"), python="3.12")
+    assert command[1:4] == ["-m", "pip", "download"]
+    assert f"rawpy=={version('rawpy')}" in command and f"tifffile=={version('tifffile')}" in command
+    assert "--only-binary=:all:" in command and "--no-deps" in command
+    assert command[command.index("--python-version") + 1] == "3.12"
+    assert command[command.index("--dest") + 1] == str(tmp_path)
+
+
+def test_prepare_refuses_to_prepare_nothing(capsys):
+    import sys
+
+    prepare = load_prepare()
+    argv, sys.argv = sys.argv, ["prepare.py"]
+    try:
+        with __import__("pytest").raises(SystemExit):
+            prepare.main()
+    finally:
+        sys.argv = argv
+    assert "nothing to prepare" in capsys.readouterr().err
