@@ -54,11 +54,11 @@ GROWTH = 32
 LSE_CHANNELS = 12
 """LSE's output at 1/2, and Fuse Block 1's after its pixel shuffle."""
 FULL_PRECISION_BLOCKS = ("lse",)
-"""Blocks a reduced-precision runtime keeps in float32. The LSE's 5x5 conv reads the raw mosaic at
-the finest scale and feeds Fuse Block 2 straight away, so in bf16 the measurement itself would be
-rounded to 8 bits of mantissa, at no more than 7 % of the net's work. Measured (docs/benchmarks.md,
-"bf16 with the LSE in float32"): the largest deviation from float32 falls by a fifth, at no cost in
-speed."""
+"""Blocks OpenVINO's reduced precision keeps in float32 (:mod:`lowlux.backends.openvino_backend`; torch's
+autocast, used on GPUs and in training, runs them like the rest). The LSE's 5x5 conv reads the raw mosaic
+at the finest scale and feeds Fuse Block 2 straight away, so in bf16 the measurement itself would be
+rounded to 8 bits of mantissa; it is 7 % of the net's work. Measured (docs/benchmarks.md, "bf16 with the
+LSE in float32"): the largest deviation from float32 falls by a fifth, at no cost in speed."""
 FB1_CHANNELS = 32
 """Fuse Block 1's bottleneck width."""
 FB1_GROUPS = 4
