@@ -235,10 +235,14 @@ def test_the_accuracy_rule_is_measured_on_each_evaluation_group_apart(monkeypatc
     assert "(comparable)" in res["note"] and "(new)" in res["note"]
 
 
-def test_the_bench_refuses_an_unknown_evaluation_group(tiny_weights):
-    with pytest.raises(SystemExit, match="unknown evaluation group.*held"):
-        main(["bench", "--sizes", "64x96", "--runs", "1", "--no-e2e", "--no-peak", "--only", "bf16",
+def test_the_bench_refuses_an_unknown_evaluation_group_before_it_runs_anything(tmp_path, tiny_weights, capsys):
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "--sizes", "64x96", "--runs", "1", "--no-e2e", "--no-peak", "--json", str(out),
               "--accuracy-groups", "comparable,held", "--weights", str(tiny_weights)])
+    assert exit.value.code == 2
+    assert "unknown evaluation group(s) held (choose from comparable, new)" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_without_the_evaluation_data_the_accuracy_rows_are_skipped_with_the_reason(tmp_path):

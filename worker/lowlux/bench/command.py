@@ -50,8 +50,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-peak", action="store_true", help="skip the machine's convolution peak (GMAC/s)")
     p.add_argument("--no-accuracy", action="store_true",
                    help="skip the accuracy rule's figures of each reduced precision on the evaluation set")
-    p.add_argument("--accuracy-groups", default=",".join(GROUPS), metavar="G[,G]",
-                   help="evaluation groups the accuracy rule is measured on (default: %(default)s; a "
+    p.add_argument("--accuracy-groups", type=_groups, default=GROUPS, metavar="G[,G]",
+                   help=f"evaluation groups the accuracy rule is measured on (default: {','.join(GROUPS)}; a "
                         "precision passes only where it passes on each)")
     p.add_argument("--eval-raw", type=Path, help="raw folder of the evaluation set (default: the shared data)")
     p.add_argument("--eval-clean", type=Path, help="photograph folder of the evaluation set (default: the shared data)")
@@ -76,6 +76,16 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--darktable-settle", type=float, default=0.0, metavar="S",
                    help="seconds to leave darktable idle before each press (its thumbnails of the raw and of the "
                         "previous result made, as for a photographer's single press); default 0: back to back")
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    """``--accuracy-groups``: comma-separated names from :data:`.accuracy.GROUPS`."""
+    groups = tuple(g for g in text.split(",") if g)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown or not groups:
+        raise argparse.ArgumentTypeError(f"unknown evaluation group(s) {', '.join(unknown) or repr(text)} "
+                                         f"(choose from {', '.join(GROUPS)})")
+    return groups
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -182,11 +192,7 @@ def _accuracy(args: argparse.Namespace, configs: list[Config], weights: str | No
             names[(c.backend, c.dtype)] = c.name
     if not names:
         return
-    groups = [g for g in getattr(args, "accuracy_groups", "comparable").split(",") if g]
-    unknown = sorted(set(groups) - set(GROUPS))
-    if unknown:
-        raise SystemExit(f"lowlux bench: unknown evaluation group(s) {', '.join(unknown)} "
-                         f"(choose from {', '.join(GROUPS)})")
+    groups = list(getattr(args, "accuracy_groups", GROUPS))
     res = child.run_child("accuracy", {"pairs": list(names), "weights": weights, "device": device, "groups": groups,
                                        "eval_raw": str(args.eval_raw) if getattr(args, "eval_raw", None) else None,
                                        "eval_clean": str(args.eval_clean) if getattr(args, "eval_clean", None) else None})
