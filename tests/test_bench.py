@@ -51,9 +51,10 @@ def test_bench_writes_a_row_per_configuration_with_the_reference_first(tmp_path,
 def test_the_linear_dng_gets_its_own_end_to_end_rows_and_stages(tmp_path, linear_weights):
     out = tmp_path / "bench.json"
     assert main(["bench", "--sizes", "64x96", "--runs", "2", "--json", str(out), "--weights", str(linear_weights),
-                 "--no-accuracy", "--no-peak", "--only", "none"]) == 0
+                 "--no-accuracy", "--no-peak", "--only", "none", "--batch-files", "5"]) == 0
     e2e = {r["name"]: r for r in json.loads(out.read_text()) if r["backend"] == "e2e"}
     assert set(e2e) == {"file -> TIFF (end to end)", "file -> DNG (end to end)"}
+    assert {r["extra"]["batch_files"] for r in e2e.values()} == {5}
     dng = e2e["file -> DNG (end to end)"]
     assert dng["extra"]["output_space"] == "linear-camera-wb" and dng["median_s"] > 0
     for profile in (dng["extra"]["profile"], dng["extra"]["batch_profile"]):

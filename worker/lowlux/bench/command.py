@@ -46,6 +46,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--e2e-format", choices=tuple(E2E_FORMATS), default="both",
                    help="which end-to-end rows: file -> TIFF, file -> linear DNG (linear weights only), or both "
                         "(default)")
+    p.add_argument("--batch-files", type=int, default=None, metavar="N",
+                   help="files in the end-to-end rows' overlapped batch (default: the runs, at least 3); "
+                        "more give the steady rate in files per second")
     p.add_argument("--only", help="comma-separated config names (substrings) to run besides the reference")
     p.add_argument("--no-peak", action="store_true", help="skip the machine's convolution peak (GMAC/s)")
     p.add_argument("--no-accuracy", action="store_true",
@@ -138,14 +141,16 @@ def run_bench(args: argparse.Namespace) -> int:
             for fmt in () if args.no_e2e else E2E_FORMATS[args.e2e_format]:
                 res = child.run_child("e2e", {"size": size, "runs": max(args.runs // 2, 2), "weights": weights,
                                               "device": device, "anchor": getattr(args, "anchor", True),
-                                              "format": fmt})
+                                              "format": fmt, "batch_files": getattr(args, "batch_files", None)})
                 if "skipped" in res:
                     print(f"file -> {fmt.upper()} (end to end) {size_s}: skipped, {res['skipped']}", flush=True)
                     continue
                 rows.append(_e2e_row(size_s, gmacs, res))
                 _save_rows(args.json, rows, machine)
                 print(format_row(rows[-1]) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items())
-                      + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}", flush=True)
+                      + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}"
+                      + f" batch: {res['batch_files']} files, {1 / res['stages']['batch_per_file_s']:.1f} files/s",
+                      flush=True)
                 for label, key in (("one file", "profile"), ("batch, per file", "batch_profile")):
                     print(f"  stages, {label}: {profile_line(res.get(key, {}))}", flush=True)
     if not getattr(args, "no_accuracy", False):
@@ -237,6 +242,7 @@ def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
                speedup=None, extra={**res["stages"], "runtime": res["backend_detail"],
                                     "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"],
                                     "one_file_peak_rss_mb": res["one_file_peak_rss_mb"],
+                                    "batch_files": res.get("batch_files"),
                                     "output_space": res.get("output_space"), "profile": res.get("profile", {}),
                                     "batch_profile": res.get("batch_profile", {})})
 

@@ -98,10 +98,11 @@ class StageClock:
 
 
 def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto",
-                anchor: bool = True, fmt: str = "tiff") -> dict:
+                anchor: bool = True, fmt: str = "tiff", batch_files: int | None = None) -> dict:
     """In the child: a synthetic DNG of this size through decode -> net -> ``fmt`` (a TIFF, or the linear
-    DNG), default engine (colour anchoring as configured: on unless ``anchor`` is False). A DNG needs
-    linear weights: for others, ``{"skipped": reason}``."""
+    DNG), default engine (colour anchoring as configured: on unless ``anchor`` is False), one file at a
+    time and then ``batch_files`` (default: ``runs``, at least 3) overlapped. A DNG needs linear weights:
+    for others, ``{"skipped": reason}``."""
     import numpy as np
 
     from ..dng import write_dng
@@ -141,7 +142,7 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
                 stages[key].append(value)
         one_file_peak = peak_rss_mb()  # files one after another, before the overlapped batch
         profile = {k: v / runs for k, v in clock.take().items()}
-        count = max(runs, 3)
+        count = batch_files or max(runs, 3)
         stages["batch_per_file_s"] = [batch_per_file(engine, raw, options, count)]
         batch_profile = {k: v / count for k, v in clock.take().items()}
         clock.remove()
@@ -150,7 +151,7 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
             "peak_rss_mb": peak_rss_mb(), "one_file_peak_rss_mb": one_file_peak, "maxrss_mb": maxrss_mb(),
             "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1,
             "dtype": engine.config.dtype, "anchor": engine.anchored, "output_space": engine.model.output_space,
-            "format": fmt, "profile": profile, "batch_profile": batch_profile}
+            "format": fmt, "profile": profile, "batch_profile": batch_profile, "batch_files": count}
 
 
 def batch_per_file(engine, raw: Path, options, count: int) -> float:
