@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from lowlux.train.split import split_photos
@@ -57,14 +58,8 @@ def test_the_wheels_for_the_file_bench_are_pinned_to_this_install_and_built_for_
     assert command[command.index("--dest") + 1] == str(tmp_path)
 
 
-def test_prepare_refuses_to_prepare_nothing(capsys):
-    import sys
-
-    prepare = load_prepare()
-    argv, sys.argv = sys.argv, ["prepare.py"]
-    try:
-        with __import__("pytest").raises(SystemExit):
-            prepare.main()
-    finally:
-        sys.argv = argv
+def test_prepare_refuses_to_prepare_nothing(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["prepare.py"])
+    with pytest.raises(SystemExit):
+        load_prepare().main()
     assert "nothing to prepare" in capsys.readouterr().err
