@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -246,6 +248,92 @@ def test_stop_cancels_everything_queued_and_wakes_the_pipeline():
     assert {t.state for t in j.tasks} == {"cancelled"} and "shutting down" in j.tasks[0].error
     with pytest.raises(QueueFull, match="shutting down"):
         sched.add(job("b", 1))
+
+
+def test_a_file_of_unknown_size_reserves_the_whole_frame_bound_when_taken():
+    sched = Scheduler()
+    sched.add(job("a", 3))
+    first = sched.next_task(timeout=0, max_pixels_in_flight=100)
+    assert sched.pixels_in_flight == 100  # nothing decoded yet: a second decoder must not start beside it
+    assert sched.next_task(timeout=0, max_pixels_in_flight=100) is None
+    sched.hold_pixels(first, 30)  # decoded: its real size takes the reservation's place
+    assert sched.pixels_in_flight == 30
+    second = sched.next_task(timeout=0, max_pixels_in_flight=100)
+    assert second is not None and sched.pixels_in_flight == 60  # the guess for the next one is counted
+    sched.finish(first, "done")
+    sched.finish(second, "failed", error="bad")
+    assert sched.pixels_in_flight == 0
+
+
+def test_a_frame_larger_than_guessed_waits_at_its_header_until_it_fits():
+    sched = Scheduler()
+    sched.add(job("a", 2))
+    small = sched.next_task(timeout=0, max_pixels_in_flight=100)
+    sched.admit_pixels(small, 30, 100)
+    sched.hold_pixels(small, 30)
+    large = sched.next_task(timeout=0, max_pixels_in_flight=100)
+    admitted = threading.Event()
+    waiter = threading.Thread(target=lambda: (sched.admit_pixels(large, 90, 100), admitted.set()))
+    waiter.start()
+    try:
+        assert not admitted.wait(0.3)  # 30 + 90 > 100: it waits, holding nothing meanwhile
+        assert sched.pixels_in_flight == 30
+        sched.finish(small, "done")
+        assert admitted.wait(10)  # alone in flight now, however large
+        assert sched.pixels_in_flight == 90
+    finally:
+        sched.stop()
+        waiter.join(10)
+
+
+def test_decoders_waiting_for_room_never_block_each_other():
+    sched = Scheduler()
+    sched.add(job("a", 3))
+    on_net = sched.next_task(timeout=0, max_pixels_in_flight=200)
+    sched.hold_pixels(on_net, 60)
+    big = [sched.next_task(timeout=0, max_pixels_in_flight=200) for _ in range(2)]  # each guessed at 60
+    done = [threading.Event() for _ in big]
+    waiters = [threading.Thread(target=lambda t=t, e=e: (sched.admit_pixels(t, 150, 200), e.set()))
+               for t, e in zip(big, done)]
+    for w in waiters:
+        w.start()
+    try:
+        sched.finish(on_net, "done")
+        assert wait_any(done, 10)  # one goes ahead...
+        assert sched.pixels_in_flight == 150 and sum(e.is_set() for e in done) == 1  # ...the other still waits
+        sched.finish(big[0] if done[0].is_set() else big[1], "done")
+        assert all(e.wait(10) for e in done)
+    finally:
+        sched.stop()
+        for w in waiters:
+            w.join(10)
+
+
+def test_a_decoder_waiting_for_room_goes_on_when_its_job_is_cancelled_or_the_worker_stops():
+    for end in ("cancel", "stop"):
+        sched = Scheduler()
+        j = job("a", 2)
+        sched.add(j)
+        on_net = sched.next_task(timeout=0, max_pixels_in_flight=100)
+        sched.hold_pixels(on_net, 40)
+        waiting = sched.next_task(timeout=0, max_pixels_in_flight=100)
+        admitted = threading.Event()
+        waiter = threading.Thread(target=lambda: (sched.admit_pixels(waiting, 80, 100), admitted.set()))
+        waiter.start()
+        assert not admitted.wait(0.2)
+        sched.cancel(j.id) if end == "cancel" else sched.stop()
+        assert admitted.wait(10), end
+        assert sched.start_stage(waiting, "inferring") is False  # cancelled at its next stage boundary
+        waiter.join(10)
+
+
+def wait_any(events: list[threading.Event], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e.is_set() for e in events):
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_files_whose_upload_never_arrives_fail_so_the_job_can_end(tmp_path):

@@ -143,3 +143,31 @@ def test_a_small_file_that_declares_huge_dimensions_is_refused_before_any_alloca
     with pytest.raises(InputError, match=rf"huge\.dng: declares {side}x{side} pixels \(\d+ MP\) in a file of only "
                                          r"\d+ KB"):
         read_raw(path)
+
+
+def test_the_declared_size_is_handed_to_the_caller_before_the_data_is_unpacked(tmp_path, monkeypatch):
+    import rawpy
+
+    path = write_dng(tmp_path / "a.dng", np.full((64, 96), 600, np.uint16), black=512, white=4095)
+    events = []
+
+    class Watched:  # rawpy's object, noting when its pixels are first read
+        def __init__(self, raw):
+            self._raw = raw
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._raw.__exit__(*exc)
+
+        def __getattr__(self, name):
+            if name == "raw_image_visible":
+                events.append("unpacked")
+            return getattr(self._raw, name)
+
+    real_imread = rawpy.imread
+    monkeypatch.setattr(rawpy, "imread", lambda *a, **k: Watched(real_imread(*a, **k)))
+    raw = read_raw(path, admit=lambda pixels: events.append(pixels))
+    assert events == [64 * 96, "unpacked"]
+    assert raw.shape == (64, 96)

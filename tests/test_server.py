@@ -297,6 +297,73 @@ def test_small_frames_are_decoded_ahead_while_the_net_runs(engine, endpoint, mak
         assert server.scheduler.pixels_in_flight == 0
 
 
+@pytest.mark.parametrize("cores, decoders", [(1, 1), (2, 1), (8, 2), (16, 4), (64, 4)])
+def test_a_decoder_per_four_cores_beside_the_net_at_most_four(monkeypatch, cores, decoders):
+    from lowlux import batch
+
+    monkeypatch.setattr(batch.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert batch.default_decode_threads() == decoders
+
+
+def test_several_decoders_decode_raws_at_the_same_time(engine, make_dng, tmp_path, monkeypatch):
+    from lowlux import pipeline
+    from lowlux.batch import WorkerPipeline
+    from lowlux.jobs import Job, Scheduler
+
+    both_decoding = threading.Barrier(2, timeout=20)  # broken (an error) unless two decodes overlap
+    real_decode = pipeline.decode
+
+    def decode(source, options, **kwargs):
+        if Path(source).stem in ("d1", "d2"):  # the first decodes alone: its size is not known yet
+            both_decoding.wait()
+        return real_decode(source, options, **kwargs)
+
+    monkeypatch.setattr(pipeline, "decode", decode)
+    raws = [make_dng(f"d{i}.dng", seed=i) for i in range(4)]
+    scheduler = Scheduler()
+    workers = WorkerPipeline(scheduler, lambda: engine, decode_threads=2)
+    workers.start()
+    job = Job(client="test", options=pipeline.EnhanceOptions(out_dir=tmp_path))
+    job.add_files([str(r) for r in raws])
+    scheduler.add(job)
+    try:
+        wait_for(lambda: job.terminal, what="the batch's end")
+    finally:
+        scheduler.stop()
+        assert workers.join(30)
+    assert [t.state for t in job.tasks] == ["done"] * 4, [t.error for t in job.tasks]
+    assert scheduler.pixels_in_flight == 0
+
+
+def test_with_several_decoders_a_broken_raw_fails_alone(engine, endpoint, make_dng, tmp_path):
+    raws = [make_dng(f"b{i}.dng", seed=i) for i in range(4)]
+    broken = tmp_path / "broken.dng"
+    broken.write_bytes(b"II*\x00" + b"\x00" * 64)
+    files = [str(raws[0]), str(broken), *map(str, raws[1:])]
+    with serving(engine, endpoint, decode_threads=3) as server:
+        job = request(endpoint, "submit", files=files, options={"out_dir": str(tmp_path / "out")})["job"]
+        status = finished(endpoint, job)
+        assert server.scheduler.pixels_in_flight == 0
+    states = {Path(e["source"]).name: e["state"] for e in status["files"]}
+    assert states.pop("broken.dng") == "failed" and set(states.values()) == {"done"}
+    assert "broken.dng" in next(e["error"] for e in status["files"] if e["state"] == "failed")
+
+
+def test_with_several_decoders_large_frames_still_go_one_at_a_time(engine, endpoint, make_dng, tmp_path):
+    gated = GatedEngine(engine)
+    raws = [make_dng(f"l{i}.dng", seed=i) for i in range(3)]
+    with serving(gated, endpoint, decode_threads=2, max_pixels_in_flight=96 * 128) as server:
+        job = request(endpoint, "submit", files=[str(r) for r in raws], options={"out_dir": str(tmp_path)})["job"]
+        assert gated.entered.wait(30)
+        tasks = server.scheduler.get(job).tasks
+        assert server.scheduler.pixels_in_flight == 96 * 128
+        assert [t.state for t in tasks[1:]] == ["queued", "queued"]  # neither decoder took one
+        gated.gate.set()
+        status = finished(endpoint, job)
+        assert server.scheduler.pixels_in_flight == 0
+    assert [e["state"] for e in status["files"]] == ["done"] * 3
+
+
 def test_graceful_stop_finishes_the_running_file_and_cancels_the_rest(engine, endpoint, make_dng, tmp_path):
     gated = GatedEngine(engine)
     raws = [make_dng(f"s{i}.dng", seed=i) for i in range(6)]

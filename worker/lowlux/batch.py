@@ -1,13 +1,15 @@
 """The worker's overlapped pipeline (:class:`WorkerPipeline`): decode -> net -> encode, each stage on
 its own thread(s). The stages themselves, one file to its TIFFs, are :mod:`lowlux.pipeline`'s.
 
-One thread decodes the next raw while the net runs on the current one; finished images go to a small
-pool of encoder threads (TIFF writing and metadata copying release the GIL for most of their time).
-The hand-over queues are bounded, so at most ``1 + queue_size + 1 + encode_slots`` files are in memory
-at once however many are queued: memory stays flat on a 10 000-file batch. Large frames are bounded
-further by their size: the next raw is decoded ahead only while the frames in flight stay within
-``max_pixels_in_flight`` (50 MP: 12 and 24 MP batches overlap; 45 and 60 MP frames go one at a time).
-What the bound saves is measured in docs/benchmarks.md (*The worker's frame bound*).
+Decoder threads (:func:`default_decode_threads`; LibRaw releases the GIL while it unpacks) decode the
+next raws while the net runs on the current one; finished images go to a small pool of encoder threads
+(TIFF writing and metadata copying release the GIL for most of their time). The hand-over queues are
+bounded, so at most ``1 + queue_size + decode_threads + encode_slots`` files are in memory at once
+however many are queued: memory stays flat on a 10 000-file batch. Large frames are bounded further by
+their size: a raw is taken for decoding only while the frames in flight, counting those being decoded,
+stay within ``max_pixels_in_flight`` (50 MP: 12 and 24 MP batches overlap; 45 and 60 MP frames go one
+at a time, however many decoders there are). What the bound saves is measured in docs/benchmarks.md
+(*The worker's frame bound*).
 
 A file's result is recorded in the :class:`~lowlux.jobs.Scheduler` the moment it is written, so a
 client polling ``status`` sees files finish one by one. A failing file is recorded as failed with
@@ -33,6 +35,21 @@ from .jobs import MAX_PIXELS_IN_FLIGHT, FileTask, Scheduler
 log = logging.getLogger(__name__)
 
 _STOP = object()
+
+DECODE_THREADS_MAX = 4
+
+
+def default_decode_threads() -> int:
+    """Raws decoded at once: one per four cores, at most :data:`DECODE_THREADS_MAX`.
+
+    A CPU net uses every core, so a small machine decodes one raw at a time beside it; a GPU box
+    needs several decoders to keep its net fed (one 12 MP decode takes longer than the GPU's net).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))  # what this process may use (containers, taskset)
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(DECODE_THREADS_MAX, cores // 4))
 
 
 def describe_failure(task: FileTask, exc: BaseException) -> str:
@@ -88,20 +105,24 @@ class WorkerPipeline:
     """Threads that drain a :class:`Scheduler`; start once, stop once."""
 
     def __init__(self, scheduler: Scheduler, engine: Callable[[], Any], *, encode_threads: int = 2,
-                 queue_size: int = 1, max_pixels_in_flight: int | None = MAX_PIXELS_IN_FLIGHT) -> None:
-        """``engine`` returns the loaded engine, blocking while it loads (the worker answers meanwhile)."""
+                 decode_threads: int | None = None, queue_size: int = 1,
+                 max_pixels_in_flight: int | None = MAX_PIXELS_IN_FLIGHT) -> None:
+        """``engine`` returns the loaded engine, blocking while it loads (the worker answers meanwhile);
+        ``decode_threads`` None is :func:`default_decode_threads`."""
         self.scheduler = scheduler
         self._engine = engine
         self.max_pixels_in_flight = max_pixels_in_flight
-        self._last_pixels = 0
+        self.decode_threads = max(1, decode_threads or default_decode_threads())
+        self._decoders_left = self.decode_threads  # each sends _STOP to the net once it ends
         self.queue_size = queue_size
         self._decoded: queue.Queue = queue.Queue(maxsize=queue_size)
         self._encode_slots = threading.BoundedSemaphore(encode_threads)
         self._in_flight = 0  # encodes submitted and not yet finished
         self._count_lock = threading.Lock()
         self._encoders = ThreadPoolExecutor(encode_threads, thread_name_prefix="lowlux-encode")
-        self._threads = [threading.Thread(target=self._decode_loop, name="lowlux-decode", daemon=True),
-                         threading.Thread(target=self._net_loop, name="lowlux-net", daemon=True)]
+        self._threads = [threading.Thread(target=self._decode_loop, name=f"lowlux-decode-{i}", daemon=True)
+                         for i in range(self.decode_threads)]
+        self._threads.append(threading.Thread(target=self._net_loop, name="lowlux-net", daemon=True))
 
     def start(self) -> None:
         for t in self._threads:
@@ -110,9 +131,9 @@ class WorkerPipeline:
     @property
     def lookahead(self) -> int:
         """Files taken from the scheduler while the net is busy with one: that one, ``queue_size`` decoded
-        ones waiting for the net, and one more the decoder holds until there is room (when the frames in
+        ones waiting for the net, and one more each decoder holds until there is room (when the frames in
         flight stay within ``max_pixels_in_flight``). A job submitted meanwhile starts after these."""
-        return 1 + self.queue_size + 1
+        return 1 + self.queue_size + self.decode_threads
 
     @property
     def drained(self) -> bool:
@@ -136,17 +157,16 @@ class WorkerPipeline:
 
         try:
             while True:
-                task = self.scheduler.next_task(room_for=self._last_pixels,
-                                                max_pixels_in_flight=self.max_pixels_in_flight)
+                task = self.scheduler.next_task(max_pixels_in_flight=self.max_pixels_in_flight)
                 if task is None:
                     break
                 try:
-                    decoded = decode(Path(task.source), task.job.options)
+                    decoded = decode(Path(task.source), task.job.options, admit=lambda pixels, task=task:
+                                     self.scheduler.admit_pixels(task, pixels, self.max_pixels_in_flight))
                 except Exception as exc:  # any file may be broken in any way; the batch goes on
                     self._fail(task, exc)
                     continue
-                self._last_pixels = decoded.mosaic.size
-                self.scheduler.hold_pixels(task, self._last_pixels)
+                self.scheduler.hold_pixels(task, decoded.mosaic.size)
                 self._hand_over(task, decoded)
                 del decoded  # not held here while the next file waits for room
         finally:
@@ -168,7 +188,10 @@ class WorkerPipeline:
         while True:
             item = self._decoded.get()
             if item is _STOP:
-                break
+                self._decoders_left -= 1
+                if self._decoders_left == 0:
+                    break
+                continue
             self._infer(*item)
             del item  # a file's arrays must not outlive it here while the next one decodes
 

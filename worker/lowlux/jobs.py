@@ -54,6 +54,8 @@ class Scheduler:
         self._pending = 0
         self._running = 0
         self._pixels_in_flight = 0
+        self._expected_pixels = 0
+        """The last decoded frame's size: the guess for the next one (0: none decoded yet)."""
         self._stopping = False
         self._stopping_hard = False
         self.on_change: Callable[[], None] | None = None
@@ -142,6 +144,7 @@ class Scheduler:
                 return None
             if not job.terminal:
                 job.cancel_requested = True
+                self._cond.notify_all()  # a decoder waiting for room for one of its files goes on
             for task in job.tasks:
                 if task.state == "queued":
                     self._finish_locked(task, "cancelled", error=reason)
@@ -170,24 +173,31 @@ class Scheduler:
 
     # ---- the pipeline ------------------------------------------------------------------------------------
 
-    def next_task(self, timeout: float | None = None, *, room_for: int = 0,
-                  max_pixels_in_flight: int | None = None) -> FileTask | None:
+    def next_task(self, timeout: float | None = None, *, max_pixels_in_flight: int | None = None) -> FileTask | None:
         """The next file, one client at a time in turn; None once stopping (or after ``timeout``).
 
-        With ``max_pixels_in_flight``, waits while the frames already decoded and not yet finished,
-        plus ``room_for`` (the expected size of the next one), would exceed it, unless none is in
-        flight: decoding ahead must not hold several 60 MP frames at once.
+        With ``max_pixels_in_flight``, waits while the frames in flight (being decoded, decoded and
+        not yet finished) plus the next one's would exceed it, unless none is in flight: decoding
+        ahead must not hold several 60 MP frames at once. The next frame is expected to be the size of
+        the last one decoded, and that is reserved the moment the file is taken (:meth:`admit_pixels`
+        and :meth:`hold_pixels` put the real size in its place), so several decoders never start more
+        than the bound between them; before any frame is known the guess is the whole bound, so the
+        first file decodes alone.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._stopping:
+                need = self._expected_pixels or max_pixels_in_flight or 0
                 crowded = (max_pixels_in_flight is not None and self._pixels_in_flight > 0
-                           and self._pixels_in_flight + room_for > max_pixels_in_flight)
+                           and self._pixels_in_flight + need > max_pixels_in_flight)
                 task = None if crowded else self._pick_locked()
                 if task is not None:
                     task.state, task.stage, task.started = "running", "decoding", time.time()
                     self._unpend(task)
                     self._running += 1
+                    if max_pixels_in_flight is not None:
+                        task.pixels = need
+                        self._pixels_in_flight += need
                     return task
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -219,12 +229,34 @@ class Scheduler:
         return None
 
     def hold_pixels(self, task: FileTask, pixels: int) -> None:
-        """Count a decoded frame in flight until its file ends (done, failed or cancelled)."""
+        """Count a decoded frame in flight until its file ends (done, failed or cancelled), in place of
+        what was reserved for it when it was taken."""
         with self._cond:
-            if task.terminal or task.pixels:
+            if task.terminal:
                 return
-            task.pixels = pixels
-            self._pixels_in_flight += pixels
+            self._pixels_in_flight += pixels - task.pixels
+            task.pixels = self._expected_pixels = pixels
+            self._cond.notify_all()  # a smaller frame than reserved leaves room for the next decoder
+
+    def admit_pixels(self, task: FileTask, pixels: int, max_pixels_in_flight: int | None) -> None:
+        """Wait until a frame of ``pixels`` fits beside the others in flight, then count it.
+
+        Called by a decoder between reading the raw's header and unpacking it, in place of the guess
+        made when the file was taken: a 60 MP frame behind a batch of 12 MP ones waits here rather than
+        decode beside another. While it waits it holds nothing, so decoders waiting together never
+        block each other; it goes ahead when it fits or when nothing else is in flight, and at once
+        when the worker stops or its job ends (the next stage boundary then cancels it).
+        """
+        with self._cond:
+            self._pixels_in_flight -= task.pixels
+            task.pixels = 0
+            while (max_pixels_in_flight is not None and not self._stopping and not task.terminal
+                   and not task.job.cancel_requested and self._pixels_in_flight > 0
+                   and self._pixels_in_flight + pixels > max_pixels_in_flight):
+                self._cond.wait(1.0)
+            if not task.terminal:
+                task.pixels = pixels
+                self._pixels_in_flight += pixels
 
     @property
     def pixels_in_flight(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -92,15 +92,16 @@ class Decoded:
     format: str = "tiff"
 
 
-def decode(source: str | Path, options: EnhanceOptions) -> Decoded:
-    """Read and prepare one raw; checks the outputs first so no work is wasted on a doomed file."""
+def decode(source: str | Path, options: EnhanceOptions, *, admit: Callable[[int], None] | None = None) -> Decoded:
+    """Read and prepare one raw; checks the outputs first so no work is wasted on a doomed file.
+    ``admit``: see :func:`lowlux.raw.read_raw`."""
     source = Path(source)
     outputs = output_paths(source, options)
     for out in outputs:
         if out.resolve() == source.resolve():
             raise InputError(source, "output would replace the source file")
         check_output(out, options.overwrite)
-    raw = read_raw(source)
+    raw = read_raw(source, admit=admit)
     if options.amplification is not None:
         amps = [float(options.amplification)] * len(options.brightness)
     else:

@@ -10,6 +10,7 @@ applies them (:mod:`lowlux.colour`). Everything that cannot be read as a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +142,9 @@ MAX_PIXELS_PER_BYTE = 32
 more pixels than that for its size is corrupt or forged."""
 
 
-def _check_declared_size(raw, path: Path) -> None:
+def _check_declared_size(raw, path: Path) -> int:
     """Refuse a raw whose declared size its file cannot hold, before LibRaw allocates for it: a 10 KB
-    file that declares 60000x60000 pixels must not cost gigabytes."""
+    file that declares 60000x60000 pixels must not cost gigabytes. Returns the declared pixels."""
     sizes = raw.sizes  # read from the header; nothing is unpacked yet
     pixels = int(sizes.raw_width) * int(sizes.raw_height)
     size = path.stat().st_size
@@ -152,17 +153,24 @@ def _check_declared_size(raw, path: Path) -> None:
         raise InputError(path, f"{declared} in a file of only {max(1, size // 1024)} KB: corrupt or forged")
     if pixels > MAX_RAW_PIXELS:
         raise InputError(path, f"{declared}, more than any camera's sensor (at most {MAX_RAW_PIXELS // 1_000_000} MP)")
+    return pixels
 
 
-def read_raw(path: str | Path) -> RawImage:
-    """Read a raw file; raises InputError / UnsupportedSensor naming the file and the reason."""
+def read_raw(path: str | Path, *, admit: Callable[[int], None] | None = None) -> RawImage:
+    """Read a raw file; raises InputError / UnsupportedSensor naming the file and the reason.
+
+    ``admit`` is called with the frame's declared pixels once the header is read and before the data
+    is unpacked: a batch with several decoders waits there until the frame fits its memory bound.
+    """
     import rawpy
 
     path = Path(path)
     _check_path(path)
     try:
         with rawpy.imread(str(path)) as raw:
-            _check_declared_size(raw, path)  # before anything unpacks (allocates) the raw data
+            pixels = _check_declared_size(raw, path)  # before anything unpacks (allocates) the raw data
+            if admit is not None:
+                admit(pixels)
             pattern = _sensor_layout(raw, path)
             cfa = np.array(raw.raw_image_visible, dtype=np.uint16, copy=True)
             colors = raw.raw_colors_visible[:2, :2]

@@ -36,7 +36,8 @@ class FileTask:
     started: float | None = None
     finished: float | None = None
     pixels: int = 0
-    """The decoded frame's size, counted in flight until the file ends (see Scheduler.next_task)."""
+    """The frame's size counted in flight until the file ends: expected when the file is taken, the
+    decoded frame's once known (see Scheduler.next_task)."""
     names: list[str] = field(default_factory=list)
     """Upload jobs: the outputs' names as the client names them (from its own source name)."""
 

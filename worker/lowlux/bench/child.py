@@ -120,5 +120,6 @@ def main(argv: list[str]) -> None:
                           payload["weights"], payload["ref_out"], payload["save_out"], payload.get("device", "auto"))
     else:
         res = measure_e2e(tuple(payload["size"]), payload["runs"], payload["weights"], payload.get("device", "auto"),
-                          payload.get("anchor", True), payload.get("format", "tiff"), payload.get("batch_files"))
+                          payload.get("anchor", True), payload.get("format", "tiff"), payload.get("batch_files"),
+                          payload.get("decode_threads"))
     print(json.dumps(res))

@@ -49,6 +49,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-files", type=int, default=None, metavar="N",
                    help="files in the end-to-end rows' overlapped batch (default: the runs, at least 3); "
                         "more give the steady rate in files per second")
+    p.add_argument("--decode-threads", type=int, default=None, metavar="N",
+                   help="raws the batch decodes at once (default: the worker's, one per four cores, at most 4)")
     p.add_argument("--only", help="comma-separated config names (substrings) to run besides the reference")
     p.add_argument("--no-peak", action="store_true", help="skip the machine's convolution peak (GMAC/s)")
     p.add_argument("--no-accuracy", action="store_true",
@@ -141,7 +143,8 @@ def run_bench(args: argparse.Namespace) -> int:
             for fmt in () if args.no_e2e else E2E_FORMATS[args.e2e_format]:
                 res = child.run_child("e2e", {"size": size, "runs": max(args.runs // 2, 2), "weights": weights,
                                               "device": device, "anchor": getattr(args, "anchor", True),
-                                              "format": fmt, "batch_files": getattr(args, "batch_files", None)})
+                                              "format": fmt, "batch_files": getattr(args, "batch_files", None),
+                                              "decode_threads": getattr(args, "decode_threads", None)})
                 if "skipped" in res:
                     print(f"file -> {fmt.upper()} (end to end) {size_s}: skipped, {res['skipped']}", flush=True)
                     continue
@@ -149,7 +152,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 _save_rows(args.json, rows, machine)
                 print(format_row(rows[-1]) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items())
                       + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}"
-                      + f" batch: {res['batch_files']} files, {1 / res['stages']['batch_per_file_s']:.1f} files/s",
+                      + f" batch: {res['batch_files']} files, {res['decode_threads']} decoder(s),"
+                      + f" {1 / res['stages']['batch_per_file_s']:.1f} files/s",
                       flush=True)
                 for label, key in (("one file", "profile"), ("batch, per file", "batch_profile")):
                     print(f"  stages, {label}: {profile_line(res.get(key, {}))}", flush=True)
@@ -243,6 +247,7 @@ def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
                                     "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"],
                                     "one_file_peak_rss_mb": res["one_file_peak_rss_mb"],
                                     "batch_files": res.get("batch_files"),
+                                    "decode_threads": res.get("decode_threads"),
                                     "output_space": res.get("output_space"), "profile": res.get("profile", {}),
                                     "batch_profile": res.get("batch_profile", {})})
 

@@ -98,13 +98,16 @@ class StageClock:
 
 
 def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto",
-                anchor: bool = True, fmt: str = "tiff", batch_files: int | None = None) -> dict:
+                anchor: bool = True, fmt: str = "tiff", batch_files: int | None = None,
+                decode_threads: int | None = None) -> dict:
     """In the child: a synthetic DNG of this size through decode -> net -> ``fmt`` (a TIFF, or the linear
     DNG), default engine (colour anchoring as configured: on unless ``anchor`` is False), one file at a
-    time and then ``batch_files`` (default: ``runs``, at least 3) overlapped. A DNG needs linear weights:
+    time and then ``batch_files`` (default: ``runs``, at least 3) overlapped, with ``decode_threads``
+    decoders (default: the worker's). A DNG needs linear weights:
     for others, ``{"skipped": reason}``."""
     import numpy as np
 
+    from ..batch import default_decode_threads
     from ..dng import write_dng
     from ..engine import EngineConfig
     from ..model import LINEAR_CAMERA_WB
@@ -143,7 +146,8 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
         one_file_peak = peak_rss_mb()  # files one after another, before the overlapped batch
         profile = {k: v / runs for k, v in clock.take().items()}
         count = batch_files or max(runs, 3)
-        stages["batch_per_file_s"] = [batch_per_file(engine, raw, options, count)]
+        decoders = decode_threads or default_decode_threads()
+        stages["batch_per_file_s"] = [batch_per_file(engine, raw, options, count, decoders)]
         batch_profile = {k: v / count for k, v in clock.take().items()}
         clock.remove()
     tiles = engine.tiles(*(-(-v // 32) * 32 for v in size))
@@ -151,10 +155,11 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
             "peak_rss_mb": peak_rss_mb(), "one_file_peak_rss_mb": one_file_peak, "maxrss_mb": maxrss_mb(),
             "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1,
             "dtype": engine.config.dtype, "anchor": engine.anchored, "output_space": engine.model.output_space,
-            "format": fmt, "profile": profile, "batch_profile": batch_profile, "batch_files": count}
+            "format": fmt, "profile": profile, "batch_profile": batch_profile, "batch_files": count,
+            "decode_threads": decoders}
 
 
-def batch_per_file(engine, raw: Path, options, count: int) -> float:
+def batch_per_file(engine, raw: Path, options, count: int, decode_threads: int | None = None) -> float:
     """Seconds per file through the worker's own pipeline (:class:`lowlux.batch.WorkerPipeline`): the next
     file decodes while the net runs on this one, outputs are written on other threads, within the
     pipeline's bound on frames in flight."""
@@ -170,7 +175,7 @@ def batch_per_file(engine, raw: Path, options, count: int) -> float:
             os.link(raw, f)
         files.append(str(f))
     scheduler = Scheduler()
-    pipeline = WorkerPipeline(scheduler, lambda: engine)
+    pipeline = WorkerPipeline(scheduler, lambda: engine, decode_threads=decode_threads)
     pipeline.start()
     job = Job(client="bench", options=options)
     job.add_files(files)

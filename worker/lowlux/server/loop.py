@@ -59,7 +59,8 @@ class Server:
         self.fetches = FetchGate()
         self._lock = ServeLock(config.endpoint)
         self.pipeline: Any = self._cluster_pipeline() if self.cluster else WorkerPipeline(
-            self.scheduler, self._get_engine, encode_threads=config.encode_threads, queue_size=config.queue_size,
+            self.scheduler, self._get_engine, encode_threads=config.encode_threads,
+            decode_threads=config.decode_threads, queue_size=config.queue_size,
             max_pixels_in_flight=config.max_pixels_in_flight)
         self.waits = Waits()
         self.scheduler.on_change = self.waits.wake

@@ -41,6 +41,8 @@ class ServerConfig:
     engine: Any = None
     """``EngineConfig`` used to load the engine (unless one is handed to :class:`Server`)."""
     encode_threads: int = ENCODE_THREADS
+    decode_threads: int | None = None
+    """Raws decoded at once; None: :func:`lowlux.batch.default_decode_threads`."""
     queue_size: int = 1
     max_pixels_in_flight: int = MAX_PIXELS_IN_FLIGHT
     """Decoded frames held at once before decoding the next raw waits (see :mod:`lowlux.batch`)."""
