@@ -34,7 +34,7 @@ if [ "$E2E" -gt 0 ] && ls .burst/wheels/*.whl > /dev/null 2>&1; then
   python3 -m pip install --quiet --no-index --no-deps --target .burst/site .burst/wheels/*.whl > "$OUT/wheels.log" 2>&1
   export PYTHONPATH=$PYTHONPATH:.burst/site
   e2e=(bench --device "$DEVICE" --sizes "${SIZES:-2848x4256}" --only none --no-accuracy --no-peak --runs "${E2E_RUNS:-5}"
-    --batch-files "${BATCH_FILES:-24}"
+    --batch-files "${BATCH_FILES:-24}" ${DECODE_THREADS:+--decode-threads "$DECODE_THREADS"}
     --e2e-format both --json "$OUT/e2e.json" --markdown "$OUT/e2e.md")
   env -u OMP_NUM_THREADS -u MKL_NUM_THREADS -u OPENBLAS_NUM_THREADS \
     timeout --foreground -k 20 -s TERM "$E2E" python3 -m lowlux "${e2e[@]}" > "$OUT/e2e.log" 2>&1
