@@ -335,6 +335,28 @@ def test_several_decoders_decode_raws_at_the_same_time(engine, make_dng, tmp_pat
     assert scheduler.pixels_in_flight == 0
 
 
+def test_each_file_hands_its_freed_memory_back_after_the_net_and_after_writing(engine, make_dng, tmp_path,
+                                                                              monkeypatch):
+    from lowlux import batch, pipeline
+    from lowlux.jobs import Job, Scheduler
+
+    calls = []
+    monkeypatch.setattr(batch, "release_freed_memory", lambda: calls.append(threading.current_thread().name))
+    scheduler = Scheduler()
+    workers = batch.WorkerPipeline(scheduler, lambda: engine)
+    workers.start()
+    job = Job(client="test", options=pipeline.EnhanceOptions(out_dir=tmp_path))
+    job.add_files([str(make_dng(f"h{i}.dng", seed=i)) for i in range(3)])
+    scheduler.add(job)
+    try:
+        wait_for(lambda: job.terminal, what="the batch's end")
+    finally:
+        scheduler.stop()
+        assert workers.join(30)
+    assert sum(name == "lowlux-net" for name in calls) == 3
+    assert sum(name.startswith("lowlux-encode") for name in calls) == 3
+
+
 def test_with_several_decoders_a_broken_raw_fails_alone(engine, endpoint, make_dng, tmp_path):
     raws = [make_dng(f"b{i}.dng", seed=i) for i in range(4)]
     broken = tmp_path / "broken.dng"

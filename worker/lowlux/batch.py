@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LowluxError
+from .heap import release_freed_memory
 from .jobs import MAX_PIXELS_IN_FLIGHT, FileTask, Scheduler
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ class WorkerPipeline:
                 continue
             self._infer(*item)
             del item  # a file's arrays must not outlive it here while the next one decodes
+            release_freed_memory()
 
     def _infer(self, task: FileTask, decoded: Any) -> None:
         from .pipeline import infer
@@ -228,6 +230,8 @@ class WorkerPipeline:
             self.scheduler.finish(task, "done", outputs=[str(p) for p in paths])
             log.info("%s -> %s", task.display, ", ".join(p.name for p in paths))
         finally:
+            del images, decoded
+            release_freed_memory()  # this thread's heap: see lowlux.heap
             with self._count_lock:
                 self._in_flight -= 1
             self._encode_slots.release()

@@ -2,8 +2,8 @@
 
 A fresh process per row keeps each row's peak RSS its own and leaves no compiled graphs, caches or
 threads behind for the next row. The parent calls :func:`run_child`, which starts
-``python -m lowlux.bench KIND PAYLOAD`` (:mod:`lowlux.bench.__main__`; KIND ``net``, ``e2e``, ``peak``
-or ``accuracy``); the child measures and prints its result as one JSON line.
+``python -m lowlux.bench KIND PAYLOAD`` (:mod:`lowlux.bench.__main__`; KIND ``net``, ``e2e``, ``batch``,
+``peak`` or ``accuracy``); the child measures and prints its result as one JSON line.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .workload import bench_input, pad32
 
 
 def run_child(kind: str, payload: dict, timeout: float | None = None) -> dict:
-    """In the parent: run one measurement (``net`` or ``e2e``) in a child process, return its result.
+    """In the parent: run one measurement (one KIND) in a child process, return its result.
 
     ``timeout`` (seconds) bounds the child: a row that compiles or autotunes for longer than a
     borrowed machine's window is lost on its own, and the rows after it still run."""
@@ -102,7 +102,7 @@ def measure_net(config: Config, size: tuple[int, int], runs: int, warmup: int, w
 
 def main(argv: list[str]) -> None:
     """The child's entry point: ``KIND PAYLOAD`` (JSON) -> one JSON line on stdout."""
-    from .e2e import measure_e2e
+    from .e2e import measure_batch, measure_e2e
 
     kind, payload = argv[0], json.loads(argv[1])
     if kind == "peak":
@@ -118,8 +118,10 @@ def main(argv: list[str]) -> None:
     elif kind == "net":
         res = measure_net(Config(**payload["config"]), tuple(payload["size"]), payload["runs"], payload["warmup"],
                           payload["weights"], payload["ref_out"], payload["save_out"], payload.get("device", "auto"))
+    elif kind == "batch":
+        res = measure_batch(tuple(payload["size"]), payload["count"], payload["weights"], payload.get("device", "auto"),
+                            payload.get("anchor", True), payload.get("format", "tiff"), payload.get("decode_threads"))
     else:
         res = measure_e2e(tuple(payload["size"]), payload["runs"], payload["weights"], payload.get("device", "auto"),
-                          payload.get("anchor", True), payload.get("format", "tiff"), payload.get("batch_files"),
-                          payload.get("decode_threads"))
+                          payload.get("anchor", True), payload.get("format", "tiff"))
     print(json.dumps(res))

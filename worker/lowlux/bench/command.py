@@ -141,10 +141,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 _save_rows(args.json, rows, machine)
             Path(ref_path).unlink(missing_ok=True)
             for fmt in () if args.no_e2e else E2E_FORMATS[args.e2e_format]:
-                res = child.run_child("e2e", {"size": size, "runs": max(args.runs // 2, 2), "weights": weights,
-                                              "device": device, "anchor": getattr(args, "anchor", True),
-                                              "format": fmt, "batch_files": getattr(args, "batch_files", None),
-                                              "decode_threads": getattr(args, "decode_threads", None)})
+                res = _e2e(args, size, weights, device, fmt)
                 if "skipped" in res:
                     print(f"file -> {fmt.upper()} (end to end) {size_s}: skipped, {res['skipped']}", flush=True)
                     continue
@@ -153,7 +150,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 print(format_row(rows[-1]) + "  " + " ".join(f"{k}={v:.3f}" for k, v in res["stages"].items())
                       + f" one_file_peak_rss_mb={res['one_file_peak_rss_mb']:.0f}"
                       + f" batch: {res['batch_files']} files, {res['decode_threads']} decoder(s),"
-                      + f" {1 / res['stages']['batch_per_file_s']:.1f} files/s",
+                      + f" {1 / res['stages']['batch_per_file_s']:.1f} files/s, peak {res['batch_peak_rss_mb']:.0f} MB",
                       flush=True)
                 for label, key in (("one file", "profile"), ("batch, per file", "batch_profile")):
                     print(f"  stages, {label}: {profile_line(res.get(key, {}))}", flush=True)
@@ -236,6 +233,22 @@ def _net_row(config: Config, size_s: str, gmacs: float, res: dict, ref_median: f
                | ({"gpu_peak_mb": res["gpu_peak_mb"], "fps": 1 / med} if "gpu_peak_mb" in res else {}))
 
 
+def _e2e(args: argparse.Namespace, size: tuple[int, int], weights: str | None, device: str, fmt: str) -> dict:
+    """One end-to-end row's measurements: one file at a time in one child, the overlapped batch (as a
+    worker runs it) in another; the row's peak memory is the larger of the two."""
+    common = {"size": size, "weights": weights, "device": device, "anchor": getattr(args, "anchor", True),
+              "format": fmt}
+    runs = max(args.runs // 2, 2)
+    one = child.run_child("e2e", {**common, "runs": runs})
+    if "skipped" in one:
+        return one
+    batch = child.run_child("batch", {**common, "count": getattr(args, "batch_files", None) or max(runs, 3),
+                                      "decode_threads": getattr(args, "decode_threads", None)})
+    return {**one, **batch, "one_file_peak_rss_mb": one["peak_rss_mb"],
+            "peak_rss_mb": max(one["peak_rss_mb"], batch["batch_peak_rss_mb"]),
+            "stages": {**one["stages"], "batch_per_file_s": batch["batch_per_file_s"]}}
+
+
 def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
     """The end-to-end row from its child's result (stage medians in ``extra``)."""
     med = statistics.median(res["times"])
@@ -246,6 +259,7 @@ def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
                speedup=None, extra={**res["stages"], "runtime": res["backend_detail"],
                                     "tiles": res["tiles"], "maxrss_mb": res["maxrss_mb"],
                                     "one_file_peak_rss_mb": res["one_file_peak_rss_mb"],
+                                    "batch_peak_rss_mb": res["batch_peak_rss_mb"],
                                     "batch_files": res.get("batch_files"),
                                     "decode_threads": res.get("decode_threads"),
                                     "output_space": res.get("output_space"), "profile": res.get("profile", {}),

@@ -97,32 +97,43 @@ class StageClock:
         return out
 
 
-def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto",
-                anchor: bool = True, fmt: str = "tiff", batch_files: int | None = None,
-                decode_threads: int | None = None) -> dict:
-    """In the child: a synthetic DNG of this size through decode -> net -> ``fmt`` (a TIFF, or the linear
-    DNG), default engine (colour anchoring as configured: on unless ``anchor`` is False), one file at a
-    time and then ``batch_files`` (default: ``runs``, at least 3) overlapped, with ``decode_threads``
-    decoders (default: the worker's). A DNG needs linear weights:
-    for others, ``{"skipped": reason}``."""
+def _write_bench_raw(path: Path, size: tuple[int, int]) -> None:
+    """The synthetic dark DNG both end-to-end children restore (the same pixels every time)."""
     import numpy as np
 
-    from ..batch import default_decode_threads
     from ..dng import write_dng
+
+    cfa = bench_input(*size)
+    cfa *= np.float32(16383 / 100)
+    cfa += np.float32(512)
+    write_dng(path, cfa.astype(np.uint16), black=512, white=16383)
+
+
+def _e2e_engine(weights: str | None, device: str, anchor: bool, fmt: str):
+    """The default engine (colour anchoring as configured), or the reason it cannot write ``fmt``."""
     from ..engine import EngineConfig
     from ..model import LINEAR_CAMERA_WB
-    from ..pipeline import EnhanceOptions, decode, encode, infer, output_space
+    from ..pipeline import output_space
 
     engine = make_engine(EngineConfig(weights=weights, device=device, anchor=anchor))
     if fmt == "dng" and output_space(engine) != LINEAR_CAMERA_WB:
-        return {"skipped": f"a linear DNG needs linear weights; these output {output_space(engine)}"}
+        return None, f"a linear DNG needs linear weights; these output {output_space(engine)}"
+    return engine, None
+
+
+def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto",
+                anchor: bool = True, fmt: str = "tiff") -> dict:
+    """In the child: a synthetic DNG of this size through decode -> net -> ``fmt`` (a TIFF, or the linear
+    DNG), one file at a time, each stage timed. A DNG needs linear weights: for others,
+    ``{"skipped": reason}``. The overlapped batch is :func:`measure_batch`'s, in a child of its own."""
+    from ..pipeline import EnhanceOptions, decode, encode, infer
+
+    engine, skipped = _e2e_engine(weights, device, anchor, fmt)
+    if skipped:
+        return {"skipped": skipped}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "bench.dng"
-        cfa = bench_input(*size)
-        cfa *= np.float32(16383 / 100)
-        cfa += np.float32(512)
-        write_dng(raw, cfa.astype(np.uint16), black=512, white=16383)
-        del cfa
+        _write_bench_raw(raw, size)
         options = EnhanceOptions(out_dir=Path(tmp), overwrite=True, format=fmt)
         stages: dict[str, list[float]] = {"decode_s": [], "net_s": [], "encode_s": [], "total_s": []}
         clock = StageClock().install(fmt)
@@ -143,23 +154,45 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
                 continue  # warm-up
             for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
                 stages[key].append(value)
-        one_file_peak = peak_rss_mb()  # files one after another, before the overlapped batch
         profile = {k: v / runs for k, v in clock.take().items()}
-        count = batch_files or max(runs, 3)
-        decoders = decode_threads or default_decode_threads()
-        stages["batch_per_file_s"] = [batch_per_file(engine, raw, options, count, decoders)]
-        batch_profile = {k: v / count for k, v in clock.take().items()}
         clock.remove()
     tiles = engine.tiles(*(-(-v // 32) * 32 for v in size))
     return {"times": stages["total_s"], "stages": {k: statistics.median(v) for k, v in stages.items()},
-            "peak_rss_mb": peak_rss_mb(), "one_file_peak_rss_mb": one_file_peak, "maxrss_mb": maxrss_mb(),
+            "peak_rss_mb": peak_rss_mb(), "maxrss_mb": maxrss_mb(),
             "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1,
             "dtype": engine.config.dtype, "anchor": engine.anchored, "output_space": engine.model.output_space,
-            "format": fmt, "profile": profile, "batch_profile": batch_profile, "batch_files": count,
-            "decode_threads": decoders}
+            "format": fmt, "profile": profile}
 
 
-def batch_per_file(engine, raw: Path, options, count: int, decode_threads: int | None = None) -> float:
+def measure_batch(size: tuple[int, int], count: int, weights: str | None, device: str = "auto",
+                  anchor: bool = True, fmt: str = "tiff", decode_threads: int | None = None) -> dict:
+    """In a child of its own, as in a worker: ``count`` copies of the synthetic DNG through the worker's
+    overlapped pipeline with ``decode_threads`` decoders (default: the worker's), after one file through
+    it to warm up. Its own process, because a worker runs every file on the pipeline's threads: what the
+    one-file runs leave in the main thread's heap is not a worker's memory."""
+    from ..batch import default_decode_threads
+    from ..pipeline import EnhanceOptions
+
+    engine, skipped = _e2e_engine(weights, device, anchor, fmt)
+    if skipped:
+        return {"skipped": skipped}
+    decoders = decode_threads or default_decode_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "bench.dng"
+        _write_bench_raw(raw, size)
+        options = EnhanceOptions(out_dir=Path(tmp), overwrite=True, format=fmt)
+        batch_per_file(engine, raw, options, 1, decoders, prefix="warm-up")
+        reset_peak()
+        clock = StageClock().install(fmt)
+        per_file = batch_per_file(engine, raw, options, count, decoders)
+        profile = {k: v / count for k, v in clock.take().items()}
+        clock.remove()
+    return {"batch_per_file_s": per_file, "batch_profile": profile, "batch_files": count,
+            "decode_threads": decoders, "batch_peak_rss_mb": peak_rss_mb()}
+
+
+def batch_per_file(engine, raw: Path, options, count: int, decode_threads: int | None = None,
+                   prefix: str = "batch") -> float:
     """Seconds per file through the worker's own pipeline (:class:`lowlux.batch.WorkerPipeline`): the next
     file decodes while the net runs on this one, outputs are written on other threads, within the
     pipeline's bound on frames in flight."""
@@ -170,7 +203,7 @@ def batch_per_file(engine, raw: Path, options, count: int, decode_threads: int |
 
     files = []
     for i in range(count):
-        f = raw.with_name(f"batch-{i}.dng")
+        f = raw.with_name(f"{prefix}-{i}.dng")
         if not f.exists():
             os.link(raw, f)
         files.append(str(f))

@@ -72,8 +72,9 @@ def markdown_tables(rows: list[Row], machine: str) -> str:
             if r.backend == "e2e":
                 stages = ", ".join(f"{k.removesuffix('_s')} {r.extra[k]:.2f}" for k in
                                    ("decode_s", "net_s", "encode_s", "batch_per_file_s") if k in r.extra)
-                name += f" ({stages}; one file at a time: peak {r.extra['one_file_peak_rss_mb']:.0f} MB)" \
-                    if "one_file_peak_rss_mb" in r.extra else f" ({stages})"
+                peaks = [f"{label}: peak {r.extra[k]:.0f} MB" for label, k in
+                         (("one file at a time", "one_file_peak_rss_mb"), ("batch", "batch_peak_rss_mb")) if k in r.extra]
+                name += f" ({'; '.join([stages, *peaks])})"
             out.append(f"| {name} | {r.extra.get('runtime', '')} | {secs(r.median_s)} | {secs(r.min_s)} | {secs(r.max_s)} "
                        f"| {speed} | {r.peak_rss_mb:.0f} | {diff} | {photo} | {r.extra.get('tiles', '')} "
                        f"| {rate(r)} | {fraction(r)} |"
