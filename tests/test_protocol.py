@@ -286,6 +286,34 @@ def test_a_frame_larger_than_guessed_waits_at_its_header_until_it_fits():
         waiter.join(10)
 
 
+def test_while_a_frame_waits_for_room_no_new_file_is_taken_so_it_is_not_starved():
+    sched = Scheduler()
+    sched.add(job("a", 4))
+    on_net = sched.next_task(timeout=0, max_pixels_in_flight=100)
+    sched.hold_pixels(on_net, 20)
+    large = sched.next_task(timeout=0, max_pixels_in_flight=100)
+    admitted = threading.Event()
+    waiter = threading.Thread(target=lambda: (sched.admit_pixels(large, 90, 100), admitted.set()))
+    waiter.start()
+    try:
+        wait_until(lambda: sched._waiting_for_room == 1)
+        assert sched.next_task(timeout=0, max_pixels_in_flight=100) is None  # 20 + 20 would fit, but it waits
+        sched.finish(on_net, "done")
+        assert admitted.wait(10)
+        waiter.join(10)
+        assert sched.next_task(timeout=0, max_pixels_in_flight=100) is None  # 90 in flight, 20 expected
+    finally:
+        sched.stop()
+        waiter.join(10)
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 def test_decoders_waiting_for_room_never_block_each_other():
     sched = Scheduler()
     sched.add(job("a", 3))

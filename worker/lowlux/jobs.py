@@ -56,6 +56,8 @@ class Scheduler:
         self._pixels_in_flight = 0
         self._expected_pixels = 0
         """The last decoded frame's size: the guess for the next one (0: none decoded yet)."""
+        self._waiting_for_room = 0
+        """Decoders waiting in :meth:`admit_pixels`: while one waits, no new file is taken."""
         self._stopping = False
         self._stopping_hard = False
         self.on_change: Callable[[], None] | None = None
@@ -188,8 +190,9 @@ class Scheduler:
         with self._cond:
             while not self._stopping:
                 need = self._expected_pixels or max_pixels_in_flight or 0
-                crowded = (max_pixels_in_flight is not None and self._pixels_in_flight > 0
-                           and self._pixels_in_flight + need > max_pixels_in_flight)
+                crowded = max_pixels_in_flight is not None and (
+                    self._waiting_for_room > 0
+                    or self._pixels_in_flight > 0 and self._pixels_in_flight + need > max_pixels_in_flight)
                 task = None if crowded else self._pick_locked()
                 if task is not None:
                     task.state, task.stage, task.started = "running", "decoding", time.time()
@@ -244,16 +247,22 @@ class Scheduler:
         Called by a decoder between reading the raw's header and unpacking it, in place of the guess
         made when the file was taken: a 60 MP frame behind a batch of 12 MP ones waits here rather than
         decode beside another. While it waits it holds nothing, so decoders waiting together never
-        block each other; it goes ahead when it fits or when nothing else is in flight, and at once
-        when the worker stops or its job ends (the next stage boundary then cancels it).
+        block each other, and no decoder takes a new file, so what is in flight drains and the frame
+        is never starved by smaller ones. It goes ahead when it fits or when nothing else is in flight,
+        and at once when the worker stops or its job ends (the next stage boundary then cancels it).
         """
         with self._cond:
             self._pixels_in_flight -= task.pixels
             task.pixels = 0
-            while (max_pixels_in_flight is not None and not self._stopping and not task.terminal
-                   and not task.job.cancel_requested and self._pixels_in_flight > 0
-                   and self._pixels_in_flight + pixels > max_pixels_in_flight):
-                self._cond.wait(1.0)
+            self._waiting_for_room += 1
+            try:
+                while (max_pixels_in_flight is not None and not self._stopping and not task.terminal
+                       and not task.job.cancel_requested and self._pixels_in_flight > 0
+                       and self._pixels_in_flight + pixels > max_pixels_in_flight):
+                    self._cond.wait(1.0)
+            finally:
+                self._waiting_for_room -= 1
+                self._cond.notify_all()
             if not task.terminal:
                 task.pixels = pixels
                 self._pixels_in_flight += pixels
