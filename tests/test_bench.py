@@ -269,3 +269,15 @@ def test_the_darktable_drivers_strings_survive_any_path():
     from lowlux.bench.darktable import lua_string
 
     assert lua_string("a]]b") == "[=[a]]b]=]" and lua_string("plain") == "[[plain]]"
+
+
+@pytest.mark.parametrize("flag, value, reason", [("--decode-threads", "0", "must be at least 1, got 0"),
+                                                 ("--batch-files", "-2", "must be at least 1, got -2"),
+                                                 ("--decode-threads", "two", "not a whole number: 'two'")])
+def test_the_bench_refuses_a_count_below_one_before_it_runs_anything(tmp_path, capsys, flag, value, reason):
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "--sizes", "64x96", "--json", str(out), flag, value])
+    assert exit.value.code == 2
+    assert f"{flag}: {reason}" in capsys.readouterr().err
+    assert not out.exists()

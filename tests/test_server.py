@@ -305,6 +305,16 @@ def test_a_decoder_per_four_cores_beside_the_net_at_most_four(monkeypatch, cores
     assert batch.default_decode_threads() == decoders
 
 
+def test_the_worker_refuses_a_decoder_count_below_one_before_it_serves(endpoint, capsys):
+    from lowlux.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["serve", "--endpoint", endpoint, "--decode-threads", "0"])
+    assert exit.value.code == 2
+    assert "--decode-threads: must be at least 1, got 0" in capsys.readouterr().err
+    assert not Path(endpoint.removeprefix("ipc://")).exists()
+
+
 def test_several_decoders_decode_raws_at_the_same_time(engine, make_dng, tmp_path, monkeypatch):
     from lowlux import pipeline
     from lowlux.batch import WorkerPipeline

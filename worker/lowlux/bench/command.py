@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..atomic import replacing
+from ..options import positive_count
 from . import child
 from .accuracy import GROUPS
 from .configs import Config, default_configs
@@ -46,10 +47,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--e2e-format", choices=tuple(E2E_FORMATS), default="both",
                    help="which end-to-end rows: file -> TIFF, file -> linear DNG (linear weights only), or both "
                         "(default)")
-    p.add_argument("--batch-files", type=int, default=None, metavar="N",
+    p.add_argument("--batch-files", type=positive_count, default=None, metavar="N",
                    help="files in the end-to-end rows' overlapped batch (default: the runs, at least 3); "
                         "more give the steady rate in files per second")
-    p.add_argument("--decode-threads", type=int, default=None, metavar="N",
+    p.add_argument("--decode-threads", type=positive_count, default=None, metavar="N",
                    help="raws the batch decodes at once (default: the worker's, one per four cores, at most 4)")
     p.add_argument("--only", help="comma-separated config names (substrings) to run besides the reference")
     p.add_argument("--no-peak", action="store_true", help="skip the machine's convolution peak (GMAC/s)")

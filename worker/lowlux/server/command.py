@@ -14,7 +14,7 @@ from .. import __version__, config
 from ..batch import DECODE_THREADS_MAX, default_decode_threads
 from ..cluster import ENV_ADDRESS
 from ..errors import LowluxError
-from ..options import EXIT_USAGE, add_engine_arguments, engine_config_from_args
+from ..options import EXIT_USAGE, add_engine_arguments, engine_config_from_args, positive_count
 from . import settings
 from .loop import Server
 from .settings import MiB, ServerConfig
@@ -48,7 +48,7 @@ def add_serve_parser(sub) -> None:
     g = p.add_argument_group("limits")
     g.add_argument("--encode-threads", type=int, default=settings.ENCODE_THREADS,
                    help=f"TIFF encoder threads (default {settings.ENCODE_THREADS})")
-    g.add_argument("--decode-threads", type=int, default=None, metavar="N",
+    g.add_argument("--decode-threads", type=positive_count, default=None, metavar="N",
                    help=f"raws decoded at once (default: one per four cores, at most {DECODE_THREADS_MAX}; "
                         f"{default_decode_threads()} here)")
     g.add_argument("--max-queued", type=int, default=settings.MAX_QUEUED_FILES,
@@ -78,7 +78,7 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         keys_dir=config.keys_dir(args.keys_dir, file_config),
         engine=engine_config_from_args(args),
         encode_threads=max(1, args.encode_threads),
-        decode_threads=None if args.decode_threads is None else max(1, args.decode_threads),
+        decode_threads=args.decode_threads,
         max_queued_files=max(1, args.max_queued),
         max_queued_per_peer=max(1, args.max_queued_per_client),
         max_awaiting_upload_per_peer=min(settings.MAX_AWAITING_UPLOAD_PER_PEER, max(1, args.max_queued_per_client)),
