@@ -265,6 +265,21 @@ def test_a_file_of_unknown_size_reserves_the_whole_frame_bound_when_taken():
     assert sched.pixels_in_flight == 0
 
 
+def admitting(sched: Scheduler, task, pixels: int, bound: int) -> tuple[threading.Event, threading.Thread]:
+    """A decoder in another thread asking room for ``task``'s frame: (set once admitted, the thread)."""
+    admitted = threading.Event()
+    thread = threading.Thread(target=lambda: (sched.admit_pixels(task, pixels, bound), admitted.set()))
+    thread.start()
+    return admitted, thread
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 def test_a_frame_larger_than_guessed_waits_at_its_header_until_it_fits():
     sched = Scheduler()
     sched.add(job("a", 2))
@@ -272,9 +287,7 @@ def test_a_frame_larger_than_guessed_waits_at_its_header_until_it_fits():
     sched.admit_pixels(small, 30, 100)
     sched.hold_pixels(small, 30)
     large = sched.next_task(timeout=0, max_pixels_in_flight=100)
-    admitted = threading.Event()
-    waiter = threading.Thread(target=lambda: (sched.admit_pixels(large, 90, 100), admitted.set()))
-    waiter.start()
+    admitted, waiter = admitting(sched, large, 90, 100)
     try:
         assert not admitted.wait(0.3)  # 30 + 90 > 100: it waits, holding nothing meanwhile
         assert sched.pixels_in_flight == 30
@@ -292,26 +305,16 @@ def test_while_a_frame_waits_for_room_no_new_file_is_taken_so_it_is_not_starved(
     on_net = sched.next_task(timeout=0, max_pixels_in_flight=100)
     sched.hold_pixels(on_net, 20)
     large = sched.next_task(timeout=0, max_pixels_in_flight=100)
-    admitted = threading.Event()
-    waiter = threading.Thread(target=lambda: (sched.admit_pixels(large, 90, 100), admitted.set()))
-    waiter.start()
+    admitted, waiter = admitting(sched, large, 90, 100)
     try:
         wait_until(lambda: sched._waiting_for_room == 1)
         assert sched.next_task(timeout=0, max_pixels_in_flight=100) is None  # 20 + 20 would fit, but it waits
         sched.finish(on_net, "done")
         assert admitted.wait(10)
-        waiter.join(10)
         assert sched.next_task(timeout=0, max_pixels_in_flight=100) is None  # 90 in flight, 20 expected
     finally:
         sched.stop()
         waiter.join(10)
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def test_decoders_waiting_for_room_never_block_each_other():
@@ -320,14 +323,10 @@ def test_decoders_waiting_for_room_never_block_each_other():
     on_net = sched.next_task(timeout=0, max_pixels_in_flight=200)
     sched.hold_pixels(on_net, 60)
     big = [sched.next_task(timeout=0, max_pixels_in_flight=200) for _ in range(2)]  # each guessed at 60
-    done = [threading.Event() for _ in big]
-    waiters = [threading.Thread(target=lambda t=t, e=e: (sched.admit_pixels(t, 150, 200), e.set()))
-               for t, e in zip(big, done)]
-    for w in waiters:
-        w.start()
+    done, waiters = zip(*(admitting(sched, t, 150, 200) for t in big))
     try:
         sched.finish(on_net, "done")
-        assert wait_any(done, 10)  # one goes ahead...
+        wait_until(lambda: any(e.is_set() for e in done))  # one goes ahead...
         assert sched.pixels_in_flight == 150 and sum(e.is_set() for e in done) == 1  # ...the other still waits
         sched.finish(big[0] if done[0].is_set() else big[1], "done")
         assert all(e.wait(10) for e in done)
@@ -345,23 +344,12 @@ def test_a_decoder_waiting_for_room_goes_on_when_its_job_is_cancelled_or_the_wor
         on_net = sched.next_task(timeout=0, max_pixels_in_flight=100)
         sched.hold_pixels(on_net, 40)
         waiting = sched.next_task(timeout=0, max_pixels_in_flight=100)
-        admitted = threading.Event()
-        waiter = threading.Thread(target=lambda: (sched.admit_pixels(waiting, 80, 100), admitted.set()))
-        waiter.start()
+        admitted, waiter = admitting(sched, waiting, 80, 100)
         assert not admitted.wait(0.2)
         sched.cancel(j.id) if end == "cancel" else sched.stop()
         assert admitted.wait(10), end
         assert sched.start_stage(waiting, "inferring") is False  # cancelled at its next stage boundary
         waiter.join(10)
-
-
-def wait_any(events: list[threading.Event], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(e.is_set() for e in events):
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_files_whose_upload_never_arrives_fail_so_the_job_can_end(tmp_path):

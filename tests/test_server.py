@@ -317,8 +317,6 @@ def test_the_worker_refuses_a_decoder_count_below_one_before_it_serves(endpoint,
 
 def test_several_decoders_decode_raws_at_the_same_time(engine, make_dng, tmp_path, monkeypatch):
     from lowlux import pipeline
-    from lowlux.batch import WorkerPipeline
-    from lowlux.jobs import Job, Scheduler
 
     both_decoding = threading.Barrier(2, timeout=20)  # broken (an error) unless two decodes overlap
     real_decode = pipeline.decode
@@ -329,11 +327,20 @@ def test_several_decoders_decode_raws_at_the_same_time(engine, make_dng, tmp_pat
         return real_decode(source, options, **kwargs)
 
     monkeypatch.setattr(pipeline, "decode", decode)
-    raws = [make_dng(f"d{i}.dng", seed=i) for i in range(4)]
+    job, scheduler = run_batch(engine, [make_dng(f"d{i}.dng", seed=i) for i in range(4)], tmp_path, decode_threads=2)
+    assert [t.state for t in job.tasks] == ["done"] * 4, [t.error for t in job.tasks]
+    assert scheduler.pixels_in_flight == 0
+
+
+def run_batch(engine, raws: list[Path], out_dir: Path, **pipeline_options):
+    """``raws`` through a :class:`~lowlux.batch.WorkerPipeline` of its own, to the end: (job, scheduler)."""
+    from lowlux import batch, pipeline
+    from lowlux.jobs import Job, Scheduler
+
     scheduler = Scheduler()
-    workers = WorkerPipeline(scheduler, lambda: engine, decode_threads=2)
+    workers = batch.WorkerPipeline(scheduler, lambda: engine, **pipeline_options)
     workers.start()
-    job = Job(client="test", options=pipeline.EnhanceOptions(out_dir=tmp_path))
+    job = Job(client="test", options=pipeline.EnhanceOptions(out_dir=out_dir))
     job.add_files([str(r) for r in raws])
     scheduler.add(job)
     try:
@@ -341,28 +348,17 @@ def test_several_decoders_decode_raws_at_the_same_time(engine, make_dng, tmp_pat
     finally:
         scheduler.stop()
         assert workers.join(30)
-    assert [t.state for t in job.tasks] == ["done"] * 4, [t.error for t in job.tasks]
-    assert scheduler.pixels_in_flight == 0
+    return job, scheduler
 
 
 def test_each_file_hands_its_freed_memory_back_after_the_net_and_after_writing(engine, make_dng, tmp_path,
                                                                               monkeypatch):
-    from lowlux import batch, pipeline
-    from lowlux.jobs import Job, Scheduler
+    from lowlux import batch
 
     calls = []
     monkeypatch.setattr(batch, "release_freed_memory", lambda: calls.append(threading.current_thread().name))
-    scheduler = Scheduler()
-    workers = batch.WorkerPipeline(scheduler, lambda: engine)
-    workers.start()
-    job = Job(client="test", options=pipeline.EnhanceOptions(out_dir=tmp_path))
-    job.add_files([str(make_dng(f"h{i}.dng", seed=i)) for i in range(3)])
-    scheduler.add(job)
-    try:
-        wait_for(lambda: job.terminal, what="the batch's end")
-    finally:
-        scheduler.stop()
-        assert workers.join(30)
+    job, _ = run_batch(engine, [make_dng(f"h{i}.dng", seed=i) for i in range(3)], tmp_path)
+    assert [t.state for t in job.tasks] == ["done"] * 3
     assert sum(name == "lowlux-net" for name in calls) == 3
     assert sum(name.startswith("lowlux-encode") for name in calls) == 3
 
