@@ -11,7 +11,7 @@ from lowlux.anchor import anchor
 from lowlux.backends import choose_backend, installed, supports
 from lowlux.engine import Engine, EngineConfig
 from lowlux.model import LINEAR_CAMERA_WB, SRGB, LowLightNet, msra_init
-from lowlux.tiling import strips
+from lowlux.tiling import grid
 from lowlux.weights import file_digest, load_model, save_weights
 
 CPU = torch.device("cpu")
@@ -162,7 +162,7 @@ def test_a_tiled_restore_gives_back_the_head_and_context_memory_before_the_local
     assert calls[first_local - 2 : first_local] == ["release head", "release context"]
     assert "head" not in calls[first_local:]
     calls.clear()
-    monkeypatch.setattr(engine, "tiles", lambda h, w: strips(h, w, 3))  # 12 MP-like: strips give it back too
+    monkeypatch.setattr(engine, "tiles", lambda h, w: grid(h, w, 3))  # 12 MP-like: a grid gives it back too
     engine.forward(torch.rand(1, 1, 352, 480) * 0.5)
     first_local = calls.index("local")
     assert calls.count("local") == 3 and calls[first_local - 2 : first_local] == ["release head", "release context"]

@@ -10,7 +10,7 @@ import torch
 
 from lowlux.amplifier import estimate_amplification
 from lowlux.colour import CameraColour
-from lowlux.engine import DEFAULT_MEMORY_BUDGET_MB, STRIPS, TILE_BUDGET_FRACTION, Engine, EngineConfig, quantised
+from lowlux.engine import DEFAULT_MEMORY_BUDGET_MB, PIECES, TILE_BUDGET_FRACTION, Engine, EngineConfig, quantised
 from lowlux.mosaic import Crop, apply_orientation, coded_for_net, pad_for_net
 from lowlux.pipeline import Decoded, infer
 from lowlux.raw import RawImage
@@ -53,17 +53,17 @@ def test_forward_matches_the_net(tmp_path):
     assert (out - ref).abs().max() <= 1e-5
 
 
-def test_frames_run_whole_in_strips_or_in_tiles_by_their_working_memory(engine):
+def test_frames_run_whole_in_a_grid_of_six_or_in_small_tiles_by_their_working_memory(engine):
     from lowlux.backends import bytes_per_pixel
 
     per_px = bytes_per_pixel(engine.backend.name, "float32")
     budget = DEFAULT_MEMORY_BUDGET_MB * 2**20
     assert engine.tiles(1024, 1536) is None  # small frames run whole
-    side = int((1.3 * budget / per_px) ** 0.5) // 32 * 32  # a little over the budget: full-width strips
+    side = int((1.3 * budget / per_px) ** 0.5) // 32 * 32  # a little over the budget: a grid of six
     parts = engine.tiles(side, side)
-    assert len(parts) == STRIPS and all(t.crop_shape[1] == side for t in parts)
-    assert parts[0].y0 == 0 and parts[-1].y1 == side
-    assert all(a.y1 == b.y0 for a, b in zip(parts, parts[1:]))
+    assert len(parts) == PIECES and {(t.y0, t.x0) for t in parts} >= {(0, 0)}
+    assert sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in parts) == side * side  # every pixel owned once
+    assert max(max(t.crop_shape) / min(t.crop_shape) for t in parts) < 2  # near-square, not strips
     for height, width in [(4000, 6016), (5504, 8256), (9504, 6336)]:  # large frames: small tiles
         tiles = engine.tiles(height, width)
         assert tiles and len(tiles) > 2
@@ -72,11 +72,11 @@ def test_frames_run_whole_in_strips_or_in_tiles_by_their_working_memory(engine):
             assert h * w * per_px <= budget * TILE_BUDGET_FRACTION
 
 
-def test_a_12_megapixel_frame_runs_in_six_strips_on_openvino(tiny_weights):
+def test_a_12_megapixel_frame_runs_in_a_two_by_three_grid_on_openvino(tiny_weights):
     pytest.importorskip("openvino")
     engine = Engine(EngineConfig(weights=tiny_weights, backend="openvino"))
     tiles = engine.tiles(2848, 4256)
-    assert [t.crop_shape for t in tiles] == [(608, 4256)] * 6
+    assert [t.crop_shape for t in tiles] == [(1504, 1536)] * 6  # two rows of three
 
 
 def test_tiling_can_be_forced_or_disabled(tiny_weights, engine_factory):
@@ -88,26 +88,26 @@ def test_tiling_can_be_forced_or_disabled(tiny_weights, engine_factory):
         Engine(EngineConfig(weights=tiny_weights, tile=-1))
 
 
-def _strip_budget_mb(height: int, width: int) -> float:
-    """A budget the frame exceeds a little (by half of the strip allowance), so it runs in strips."""
+def _grid_budget_mb(height: int, width: int) -> float:
+    """A budget the frame exceeds a little (by half of the grid's allowance), so it runs in a grid of six."""
     from lowlux.backends import bytes_per_pixel, choose_backend
-    from lowlux.engine import STRIP_FACTOR
+    from lowlux.engine import GRID_FACTOR
 
     backend = choose_backend("auto", torch.device("cpu"), "float32")
     need_mb = height * width * bytes_per_pixel(backend, "float32") / 2**20
-    return need_mb * 2 / (1 + STRIP_FACTOR)
+    return need_mb * 2 / (1 + GRID_FACTOR)
 
 
-@pytest.mark.parametrize("config", [dict(tile=256), dict(memory_budget_mb=4), "strips"])
+@pytest.mark.parametrize("config", [dict(tile=256), dict(memory_budget_mb=4), "grid"])
 def test_tiled_restores_equal_the_whole_frame(tiny_weights, engine_factory, config):
     mosaic = (np.random.default_rng(0).random((416, 544), dtype=np.float32) * 0.05)
     whole = engine_factory(weights=tiny_weights, tile=0).restore(mosaic, 10.0)
-    strips = config == "strips"
-    if strips:
-        config = dict(memory_budget_mb=_strip_budget_mb(416, 544))
+    in_grid = config == "grid"
+    if in_grid:
+        config = dict(memory_budget_mb=_grid_budget_mb(416, 544))
     tiled_engine = engine_factory(weights=tiny_weights, **config)
     tiles = tiled_engine.tiles(416, 544)
-    assert tiles and len(tiles) > 1 and (not strips or all(t.crop_shape[1] == 544 for t in tiles))
+    assert tiles and len(tiles) > 1 and (not in_grid or len(tiles) == PIECES)
     tiled = tiled_engine.restore(mosaic, 10.0)
     assert tiled.shape == (416, 544, 3)
     assert np.abs(tiled - whole).max() <= 1e-5

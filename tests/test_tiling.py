@@ -8,7 +8,7 @@ import torch
 
 from lowlux.backends import TorchBackend
 from lowlux.model import LINEAR_CAMERA_WB, LowLightNet, msra_init
-from lowlux.tiling import CONTEXT_SCALE, HALO, LOCAL_REACH, MIN_TILE, plan_tiles, run_tiled, strips, tiles_for_budget
+from lowlux.tiling import CONTEXT_SCALE, HALO, LOCAL_REACH, MIN_TILE, grid, plan_tiles, run_tiled, tiles_for_budget
 from lowlux.weights import load_model
 
 
@@ -129,16 +129,27 @@ def test_a_crop_without_its_halo_would_be_wrong(net):
     assert (cut - whole[..., :160]).abs().max() > 1e-3
 
 
-def test_strips_cover_the_frame_with_full_width_crops_and_a_halo_at_each_cut():
-    for height in (2848, 4000, 1024):
-        parts = strips(height, 4256, 2)
-        assert len(parts) == 2
-        assert (parts[0].y0, parts[0].y1, parts[1].y1) == (0, parts[1].y0, height)
-        assert all((t.cx0, t.cx1, t.x0, t.x1) == (0, 4256, 0, 4256) for t in parts)
-        assert parts[0].cy1 - parts[0].y1 >= HALO and parts[1].y0 - parts[1].cy0 >= HALO
-        assert parts[0].crop_shape == parts[1].crop_shape
-    with pytest.raises(ValueError):
-        strips(2848, 4256, 1)
+def test_a_grid_cuts_the_frame_the_way_that_computes_least_with_a_halo_at_each_cut():
+    for height, width in ((2848, 4256), (4256, 2848), (1024, 1536)):
+        parts = grid(height, width, 6)
+        assert len(parts) == 6 and len({t.crop_shape for t in parts}) == 1
+        owned = np.zeros((height, width), dtype=int)
+        for t in parts:
+            owned[t.y0:t.y1, t.x0:t.x1] += 1
+            assert (t.y0 == 0 or t.y0 - t.cy0 >= HALO) and (t.y1 == height or t.cy1 - t.y1 >= HALO)
+            assert (t.x0 == 0 or t.x0 - t.cx0 >= HALO) and (t.x1 == width or t.cx1 - t.x1 >= HALO)
+        assert (owned == 1).all()
+        computed = sum((t.cy1 - t.cy0) * (t.cx1 - t.cx0) for t in parts)
+        for side in (height, width):  # six full-width strips, or six full-height columns, compute more
+            crop = -(-(side + 5 * (2 * HALO + 32)) // 6 // 32) * 32
+            strips = plan_tiles(height, width, (crop, width) if side == height else (height, crop))
+            assert len(strips) == 6 and computed < sum((t.cy1 - t.cy0) * (t.cx1 - t.cx0) for t in strips)
+    twelve = grid(2848, 4256, 6)
+    assert (len({t.y0 for t in twelve}), len({t.x0 for t in twelve})) == (2, 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        grid(2848, 4256, 1)
+    with pytest.raises(ValueError, match="cannot be cut into 6"):
+        grid(256, 256, 6)
 
 
 def test_budget_tiling_keeps_every_crop_within_the_budget():

@@ -25,7 +25,7 @@ from .backends import DTYPES, Backend, auto_dtype, bytes_per_pixel, choose_backe
 from .errors import WeightsError
 from .model import LINEAR_CAMERA_WB, LowLightNet
 from .mosaic import CodedMosaic
-from .tiling import MIN_TILE, Frame, TensorFrame, Tile, plan_tiles, run_tiled, strips, tiles_for_budget
+from .tiling import MIN_TILE, Frame, TensorFrame, Tile, grid, plan_tiles, run_tiled, tiles_for_budget
 from .weights import default_weights_path, load_model
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,15 @@ __all__ = ["DTYPES", "Engine", "EngineConfig", "resolve_device", "resolve_weight
 
 DEFAULT_MEMORY_BUDGET_MB = 600
 """Working memory (beyond input and output) a whole-frame forward may use. Frames up to
-:data:`STRIP_FACTOR` times over it run as :data:`STRIPS` full-width strips, larger ones in tiles
+:data:`GRID_FACTOR` times over it run as a grid of :data:`PIECES` near-square tiles, larger ones in tiles
 whose crops each use at most :data:`TILE_BUDGET_FRACTION` of it. The measurements behind these
 values: docs/benchmarks.md, "Why the defaults are what they are"."""
-STRIP_FACTOR = 1.6
-STRIPS = 6
-"""Six: with colour anchoring (its working memory is per strip) a 12 MP file -> TIFF peaks at 762 MB
-(four strips: 869 MB, five: 813 MB) for the same net time within the runs' noise (docs/benchmarks.md)."""
+GRID_FACTOR = 1.6
+PIECES = 6
+"""Six: with colour anchoring (its working memory is per piece) a 12 MP file -> TIFF peaked at 762 MB in
+six full-width strips (four: 869 MB, five: 813 MB) for the same net time within the runs' noise; six
+tiles in a 2 x 3 grid compute 11 % less (smaller halos) and peak 25-45 MB lower still
+(docs/benchmarks.md, *Six tiles instead of six strips*)."""
 TILE_BUDGET_FRACTION = 0.32
 
 
@@ -173,8 +175,11 @@ class Engine:
         need = height * width * per_px
         if need <= budget:
             return None
-        if need <= STRIP_FACTOR * budget:
-            return strips(height, width, STRIPS)
+        if need <= GRID_FACTOR * budget:
+            try:
+                return grid(height, width, PIECES)
+            except ValueError:  # too small to cut in six: as a larger frame
+                pass
         return tiles_for_budget(height, width, per_px, budget * TILE_BUDGET_FRACTION)
 
     # ---- running the net ---------------------------------------------------------------------------
@@ -208,7 +213,7 @@ class Engine:
 
         def context(head: Tensor) -> Tensor:
             # A frame is tiled to bound memory: the head and context graphs' working memory need not
-            # sit beside the local graph's (12 MP in strips, file -> TIFF: 791 -> 772 MB, time within noise).
+            # sit beside the local graph's (measured in 12 MP strips, file -> TIFF: 791 -> 772 MB, same time).
             out = self._call(b.context, head)
             b.release("head")
             b.release("context")
