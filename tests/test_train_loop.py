@@ -374,3 +374,28 @@ def test_a_run_trained_on_the_gpu_resumes_on_the_cpu(tmp_path):
     train(cpu, [FixedSource(fixed_pair())], [1.0], resume=True)
     assert len(losses(cpu.run_dir)) == 6
     assert load_model(cpu.run_dir / "last.safetensors") is not None
+
+
+@pytest.mark.slow
+def test_the_compiled_loss_is_the_same_loss_in_value_and_gradient():
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 64, 64) * 0.7
+    out = (target + 0.05 * torch.randn_like(target) - 0.01).requires_grad_()
+    saturating = torch.tensor([[1.6, -0.4, -0.2], [-0.2, 1.5, -0.3], [0.0, -0.5, 1.5]])
+    cam_to_rgb, gain = saturating.expand(2, 3, 3).contiguous(), torch.tensor([1.0, 1.3])
+    whole = dict(render=True, camera_weight=0.2, colour_weight=1.0)  # every term of a linear net's loss
+
+    eager_total, eager_parts = RestorationLoss(**whole)(out, target, cam_to_rgb, gain)
+    eager_grad, = torch.autograd.grad(eager_total, out)
+    compiled_total, compiled_parts = RestorationLoss(**whole, compile=True)(out, target, cam_to_rgb, gain)
+    compiled_grad, = torch.autograd.grad(compiled_total, out)
+
+    assert set(compiled_parts) == {"camera_l1", "l1", "colour_l1", "msssim"} == set(eager_parts)
+    assert compiled_parts == pytest.approx(eager_parts, rel=1e-5)
+    assert float(compiled_total.detach()) == pytest.approx(float(eager_total.detach()), rel=1e-5)
+    assert torch.allclose(compiled_grad, eager_grad, rtol=1e-3, atol=1e-3 * float(eager_grad.abs().max()))
+
+
+def test_a_crop_smaller_than_the_ssim_window_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="smaller than the SSIM window"):
+        RestorationLoss(compile=True)(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))

@@ -75,6 +75,8 @@ class TrainConfig:
     """Weight of the low-frequency colour L1 (8-px cells; :class:`.loss.RestorationLoss`)."""
     bf16: bool = False
     """The net's forward and backward in bfloat16 autocast (weights, loss and optimiser stay float32)."""
+    compile_loss: bool = False
+    """The loss through ``torch.compile`` (:attr:`.loss.RestorationLoss.compile`)."""
     device: str = "cpu"
     """Where the net trains: cpu, cuda, cuda:1, or auto (a GPU when torch sees one). Data are made on the
     CPU (``workers`` processes) whatever the device; checkpoints load on any device."""
@@ -217,7 +219,8 @@ def train(config: TrainConfig, sources: Sequence[Source], weights: Sequence[floa
                         num_workers=config.workers, persistent_workers=config.workers > 0,
                         prefetch_factor=4 if config.workers > 0 else None, pin_memory=device.type == "cuda")
     loss_fn = RestorationLoss(config.l1_weight, config.msssim_weight, render=config.output_space == LINEAR_CAMERA_WB,
-                              camera_weight=config.camera_weight, colour_weight=config.colour_weight)
+                              camera_weight=config.camera_weight, colour_weight=config.colour_weight,
+                              compile=config.compile_loss)
     # wall_s in eval.csv counts the whole run, across resumes
     started = time.time() - (float(state.get("wall_s", 0.0)) if state is not None else 0.0)
     last_ckpt = time.time()
