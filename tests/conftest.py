@@ -54,6 +54,8 @@ SLOW = {
     "test_backends.py::test_a_damaged_cache_file_is_exported_again": "2.2 s",
     "test_backends.py::test_torch_compile_gives_the_eager_output_and_says_so": "25 s, torch.compile on the CPU",
     "test_train_loop.py::test_twenty_steps_lower_the_loss_on_a_fixed_batch": "2.1 s",
+    "test_train_loop.py::test_the_compiled_loss_is_the_same_loss_in_value_and_gradient":
+        "5-40 s, torch.compile on the CPU (its cache warm or cold)",
 }
 """Tests marked ``slow``, with what they cost: ``pytest -m "not slow"`` is the quick loop. Kept
 here, in one table, rather than as marks spread over the test files."""

@@ -63,3 +63,47 @@ def test_prepare_refuses_to_prepare_nothing(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         load_prepare().main()
     assert "nothing to prepare" in capsys.readouterr().err
+
+
+@pytest.fixture
+def small_repo(tmp_path) -> Path:
+    """A repository with a kept run (tracked), a scratch run (ignored) and a new file (untracked)."""
+    repo = tmp_path / "repo"
+    (repo / "weights" / "training" / "colour").mkdir(parents=True)
+    (repo / "runs" / "colour").mkdir(parents=True)
+    (repo / ".gitignore").write_text("/runs/\n/.burst/\n")
+    (repo / "weights" / "training" / "colour" / "checkpoint.pt").write_bytes(b"k" * 3000)
+    (repo / "runs" / "colour" / "checkpoint.pt").write_bytes(b"r" * 5000)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "kept run"], check=True)
+    (repo / "notes.txt").write_text("untracked, not ignored")
+    return repo
+
+
+def test_the_carry_limit_counts_what_the_working_tree_carries_and_nothing_git_ignores(small_repo):
+    prepare = load_prepare()
+    files = prepare.working_tree_files(small_repo)
+    assert sorted(files) == [".gitignore", "notes.txt", "weights/training/colour/checkpoint.pt"]
+    assert prepare.mib(small_repo / f for f in files) * 2**20 == pytest.approx(3000 + 22 + 16, abs=2)
+
+
+def test_a_checkpoint_the_working_tree_carries_is_named_not_carried_twice(small_repo, tmp_path):
+    prepare = load_prepare()
+    kept = small_repo / "weights" / "training" / "colour" / "checkpoint.pt"
+    assert prepare.in_working_tree(kept, small_repo) == "weights/training/colour/checkpoint.pt"
+    assert prepare.in_working_tree(small_repo / "runs" / "colour" / "checkpoint.pt", small_repo) is None  # ignored
+    outside = tmp_path / "elsewhere.pt"
+    outside.write_bytes(b"x")
+    assert prepare.in_working_tree(outside, small_repo) is None
+
+
+def test_the_burst_resumes_a_named_checkpoint_from_the_working_tree(small_repo):
+    run = small_repo / ".burst" / "run"
+    run.mkdir(parents=True)
+    (run / "checkpoint-from").write_text("weights/training/colour/checkpoint.pt\n")
+    lines = (SCRIPTS / "burst.sh").read_text().splitlines()
+    line = next(text for text in lines if text.startswith('[ -f "$RUN"/checkpoint-from'))
+    subprocess.run(["bash", "-c", line], cwd=small_repo, env={"RUN": ".burst/run", "PATH": "/usr/bin:/bin"}, check=True)
+    assert (run / "checkpoint.pt").read_bytes() == b"k" * 3000

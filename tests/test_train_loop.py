@@ -376,7 +376,6 @@ def test_a_run_trained_on_the_gpu_resumes_on_the_cpu(tmp_path):
     assert load_model(cpu.run_dir / "last.safetensors") is not None
 
 
-@pytest.mark.slow
 def test_the_compiled_loss_is_the_same_loss_in_value_and_gradient():
     torch.manual_seed(0)
     target = torch.rand(2, 3, 64, 64) * 0.7

@@ -14,6 +14,8 @@ common=(train --run-dir "$RUN" --source clean=.burst/photos --eld-noise .burst/e
   --output-space linear-camera-wb --steps 1000000 --crop 448 --batch "${BATCH:-32}" --workers "${WORKERS:-14}" --threads 2
   --eval-every 0 --ema 0.999 --colour-weight 1.0 --device "$DEVICE" --bf16 --checkpoint-minutes 1 --log-every 200 ${EXTRA:-})
 # phase A starts from .burst/init.safetensors, or resumes the checkpoint prepare.py put in the run
+# (or named in checkpoint-from: a checkpoint the working tree carries anyway, weights/training/)
+[ -f "$RUN"/checkpoint-from ] && [ ! -f "$RUN"/checkpoint.pt ] && cp "$(cat "$RUN"/checkpoint-from)" "$RUN"/checkpoint.pt
 start=(--resume); [ -f .burst/init.safetensors ] && start=(--init-weights .burst/init.safetensors)
 [ -f .burst/init.safetensors ] || [ -f "$RUN"/checkpoint.pt ] || { A=0; B=0; }  # prepared for the file bench alone
 [ "$A" -gt 0 ] && timeout --foreground -k 30 -s TERM "$A" python3 -m lowlux "${common[@]}" \
