@@ -398,3 +398,20 @@ def test_the_compiled_loss_is_the_same_loss_in_value_and_gradient():
 def test_a_crop_smaller_than_the_ssim_window_is_refused_before_any_work():
     with pytest.raises(ValueError, match="smaller than the SSIM window"):
         RestorationLoss(compile=True)(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+
+
+def test_a_loss_the_compiler_cannot_compile_runs_eagerly_with_a_warning(monkeypatch, caplog):
+    def no_compiler(fn):
+        def compiled(*args):
+            raise RuntimeError("C++ compile error: g++ not found")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    x, y = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    total, parts = RestorationLoss(compile=True)(x, y)
+    assert float(total) == pytest.approx(float(RestorationLoss()(x, y)[0]))
+    assert "could not compile the loss (RuntimeError: C++ compile error: g++ not found)" in caplog.text
+    caplog.clear()
+    loss = RestorationLoss(compile=True)
+    loss(x, y), loss(x, y)
+    assert caplog.text.count("could not compile") == 1  # said once, then eager for the rest of the run

@@ -124,7 +124,15 @@ class RestorationLoss:
             raise ValueError("a rendered loss needs each example's colour matrix and gain")
         if self.msssim_weight:
             self._check_msssim_size(out)
-        total, terms = self._terms(out, target, cam_to_rgb, gain)
+        try:
+            total, terms = self._terms(out, target, cam_to_rgb, gain)
+        except Exception as exc:  # the compiler's own failure (no C++ compiler, an unsupported op)
+            if self._terms is self._eager_terms:
+                raise
+            log.warning("torch.compile could not compile the loss (%s: %s); going on without it, the same "
+                        "loss, slower", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self._terms = self._eager_terms
+            total, terms = self._terms(out, target, cam_to_rgb, gain)
         return total, {name: float(value.detach()) for name, value in terms.items()}
 
     def _check_msssim_size(self, out: Tensor) -> None:
