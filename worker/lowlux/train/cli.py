@@ -82,8 +82,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="the net's forward and backward in bfloat16 autocast (weights, loss and optimiser stay "
                         "float32): faster on GPUs and on CPUs with AMX")
     p.add_argument("--compile-loss", action="store_true",
-                   help="run the loss through torch.compile (on the CPU it needs a C++ compiler): the same loss, "
-                        "a faster step; the first step compiles for up to a minute")
+                   help="run the loss through torch.compile: the same loss, a faster step; the first step compiles "
+                        "for up to a minute (on the CPU it needs a C++ compiler; without one, a warning and the "
+                        "loss as before)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--init-weights", type=Path, default=None,
                    help="start a new run from these weights (e.g. weights/lowlux-default.safetensors) "
