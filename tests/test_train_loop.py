@@ -415,3 +415,9 @@ def test_a_loss_the_compiler_cannot_compile_runs_eagerly_with_a_warning(monkeypa
     loss = RestorationLoss(compile=True)
     loss(x, y), loss(x, y)
     assert caplog.text.count("could not compile") == 1  # said once, then eager for the rest of the run
+
+
+def test_an_eager_loss_raises_its_own_error_without_blaming_the_compiler(caplog):
+    with pytest.raises(RuntimeError):
+        RestorationLoss()(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 30))
+    assert "could not compile" not in caplog.text

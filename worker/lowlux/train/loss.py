@@ -127,7 +127,7 @@ class RestorationLoss:
         try:
             total, terms = self._terms(out, target, cam_to_rgb, gain)
         except Exception as exc:  # the compiler's own failure (no C++ compiler, an unsupported op)
-            if self._terms is self._eager_terms:
+            if self._terms == self._eager_terms:  # eager already: a real error, not the compiler's
                 raise
             log.warning("torch.compile could not compile the loss (%s: %s); going on without it, the same "
                         "loss, slower", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
