@@ -421,3 +421,11 @@ def test_an_eager_loss_raises_its_own_error_without_blaming_the_compiler(caplog)
     with pytest.raises(RuntimeError):
         RestorationLoss()(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 30))
     assert "could not compile" not in caplog.text
+
+
+def test_a_runs_record_names_the_shared_data_relative_to_the_repository_not_by_this_machines_path():
+    from lowlux.train.cli import REPO, SHARED_DATA, recorded_path
+
+    assert recorded_path(SHARED_DATA / "clean") == "../shared/data/clean"  # a kept run names no machine
+    assert recorded_path(REPO / "runs" / "x") == "runs/x"
+    assert recorded_path("/elsewhere/my photos") == "/elsewhere/my photos"  # a user's own folder, as given

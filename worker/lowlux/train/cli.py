@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,16 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def _default_sources() -> list[str]:
     return [f"{kind}={SHARED_DATA / kind}" for kind in ("raw", "clean") if (SHARED_DATA / kind).is_dir()]
+
+
+def recorded_path(path: str | Path) -> str:
+    """How a run's record names a path: data beside the checkout (the shared folder) relative to the
+    repository, ``../shared/data/clean``, so that a run kept in the repository names no machine's
+    folders; anything else as given."""
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(REPO.parent):
+        return os.path.relpath(resolved, REPO)
+    return str(path)
 
 
 def _existing(path: Path) -> Path | None:
@@ -194,7 +205,7 @@ def run_train(args) -> int:
         checkpoint_minutes=args.checkpoint_minutes, ema=args.ema,
         init_weights=str(args.init_weights) if args.init_weights else None, output_space=args.output_space,
         device=args.device, bf16=args.bf16, compile_loss=args.compile_loss,
-        source_names=[f"{s.kind}={s.path}@{s.weight:g}" for s in specs],
+        source_names=[f"{s.kind}={recorded_path(s.path)}@{s.weight:g}" for s in specs],
     )
     _stop_on_sigterm()
     try:
