@@ -429,3 +429,19 @@ def test_a_runs_record_names_the_shared_data_relative_to_the_repository_not_by_t
     assert recorded_path(SHARED_DATA / "clean") == "../shared/data/clean"  # a kept run names no machine
     assert recorded_path(REPO / "runs" / "x") == "runs/x"
     assert recorded_path("/elsewhere/my photos") == "/elsewhere/my photos"  # a user's own folder, as given
+
+
+@pytest.mark.parametrize("has_bf16, bf16, device, warned", [
+    (False, True, "cpu", True),    # emulated: slower than float32, so the user is told
+    (True, True, "cpu", False),    # AMX or AVX-512 BF16: what --bf16 is for
+    (False, False, "cpu", False),  # float32 asked for
+    (False, True, "cuda", False),  # a GPU's bf16 is its own
+])
+def test_bf16_training_on_a_cpu_that_would_emulate_it_is_warned_about(monkeypatch, caplog, has_bf16, bf16, device,
+                                                                       warned):
+    from lowlux.backends import choice
+    from lowlux.train.cli import _warn_emulated_bf16
+
+    monkeypatch.setattr(choice, "cpu_has_bf16", lambda: has_bf16)
+    _warn_emulated_bf16(bf16, device)
+    assert ("no bf16 instructions" in caplog.text) == warned
