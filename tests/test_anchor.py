@@ -91,9 +91,9 @@ def test_the_engine_anchors_linear_weights_and_tiles_equal_the_whole_frame(engin
     yy, xx = np.mgrid[0:320, 0:416]
     scene = 0.008 + 0.004 * np.sin(xx / 23.0) * np.cos(yy / 17.0)
     mosaic = (scene + rng.normal(0, 0.0015, scene.shape)).astype(np.float32)
-    whole = engine_factory(dtype="float32", backend="torch", tile=0)
-    other = engine_factory(dtype="float32", backend="torch", tile=tile)
-    alone = engine_factory(dtype="float32", backend="torch", tile=0, anchor=False)
+    whole = engine_factory(dtype="float32", backend="torch", tile=0, chroma=False)
+    other = engine_factory(dtype="float32", backend="torch", tile=tile, chroma=False)
+    alone = engine_factory(dtype="float32", backend="torch", tile=0, anchor=False, chroma=False)
     assert whole.describe()["anchor"] == "on" and alone.describe()["anchor"] == "off"
     assert other.tiles(320, 416) is None if tile == 0 else len(other.tiles(320, 416)) > 1
     anchored, net = whole.restore(mosaic, 40.0), alone.restore(mosaic, 40.0)

@@ -87,7 +87,8 @@ def test_concurrent_encoders_end_in_the_nets_output_stage(tmp_path):
     x = torch.rand(1, 1, 128, 160) * 0.5
     with torch.no_grad():
         ref = load_model(weights)(x)
-    concurrent = Engine(EngineConfig(weights=weights, backend="torch", concurrent=True, tile=0, anchor=False)).forward(x)
+    concurrent = Engine(EngineConfig(weights=weights, backend="torch", concurrent=True, tile=0, anchor=False,
+                                     chroma=False)).forward(x)
     assert (concurrent - ref).abs().max() <= 1e-6
 
 

@@ -216,6 +216,49 @@ def test_export_ships_best_weights_with_a_model_card(tmp_path):
     load_model(shipped)
 
 
+def test_a_new_evaluation_of_the_shipped_weights_rewrites_only_the_cards_evaluation_tables(tmp_path):
+    """The pipeline around the net changed, the weights did not: the card's scores follow, its
+    training record stays; an evaluation of other weights is refused."""
+    from lowlux.train.card import export, refresh_evaluation
+    from lowlux.train.cli import main
+    from lowlux.train.evaluate import EvalItem, run_eval
+    from lowlux.train.unprocess import sony_colour
+
+    cfg = config(tmp_path, steps=2, eval_every=2)
+    train(cfg, [FixedSource(fixed_pair())], [1.0], eval_fn=lambda m: {"psnr": 21.0, "ssim": 0.5})
+    pair = fixed_pair()
+    items = [EvalItem("flat", pair.dark, pair.ratio, pair.target, sony_colour())]
+    run_eval(items, cfg.run_dir / "best.safetensors", None, tmp_path / "first", baseline=False)
+    shipped = export(cfg.run_dir, tmp_path / "first" / "eval.json", tmp_path / "weights", "a test machine",
+                     "A closing note.")
+    before = (tmp_path / "weights" / "README.md").read_text()
+    run_eval([EvalItem("other", pair.dark, pair.ratio, pair.target, sony_colour())], shipped, None,
+             tmp_path / "again", baseline=False)
+    refresh_evaluation(tmp_path / "weights", tmp_path / "again" / "eval.json")
+    after = (tmp_path / "weights" / "README.md").read_text()
+    assert "dark versions made with fixed seeds): other." in after and "): flat." in before
+    assert after.split("## Evaluation")[0] == before.split("## Evaluation")[0]  # the training record
+    assert after.split("this model only):")[1] == before.split("this model only):")[1]  # curve, notes, credits
+    run_eval(items, cfg.run_dir / "last.safetensors", None, tmp_path / "other-weights", baseline=False)
+    with pytest.raises(ValueError, match="not the shipped"):
+        refresh_evaluation(tmp_path / "weights", tmp_path / "other-weights" / "eval.json")
+    assert main(["export", "--eval-json", str(tmp_path / "other-weights" / "eval.json"), "--weights-dir",
+                 str(tmp_path / "weights"), "--refresh-evaluation"]) == 2
+    assert main(["export", "--eval-json", str(tmp_path / "again" / "eval.json")]) == 2  # nothing to ship from
+    assert (tmp_path / "weights" / "README.md").read_text() == after
+
+
+def test_the_card_names_the_finishing_steps_its_scores_include():
+    """Evaluations from before a finishing step existed have no key for it: scored without it."""
+    from lowlux.train.card import _anchoring
+
+    every = {"anchor": True, "chroma_smoothing": True, "luma_smoothing": True}
+    assert "as the pipeline runs it" in _anchoring(every, "linear-camera-wb")
+    assert "with colour anchoring (`lowlux.anchor`) only" in _anchoring({"anchor": True}, "linear-camera-wb")
+    assert "net's output alone" in _anchoring({"anchor": False}, "linear-camera-wb")
+    assert _anchoring(every, "srgb") == ""
+
+
 def test_the_model_card_says_when_the_shipped_weights_are_the_average(tmp_path):
     from lowlux.train.card import model_card
     from lowlux.train.evaluate import EvalItem, run_eval

@@ -24,6 +24,7 @@ from .anchor import anchor
 from .backends import DTYPES, Backend, auto_dtype, bytes_per_pixel, choose_backend, create_backend
 from .errors import WeightsError
 from .model import LINEAR_CAMERA_WB, LowLightNet
+from .smoothing import CHROMA_EPS, LUMA_EPS, smooth
 from .mosaic import CodedMosaic
 from .tiling import MIN_TILE, Frame, TensorFrame, Tile, grid, plan_tiles, run_tiled, tiles_for_budget
 from .weights import default_weights_path, load_model
@@ -99,6 +100,12 @@ class EngineConfig:
     anchor: bool = True
     """Linear weights: anchor the output's local colour to the raw's own means (:mod:`lowlux.anchor`);
     False gives the net's output alone. sRGB (paper-mode) weights are never anchored."""
+    chroma: bool = True
+    """Linear weights: smooth the output's pixel-scale colour noise (:mod:`lowlux.smoothing`), after
+    anchoring. sRGB (paper-mode) weights are left as the authors made them."""
+    luma: bool = False
+    """Linear weights: also smooth the output's brightness gently (:mod:`lowlux.smoothing`). Off by default:
+    it calms flat areas but costs fine texture (README, "Fine smoothing")."""
 
 
 class Engine:
@@ -114,7 +121,10 @@ class Engine:
         self.device = resolve_device(config.device)
         self.weights_path = resolve_weights(config.weights)
         self.model: LowLightNet = load_model(self.weights_path)
-        self.anchored = config.anchor and self.model.output_space == LINEAR_CAMERA_WB
+        linear = self.model.output_space == LINEAR_CAMERA_WB
+        self.anchored = config.anchor and linear
+        self.chroma_smoothed = config.chroma and linear
+        self.luma_smoothed = config.luma and linear
         self.auto_dtype = config.dtype == "auto"
         if self.auto_dtype:
             config = replace(config, dtype=self._auto_dtype(config))
@@ -158,7 +168,8 @@ class Engine:
         return {"weights": str(self.weights_path), "device": str(self.device), "dtype": self.config.dtype,
                 "backend": self.backend.describe()["backend"],
                 "tile": "auto" if tile is None else ("off" if tile == 0 else str(tile)),
-                "anchor": "on" if self.anchored else "off"}
+                "anchor": "on" if self.anchored else "off", "chroma": "on" if self.chroma_smoothed else "off",
+                "luma": "on" if self.luma_smoothed else "off"}
 
     def tiles(self, height: int, width: int) -> list[Tile] | None:
         """How a frame of this size is restored: None whole, else its tiles (see :mod:`lowlux.tiling`)."""
@@ -189,9 +200,15 @@ class Engine:
             return fn(*args)
 
     def _finished(self, rgb: Tensor, raw: Tensor) -> Tensor:
-        """A piece of the net's output as the engine gives it: anchored to ``raw`` (its input crop) for
-        linear weights. Per crop, before the halo is cut, so tiles equal the whole frame."""
-        return anchor(rgb, raw, in_place=rgb.dtype == torch.float32) if self.anchored else rgb
+        """A piece of the net's output as the engine gives it: for linear weights anchored to ``raw``
+        (its input crop), then smoothed (chroma and brightness). Per crop, before the halo is cut, so tiles equal
+        the whole frame."""
+        if self.anchored:
+            rgb = anchor(rgb, raw, in_place=rgb.dtype == torch.float32)
+        if self.chroma_smoothed or self.luma_smoothed:
+            rgb = smooth(rgb, chroma_eps=CHROMA_EPS if self.chroma_smoothed else None,
+                         luma_eps=LUMA_EPS if self.luma_smoothed else None, in_place=rgb.dtype == torch.float32)
+        return rgb
 
     def pieces(self, raw: Tensor) -> Iterator[tuple[slice, slice, Tensor]]:
         """Net forward piece by piece: ``(rows, columns, B x h x w x 3 RGB)``, one piece or one per tile.

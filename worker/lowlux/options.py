@@ -69,6 +69,12 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-anchor", dest="anchor", action="store_false",
                    help="linear weights: give the net's output alone, without anchoring its local colour to the "
                         "raw's own means (see README: colour anchoring)")
+    g.add_argument("--no-chroma-smoothing", dest="chroma", action="store_false",
+                   help="linear weights: keep the net's pixel-scale colour noise instead of smoothing it "
+                        "(see README: fine smoothing)")
+    g.add_argument("--luma-smoothing", dest="luma", action="store_true",
+                   help="linear weights: also smooth the brightness of flat areas gently (calmer, at some cost in "
+                        "fine texture; see README: fine smoothing)")
 
 
 def add_enhance_options(p: argparse.ArgumentParser) -> None:
@@ -113,7 +119,8 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
     return EngineConfig(weights=args.weights, device=args.device, dtype=args.dtype,
                         concurrent=args.concurrent, threads=args.threads,
                         backend=getattr(args, "backend", "auto"), tile=getattr(args, "tile", None),
-                        anchor=getattr(args, "anchor", True))
+                        anchor=getattr(args, "anchor", True), chroma=getattr(args, "chroma", True),
+                        luma=getattr(args, "luma", False))
 
 
 def summary_line(total: int, failed: int, written: int | None = None) -> str:

@@ -59,7 +59,7 @@ def measure_net(config: Config, size: tuple[int, int], runs: int, warmup: int, w
                                       concurrent=config.concurrent, channels_last=config.channels_last,
                                       backend=config.backend, tile=0 if config.reference else config.tile,
                                       cuda_graphs=config.cuda_graphs, compile=config.compile,
-                                      anchor=False))  # the net alone
+                                      anchor=False, chroma=False, luma=False))  # the net alone
     x = torch.from_numpy(pad32(bench_input(*size)))[None, None].to(engine.device)
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
 
@@ -120,8 +120,10 @@ def main(argv: list[str]) -> None:
                           payload["weights"], payload["ref_out"], payload["save_out"], payload.get("device", "auto"))
     elif kind == "batch":
         res = measure_batch(tuple(payload["size"]), payload["count"], payload["weights"], payload.get("device", "auto"),
-                            payload.get("anchor", True), payload.get("format", "tiff"), payload.get("decode_threads"))
+                            payload.get("anchor", True), payload.get("format", "tiff"), payload.get("decode_threads"),
+                            payload.get("chroma", True), payload.get("luma", False))
     else:
         res = measure_e2e(tuple(payload["size"]), payload["runs"], payload["weights"], payload.get("device", "auto"),
-                          payload.get("anchor", True), payload.get("format", "tiff"))
+                          payload.get("anchor", True), payload.get("format", "tiff"), payload.get("chroma", True),
+                          payload.get("luma", False))
     print(json.dumps(res))

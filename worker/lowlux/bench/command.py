@@ -238,6 +238,7 @@ def _e2e(args: argparse.Namespace, size: tuple[int, int], weights: str | None, d
     """One end-to-end row's measurements: one file at a time in one child, the overlapped batch (as a
     worker runs it) in another; the row's peak memory is the larger of the two."""
     common = {"size": size, "weights": weights, "device": device, "anchor": getattr(args, "anchor", True),
+              "chroma": getattr(args, "chroma", True), "luma": getattr(args, "luma", False),
               "format": fmt}
     runs = max(args.runs // 2, 2)
     one = child.run_child("e2e", {**common, "runs": runs})
@@ -253,7 +254,8 @@ def _e2e(args: argparse.Namespace, size: tuple[int, int], weights: str | None, d
 def _e2e_row(size_s: str, gmacs: float, res: dict) -> Row:
     """The end-to-end row from its child's result (stage medians in ``extra``)."""
     med = statistics.median(res["times"])
-    suffix = "" if res.get("anchor", True) else ", --no-anchor"
+    suffix = "".join(f", --no-{flag}" for key, flag in (("anchor", "anchor"), ("chroma", "chroma-smoothing"))
+                     if not res.get(key, True)) + (", --luma-smoothing" if res.get("luma") else "")
     label = f"file -> {res.get('format', 'tiff').upper()} (end to end{suffix})"
     return Row(label, "e2e", res.get("dtype", "float32"), size_s, med,
                min(res["times"]), max(res["times"]), len(res["times"]), res["peak_rss_mb"], gmacs,

@@ -109,26 +109,27 @@ def _write_bench_raw(path: Path, size: tuple[int, int]) -> None:
     write_dng(path, cfa.astype(np.uint16), black=512, white=16383)
 
 
-def _e2e_engine(weights: str | None, device: str, anchor: bool, fmt: str):
-    """The default engine (colour anchoring as configured), or the reason it cannot write ``fmt``."""
+def _e2e_engine(weights: str | None, device: str, anchor: bool, fmt: str, chroma: bool = True, luma: bool = False):
+    """The default engine (colour anchoring and fine smoothing as configured), or the reason it cannot
+    write ``fmt``."""
     from ..engine import EngineConfig
     from ..model import LINEAR_CAMERA_WB
     from ..pipeline import output_space
 
-    engine = make_engine(EngineConfig(weights=weights, device=device, anchor=anchor))
+    engine = make_engine(EngineConfig(weights=weights, device=device, anchor=anchor, chroma=chroma, luma=luma))
     if fmt == "dng" and output_space(engine) != LINEAR_CAMERA_WB:
         return None, f"a linear DNG needs linear weights; these output {output_space(engine)}"
     return engine, None
 
 
 def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: str = "auto",
-                anchor: bool = True, fmt: str = "tiff") -> dict:
+                anchor: bool = True, fmt: str = "tiff", chroma: bool = True, luma: bool = False) -> dict:
     """In the child: a synthetic DNG of this size through decode -> net -> ``fmt`` (a TIFF, or the linear
     DNG), one file at a time, each stage timed. A DNG needs linear weights: for others,
     ``{"skipped": reason}``. The overlapped batch is :func:`measure_batch`'s, in a child of its own."""
     from ..pipeline import EnhanceOptions, decode, encode, infer
 
-    engine, skipped = _e2e_engine(weights, device, anchor, fmt)
+    engine, skipped = _e2e_engine(weights, device, anchor, fmt, chroma, luma)
     if skipped:
         return {"skipped": skipped}
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,12 +161,14 @@ def measure_e2e(size: tuple[int, int], runs: int, weights: str | None, device: s
     return {"times": stages["total_s"], "stages": {k: statistics.median(v) for k, v in stages.items()},
             "peak_rss_mb": peak_rss_mb(), "maxrss_mb": maxrss_mb(),
             "backend_detail": engine.describe()["backend"], "tiles": len(tiles) if tiles else 1,
-            "dtype": engine.config.dtype, "anchor": engine.anchored, "output_space": engine.model.output_space,
+            "dtype": engine.config.dtype, "anchor": engine.anchored, "chroma": engine.chroma_smoothed,
+            "luma": engine.luma_smoothed, "output_space": engine.model.output_space,
             "format": fmt, "profile": profile}
 
 
 def measure_batch(size: tuple[int, int], count: int, weights: str | None, device: str = "auto",
-                  anchor: bool = True, fmt: str = "tiff", decode_threads: int | None = None) -> dict:
+                  anchor: bool = True, fmt: str = "tiff", decode_threads: int | None = None,
+                  chroma: bool = True, luma: bool = False) -> dict:
     """In a child of its own, as in a worker: ``count`` copies of the synthetic DNG through the worker's
     overlapped pipeline with ``decode_threads`` decoders (default: the worker's), after one file through
     it to warm up. Its own process, because a worker runs every file on the pipeline's threads: what the
@@ -173,7 +176,7 @@ def measure_batch(size: tuple[int, int], count: int, weights: str | None, device
     from ..batch import default_decode_threads
     from ..pipeline import EnhanceOptions
 
-    engine, skipped = _e2e_engine(weights, device, anchor, fmt)
+    engine, skipped = _e2e_engine(weights, device, anchor, fmt, chroma, luma)
     if skipped:
         return {"skipped": skipped}
     decoders = decode_threads or default_decode_threads()

@@ -97,15 +97,61 @@ def _chart_section(results: dict) -> str:
 
 
 def _anchoring(results: dict, space: str) -> str:
-    """Whether "ours" was scored with the pipeline's colour anchoring (evaluations before it existed
-    have no ``anchor`` key: the net alone)."""
+    """Which of the pipeline's finishing steps "ours" was scored with (evaluations from before a step
+    existed have no key for it: scored without it)."""
     if space == SRGB:
         return ""
-    if results.get("anchor", False):
-        return ("\"ours\" as the pipeline runs it, with colour anchoring (`lowlux.anchor`; "
-                "README, \"Colour anchoring\").\n\n")
-    return ("\"ours\" is the net's output alone; the pipeline anchors its colour to the raw (`lowlux.anchor`; "
-            "README, \"Colour anchoring\", has those scores).\n\n")
+    names = {"anchor": "colour anchoring (`lowlux.anchor`)", "chroma_smoothing": "chroma smoothing (`lowlux.smoothing`)"}
+    steps = [name for key, name in names.items() if results.get(key)]
+    extra = " and the opt-in brightness smoothing" if results.get("luma_smoothing") else ""
+    if len(steps) == len(names):
+        return f"\"ours\" as the pipeline runs it, with {' and '.join(steps)}{extra} (README).\n\n"
+    if steps:
+        return (f"\"ours\" with {steps[0]}{extra} only; by default the pipeline runs both of "
+                f"{' and '.join(names.values())} (README, \"Colour anchoring\" and \"Fine smoothing\").\n\n")
+    return ("\"ours\" is the net's output alone; the pipeline anchors its colour to the raw and smooths it "
+            "(README, \"Colour anchoring\" and \"Fine smoothing\").\n\n")
+
+
+EVALUATION_HEADING = "## Evaluation (`lowlux eval`)"
+CURVE_HEADING = "Eval PSNR / SSIM against training steps (GT exposure ratio, this model only):"
+
+
+def _evaluation_section(results: dict, space: str) -> str:
+    """The card's evaluation tables, from its heading down to the training curve's."""
+    items = ", ".join(i["name"] for i in results["items"])
+    return f"""{EVALUATION_HEADING}
+
+Fixed evaluation set ({len(results['items'])} images, dark versions made with fixed seeds): {items}.
+Mean over images; "authors" is their released SID-Sony checkpoint (evaluation only, non-commercial),
+"baseline" is {results.get('baseline', 'LibRaw + non-local means')}.
+
+{markdown_table(results)}
+{_chart_section(results)}{_anchoring(results, space)}"""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    import hashlib
+
+    return all(p.is_file() for p in (a, b)) and hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(
+        b.read_bytes()).digest()
+
+
+def refresh_evaluation(weights_dir: Path, eval_json: Path) -> Path:
+    """Rewrite the shipped card's evaluation tables from a new ``eval.json`` of the same weights (the
+    pipeline around the net changed, the weights did not); the training record and notes stay."""
+    card, weights = weights_dir / "README.md", weights_dir / "lowlux-default.safetensors"
+    results = json.loads(eval_json.read_text())
+    scored = Path(results.get("weights", {}).get("ours") or "")
+    if not _same_file(scored, weights):
+        raise ValueError(f"{eval_json}: it scored {scored or 'no weights of ours'}, not the shipped {weights}")
+    text = card.read_text()
+    start, end = text.find(EVALUATION_HEADING), text.find(CURVE_HEADING)
+    if start < 0 or end < start:
+        raise ValueError(f"{card}: no generated evaluation section to refresh")
+    space = read_metadata(weights).get("output_space", SRGB)
+    card.write_text(text[:start] + _evaluation_section(results, space) + text[end:])
+    return card
 
 
 def model_card(run_dir: Path, eval_json: Path, hardware: str, notes: str = "") -> str:
@@ -115,7 +161,6 @@ def model_card(run_dir: Path, eval_json: Path, hardware: str, notes: str = "") -
     results = json.loads(eval_json.read_text())
     sec = sorted(float(r["sec_per_step"]) for r in log_rows)
     median_sec = sec[len(sec) // 2] if sec else float("nan")
-    items = ", ".join(i["name"] for i in results["items"])
     hours = float(eval_rows[-1]["wall_s"]) / 3600 if eval_rows else 0.0
     last_step = log_rows[-1]["step"] if log_rows else 0
     space = meta.get("output_space", config.get("output_space", SRGB))
@@ -137,15 +182,7 @@ none of the authors' weights were used to make it.
   {config['threads']} intra-op thread(s).
 - Hardware: {hardware}. Median {median_sec:.2f} s per step; {hours:.1f} h of wall time to the last evaluation.
 
-## Evaluation (`lowlux eval`)
-
-Fixed evaluation set ({len(results['items'])} images, dark versions made with fixed seeds): {items}.
-Mean over images; "authors" is their released SID-Sony checkpoint (evaluation only, non-commercial),
-"baseline" is {results.get('baseline', 'LibRaw + non-local means')}.
-
-{markdown_table(results)}
-{_chart_section(results)}{_anchoring(results, space)}
-Eval PSNR / SSIM against training steps (GT exposure ratio, this model only):
+{_evaluation_section(results, space)}{CURVE_HEADING}
 
 {_curve_table(eval_rows, max(1, len(eval_rows) // 15), meta.get('steps', ''))}
 {notes}

@@ -127,7 +127,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--chart-ratio", type=float, default=100.0,
                    help="exposure ratio of the ColorChecker charts (e.g. 100 or 250; default: %(default)s)")
     p.add_argument("--no-anchor", dest="anchor", action="store_false",
-                   help="score linear weights' net output alone, without colour anchoring (lowlux.anchor)")
+                   help="score linear weights without colour anchoring (lowlux.anchor)")
+    p.add_argument("--no-chroma-smoothing", dest="chroma", action="store_false",
+                   help="score linear weights without chroma smoothing (lowlux.smoothing); with --no-anchor: the "
+                        "net's output alone")
+    p.add_argument("--luma-smoothing", dest="luma", action="store_true",
+                   help="score linear weights with brightness smoothing too (lowlux.smoothing, off by default)")
     _common(p)
     p.set_defaults(func=run_eval)
     return p
@@ -256,7 +261,7 @@ def run_eval(args) -> int:
         charts = build_charts(ratio=args.chart_ratio, raw_dir=args.eval_raw, cache_dir=args.cache_dir)
     results = evaluate_all(items, weights, args.authors, args.out, baseline=not args.no_baseline,
                            threads=args.threads, with_gc=not args.no_gc, charts=charts, anchor=args.anchor,
-                           noise=args.noise)
+                           chroma=args.chroma, luma=args.luma, noise=args.noise)
     sys.stdout.write(markdown_table(results))
     if charts:
         from .evaluate import chart_table
@@ -270,18 +275,32 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export", help="ship a run's best weights as weights/lowlux-default.safetensors",
                               description="Copy RUN_DIR/best.safetensors to the weights folder and write the "
                                           "model card from the run's logs and an eval.json.")
-    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--run-dir", type=Path, help="the run to ship (required unless --refresh-evaluation)")
     p.add_argument("--eval-json", type=Path, required=True, help="eval.json of `eval --weights RUN_DIR/best...`")
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights")
-    p.add_argument("--hardware", required=True, help="what the run trained on, for the model card")
+    p.add_argument("--hardware", help="what the run trained on, for the model card (required with --run-dir)")
+    p.add_argument("--refresh-evaluation", action="store_true",
+                   help="ship nothing: rewrite the shipped card's evaluation tables from EVAL_JSON, an evaluation "
+                        "of the shipped weights themselves (after a change to the pipeline around the net)")
     p.add_argument("--notes", default="", help="a closing paragraph for the model card")
     p.set_defaults(func=run_export)
     return p
 
 
 def run_export(args) -> int:
-    from .card import export
+    from .card import export, refresh_evaluation
 
+    if args.refresh_evaluation:
+        try:
+            card = refresh_evaluation(args.weights_dir, args.eval_json)
+        except (OSError, ValueError) as e:
+            log.error("%s", e)
+            return 2
+        sys.stdout.write(f"rewrote the evaluation tables of {card}\n")
+        return 0
+    if args.run_dir is None or not args.hardware:
+        log.error("export needs --run-dir and --hardware (or --refresh-evaluation)")
+        return 2
     path = export(args.run_dir, args.eval_json, args.weights_dir, args.hardware, args.notes)
     sys.stdout.write(f"wrote {path} and {path.parent / 'README.md'}\n")
     return 0

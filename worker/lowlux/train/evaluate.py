@@ -61,13 +61,15 @@ def as_srgb(out: np.ndarray, item: EvalItem, space: str) -> np.ndarray:
     return render_srgb(out, item.colour) if space == LINEAR_CAMERA_WB else out
 
 
-def net_restorer(weights: Path, threads: int | None = None, anchor: bool = True) -> Restorer:
+def net_restorer(weights: Path, threads: int | None = None, anchor: bool = True, chroma: bool = True,
+                 luma: bool = False) -> Restorer:
     """A restorer running lowlux's own inference engine with the given weights (CPU, float32: scores
-    are of the weights, not of a faster numeric path), colour anchoring as the engine does it unless
-    ``anchor`` is False."""
+    are of the weights, not of a faster numeric path), colour anchoring and fine smoothing as the
+    engine does them by default (``luma``: brightness smoothing too, opt-in as in the engine)."""
     from ..engine import Engine, EngineConfig
 
-    engine = Engine(EngineConfig(weights=weights, device="cpu", dtype="float32", threads=threads, anchor=anchor))
+    engine = Engine(EngineConfig(weights=weights, device="cpu", dtype="float32", threads=threads, anchor=anchor,
+                                 chroma=chroma, luma=luma))
     space = engine.model.output_space
     return lambda item, amp: as_srgb(engine.restore(net_input(item, space), amp), item, space)
 
@@ -231,7 +233,8 @@ NOISE_NAMES = {"sid": "the SID camera's noise", "eld": "the ELD cameras' noise",
 
 def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | None, out_dir: Path,
              baseline: bool = True, threads: int | None = None, with_gc: bool = True,
-             charts: Sequence | None = None, anchor: bool = True, noise: str = "sid") -> dict:
+             charts: Sequence | None = None, anchor: bool = True, noise: str = "sid",
+             chroma: bool = True, luma: bool = False) -> dict:
     """Evaluate the methods available, write eval.json, eval.md and contact_sheet.png in ``out_dir``
     (``noise``: whose noise darkened the items, recorded with the scores)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +242,7 @@ def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | No
     if baseline:
         methods["baseline"] = classical_restore
     if weights is not None:
-        methods["ours"] = net_restorer(weights, threads, anchor)
+        methods["ours"] = net_restorer(weights, threads, anchor, chroma, luma)
     if authors is not None:
         methods["authors"] = net_restorer(authors, threads)
     if not methods:
@@ -247,6 +250,8 @@ def run_eval(items: Sequence[EvalItem], weights: Path | None, authors: Path | No
     results, outputs = evaluate(items, methods, with_gc=with_gc)
     results["weights"] = {"ours": str(weights) if weights else None, "authors": str(authors) if authors else None}
     results["anchor"] = anchor
+    results["chroma_smoothing"] = chroma
+    results["luma_smoothing"] = luma
     results["noise"] = noise
     results["baseline"] = f"LibRaw render + OpenCV fastNlMeansDenoisingColored, h = {NLM_STRENGTH} x estimated sigma"
     if charts:
