@@ -70,6 +70,28 @@ def test_clipped_cells_leave_their_windows_to_the_net():
     assert np.array_equal(run(net, mosaic), net)
 
 
+@pytest.mark.parametrize("shape, radius", [((1, 6, 97, 131), 2), ((2, 18, 37, 53), 5), ((1, 3, 3, 4), 2),
+                                           ((1, 1, 1, 1), 1)])
+def test_the_box_mean_is_the_same_through_opencv_and_through_torch(shape, radius):
+    """The CPU takes OpenCV's box filter; a GPU, or a map that needs gradients, takes torch's pooling.
+    Windows at the border average only the pixels inside the frame, on either path."""
+    torch.manual_seed(0)
+    x = anchor.stacked([torch.rand(shape)])
+    fast = anchor.box_mean(x, radius)
+    pooled = anchor.box_mean(x.clone().requires_grad_(), radius)
+    assert pooled.requires_grad and not fast.requires_grad  # the two paths were taken
+    assert fast.shape == x.shape and (fast - pooled.detach()).abs().max() < 1e-6
+    corner = x[0, :, : radius + 1, : radius + 1].mean(dim=(1, 2))  # the top-left window, clipped to the frame
+    assert torch.allclose(fast[0, :, 0, 0], corner, atol=1e-6)
+
+
+def test_more_channels_than_opencv_takes_are_pooled_by_torch():
+    x = torch.rand(1, anchor.OPENCV_MAX_CHANNELS + 1, 7, 9)
+    with torch.no_grad():
+        expected = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+    assert (anchor.box_mean(x, 2) - expected).abs().max() < 1e-6
+
+
 def test_output_keeps_the_layout_and_range():
     rng = np.random.default_rng(2)
     net = rng.random((SIZE, SIZE, 3), dtype=np.float32)

@@ -30,6 +30,7 @@ The constants were chosen on training crops, never the evaluation set: see
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -77,11 +78,40 @@ def sampled_cells(rgb: Tensor) -> Tensor:
 def box_mean(x: Tensor, radius: int) -> Tensor:
     """Mean over a (2r+1)² window, of the pixels inside the frame (separable: cost independent of r²).
 
-    Many maps are best given channels last (:func:`stacked`): pooling them so is about three times
-    faster on the CPU."""
+    On the CPU OpenCV's running-sum box filter does it, about six times faster than torch's pooling
+    on the full-resolution maps of fine smoothing; elsewhere (a GPU, a tensor that needs gradients)
+    torch pools. Both agree within float rounding (tested). Many maps are best given channels last
+    (:func:`stacked`): either path then reads them without a copy."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[1] <= OPENCV_MAX_CHANNELS \
+            and not (x.requires_grad and torch.is_grad_enabled()):
+        return _box_mean_opencv(x, radius)
     k = 2 * radius + 1
     x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, radius), count_include_pad=False)
     return F.avg_pool2d(x, (k, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+
+
+OPENCV_MAX_CHANNELS = 512
+"""OpenCV's limit on the channels of one image (CV_CN_MAX)."""
+
+
+def _window_counts(size: int, radius: int) -> np.ndarray:
+    """How many of a window's pixels along one axis lie inside the frame, position by position."""
+    i = np.arange(size)
+    return (np.minimum(i + radius, size - 1) - np.maximum(i - radius, 0) + 1).astype(np.float32)
+
+
+def _box_mean_opencv(x: Tensor, radius: int) -> Tensor:
+    """:func:`box_mean` by ``cv2.boxFilter``: window sums with zeros outside, divided by the counts."""
+    import cv2
+
+    k = 2 * radius + 1
+    height, width = x.shape[-2:]
+    images = x.detach().permute(0, 2, 3, 1).contiguous().numpy()  # B x H x W x C, a view when channels last
+    out = np.empty_like(images)
+    for image, sums in zip(images, out):
+        cv2.boxFilter(image, -1, (k, k), dst=sums, normalize=False, borderType=cv2.BORDER_CONSTANT)
+    out *= (1.0 / np.outer(_window_counts(height, radius), _window_counts(width, radius)))[:, :, None]
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 def stacked(maps: list[Tensor]) -> Tensor:
