@@ -108,6 +108,19 @@ def test_output_keeps_the_layout_and_range_and_in_place_uses_the_same_buffer(lum
     assert out.data_ptr() == rgb.data_ptr() and torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("luma_eps", [None, smoothing.LUMA_EPS])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_smoothing_strip_by_strip_gives_the_whole_pictures_result(monkeypatch, luma_eps, in_place):
+    """Strips bound the memory; each reads its reach beyond its own rows, so nothing shows at their seams,
+    also when the result is written into the picture being read."""
+    rng = np.random.default_rng(7)
+    rgb = torch.from_numpy(rng.random((2, 70, 40, 3), dtype=np.float32))
+    whole = smoothing.smooth(rgb, luma_eps=luma_eps)
+    monkeypatch.setattr(smoothing, "STRIP_ROWS", 16)  # 70 rows: four strips and a short one
+    strips = smoothing.smooth(rgb.clone() if in_place else rgb, luma_eps=luma_eps, in_place=in_place)
+    assert (strips - whole).abs().max() < 1e-6
+
+
 def test_bad_inputs_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="B x H x W x 3"):
         smoothing.smooth(torch.rand(1, 3, 16, 16))

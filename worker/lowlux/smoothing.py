@@ -49,6 +49,11 @@ def reach_px(radius: int = RADIUS) -> int:
     return 2 * radius
 
 
+STRIP_ROWS = 256
+"""Rows smoothed at a time (plus the reach above and below): the filter's dozens of full-size maps then
+take a few tens of MB instead of hundreds for a tile, and the result is the same (tested)."""
+
+
 def smooth(rgb: Tensor, radius: int = RADIUS, chroma_eps: float | None = CHROMA_EPS,
            luma_eps: float | None = None, in_place: bool = False) -> Tensor:
     """Linear, white-balanced camera RGB (B x H x W x 3, channels last as the engine holds it, in
@@ -60,6 +65,22 @@ def smooth(rgb: Tensor, radius: int = RADIUS, chroma_eps: float | None = CHROMA_
         raise ValueError("smoothing in place needs a float32 image")
     if chroma_eps is None and luma_eps is None:
         return rgb
+    out = rgb if in_place else torch.empty(rgb.shape, dtype=torch.float32, device=rgb.device)
+    height, reach = rgb.shape[1], reach_px(radius)
+    pending = None  # a strip is written once the next one has read the rows it shares with it
+    for top in range(0, height, STRIP_ROWS):
+        bottom = min(top + STRIP_ROWS, height)
+        above, below = min(reach, top), min(reach, height - bottom)
+        piece = _smooth(rgb[:, top - above : bottom + below], radius, chroma_eps, luma_eps)
+        if pending is not None:
+            out[:, pending[0] : pending[0] + pending[1].shape[1]] = pending[1]
+        pending = (top, piece[:, above : above + bottom - top])
+    out[:, pending[0] : pending[0] + pending[1].shape[1]] = pending[1]
+    return out
+
+
+def _smooth(rgb: Tensor, radius: int, chroma_eps: float | None, luma_eps: float | None) -> Tensor:
+    """:func:`smooth` of one piece, whole."""
     encoded = curves.encode(rgb.float()).permute(0, 3, 1, 2)  # B x 3 x H x W view
     luma = encoded.mean(dim=1, keepdim=True)
     chroma = encoded[:, 0::2] - luma  # red and blue; green's is minus their sum
@@ -81,7 +102,4 @@ def smooth(rgb: Tensor, radius: int = RADIUS, chroma_eps: float | None = CHROMA_
         mean_a, mean_b = means
         luma = torch.addcmul(mean_b, mean_a, luma)
     out = torch.cat([luma + chroma[:, :1], luma - chroma.sum(dim=1, keepdim=True), luma + chroma[:, 1:]], dim=1)
-    linear = curves.decode(out.permute(0, 2, 3, 1))
-    if in_place:
-        return rgb.copy_(linear)
-    return linear.contiguous()
+    return curves.decode(out.permute(0, 2, 3, 1))
