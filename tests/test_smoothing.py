@@ -1,6 +1,8 @@
 """Fine smoothing: a linear output's pixel-scale colour noise goes; on request flat areas calm down; edges and texture stay."""
 
+import json
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +183,21 @@ def test_the_tuning_refuses_paper_mode_weights_and_keeps_settings_beyond_the_hal
     matrix, gain = torch.eye(3), torch.tensor(1.0)
     psnr, ssim, noise = tuning.scores(target + 0.01, target, matrix, gain)
     assert 20 < psnr < 60 and 0 < ssim < 1 and noise >= 0
+
+
+def test_a_tunings_command_line_prints_a_line_per_setting_and_writes_the_table(tmp_path, capsys):
+    from lowlux.train.anchor_tuning import tuning_main
+    from lowlux.train.smoothing_tuning import _line
+
+    rows = [{"setting": "anchored alone", "psnr": 25.0, "ssim": 0.6, "chroma_noise": 3.9, "fits_halo": True},
+            {"setting": {"radius": 3}, "psnr": 25.1, "ssim": 0.7, "chroma_noise": 3.8, "fits_halo": False,
+             "chosen": "chroma"}]
+    asked = []
+    tuning_main("test", lambda w, n, s: asked.append((w, n, s)) or rows, 64, _line,
+                ["--weights", "w.safetensors", "--out", str(tmp_path / "t.json")])
+    assert asked == [(Path("w.safetensors"), 64, 256)]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].endswith("(reach beyond the halo)  <- chroma") and "anchored alone" in printed[0]
+    assert json.loads((tmp_path / "t.json").read_text()) == rows
+    with pytest.raises(SystemExit):
+        tuning_main("test", lambda w, n, s: rows, 64, _line, [])  # no weights named

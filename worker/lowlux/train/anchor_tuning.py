@@ -26,6 +26,7 @@ import argparse
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -90,22 +91,32 @@ def tune(weights: Path, count: int, size: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def tuning_main(description: str, tune_fn: Callable[[Path, int, int], list[dict]], count: int,
+                line: Callable[[dict], str], argv: list[str] | None = None) -> None:
+    """The command line of a tuning on training crops: score its settings, print a line for each, and
+    write the table as JSON on request."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("--count", type=int, default=96)
+    p.add_argument("--count", type=int, default=count)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = tune(args.weights, args.count, args.size)
+    rows = tune_fn(args.weights, args.count, args.size)
     for r in rows:
-        print(f"{r['psnr']:7.3f} dB  {r['cell_error']:6.3f}  {r['chroma_noise']:6.3f}  {r['setting']}")
+        print(line(r))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    def line(r: dict) -> str:
+        return f"{r['psnr']:7.3f} dB  {r['cell_error']:6.3f}  {r['chroma_noise']:6.3f}  {r['setting']}"
+
+    tuning_main(__doc__.split("\n\n")[0], tune, 96, line, argv)
 
 
 if __name__ == "__main__":

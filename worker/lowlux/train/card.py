@@ -101,7 +101,8 @@ def _anchoring(results: dict, space: str) -> str:
     existed have no key for it: scored without it)."""
     if space == SRGB:
         return ""
-    names = {"anchor": "colour anchoring (`lowlux.anchor`)", "chroma_smoothing": "chroma smoothing (`lowlux.smoothing`)"}
+    names = {"anchor": "colour anchoring (`lowlux.anchor`)",
+             "chroma_smoothing": "chroma smoothing (`lowlux.smoothing`)"}
     steps = [name for key, name in names.items() if results.get(key)]
     extra = " and the opt-in brightness smoothing" if results.get("luma_smoothing") else ""
     if len(steps) == len(names):

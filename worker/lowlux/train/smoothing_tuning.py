@@ -14,9 +14,7 @@ The numbers are in README, "Fine smoothing".
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import logging
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from ..colour import render_srgb_batch
 from ..model import LINEAR_CAMERA_WB
 from ..tiling import HALO, LOCAL_REACH
 from ..weights import load_model
-from .anchor_tuning import crops
+from .anchor_tuning import crops, tuning_main
 from .colorimetry import chroma_noise
 from .metrics import psnr, ssim
 
@@ -82,23 +80,13 @@ def tune(weights: Path, count: int, size: int) -> list[dict]:
     return rows + chroma_rows + luma_rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("--count", type=int, default=64)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = tune(args.weights, args.count, args.size)
-    for r in rows:
-        note = ("" if r["fits_halo"] else "  (reach beyond the halo)") + (f"  <- {r['chosen']}" if "chosen" in r else "")
-        print(f"{r['psnr']:7.3f} dB  {r['ssim']:.4f}  {r['chroma_noise']:6.3f}  {r['setting']}{note}")
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=2))
+def _line(r: dict) -> str:
+    note = ("" if r["fits_halo"] else "  (reach beyond the halo)") + (f"  <- {r['chosen']}" if "chosen" in r else "")
+    return f"{r['psnr']:7.3f} dB  {r['ssim']:.4f}  {r['chroma_noise']:6.3f}  {r['setting']}{note}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    tuning_main(__doc__.split("\n\n")[0], tune, 64, _line, argv)
 
 
 if __name__ == "__main__":
