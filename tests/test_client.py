@@ -361,3 +361,23 @@ def test_a_worker_the_client_starts_stays_up_as_long_as_asked(monkeypatch):
 
     args = build_parser().parse_args(["client", "ping", "--idle-timeout", "300", "--no-start"])
     assert client_from_args(args, autostart=False).idle_timeout == 300.0
+
+
+def test_a_worker_the_client_starts_smooths_brightness_only_when_asked(monkeypatch, runtime):
+    from lowlux.cli import build_parser
+    from lowlux.client import autostart
+    from lowlux.client.command import client_from_args
+
+    def client(*flags):
+        return client_from_args(build_parser().parse_args(["client", "ping", "--no-start", *flags]), autostart=False)
+
+    assert client().luma_smoothing is False and client("--luma-smoothing").luma_smoothing is True
+    started = []
+    monkeypatch.setattr(autostart.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or _Started())
+    for on in (False, True):
+        autostart.spawn_worker("ipc:///tmp/lowlux-test-never-bound", luma_smoothing=on)
+    assert ["--luma-smoothing" in cmd for cmd in started] == [False, True]
+
+
+class _Started:
+    pid = 0

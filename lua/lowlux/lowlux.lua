@@ -113,6 +113,10 @@ local PREFS = {
     _("weights for a worker started by darktable; empty: lowlux's default weights")},
   {"device", "enum", "auto", _("lowlux: device"),
     _("where a worker started by darktable runs the net: auto uses the GPU when there is one"), DEVICES},
+  {"luma_smoothing", "bool", false, _("lowlux: smooth brightness too"),
+    _("a worker started by darktable also smooths the brightness of flat areas, gently: calmer shadows and "
+      .. "skies, at some cost in fine texture. Colour noise is smoothed either way. Takes effect when the "
+      .. "worker next starts")},
   {"output", "enum", M.NEXT_TO_SOURCE, _("lowlux: where results go"),
     _("next to the raw (its film roll), or into the folder pattern below (another film roll: the module's "
       .. "show results button goes there)"), OUTPUTS},

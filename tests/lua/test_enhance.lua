@@ -326,6 +326,19 @@ T.test("endpoint, weights and device from the preferences are passed to the clie
   end
 end)
 
+T.test("brightness smoothing from the preferences is asked of a worker the client starts", function()
+  for _, on in ipairs({false, true}) do
+    local ctx = setup{["lua/lowlux/luma_smoothing"] = on}
+    local a = ctx.dir .. "/a.dng"
+    ctx.worker:set{statuses = {T.status("J1", "done", 1, 1, {{"done", a, {ctx.dir .. "/a_lowlux.tif"}}})}}
+    press_shortcut(ctx, T.images(ctx.dt, {a}))
+    local submit = ctx.worker:call("submit")
+    local asked = false
+    for _, arg in ipairs(submit) do asked = asked or arg == "--luma-smoothing" end
+    T.eq(asked, on)
+  end
+end)
+
 T.test("own results and duplicates in the selection are not sent twice", function()
   local ctx = setup()
   local a = ctx.dir .. "/a.dng"

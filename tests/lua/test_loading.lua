@@ -44,7 +44,7 @@ T.test("with a GUI: lighttable module, shortcut, export storage and preferences"
   end
   table.sort(names)
   T.eq(names, {"compression", "copy_metadata", "device", "endpoint", "executable", "format", "group", "keep_warm",
-               "leader", "output", "output_pattern", "overwrite", "stop_worker", "weights"})
+               "leader", "luma_smoothing", "output", "output_pattern", "overwrite", "stop_worker", "weights"})
   T.eq(find(rec.prefs_registered, "name", "device").values, {"auto", "cpu", "cuda"})
   T.eq(find(rec.prefs_registered, "name", "keep_warm").values, {1, 1440}, "minutes, from 1 to a day")
 end)

@@ -99,6 +99,7 @@ function M.client_command(s, args)
   option("--endpoint", s.endpoint)
   option("--weights", s.weights)
   if s.device ~= "auto" then option("--device", s.device) end
+  if s.luma_smoothing then parts[#parts + 1] = "--luma-smoothing" end
   if s.keep_warm then option("--idle-timeout", tostring(math.floor(s.keep_warm) * 60)) end
   for _i, a in ipairs(args) do parts[#parts + 1] = M.shell_quote(a) end
   return table.concat(parts, " ")

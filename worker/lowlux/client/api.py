@@ -45,12 +45,13 @@ class Client:
     def __init__(self, endpoint: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, keys: Any = None, name: str | None = None,
                  autostart: bool = False, weights: str | Path | None = None, device: str | None = None,
-                 start_timeout: float = START_TIMEOUT, idle_timeout: float = AUTOSTART_IDLE_TIMEOUT) -> None:
+                 start_timeout: float = START_TIMEOUT, idle_timeout: float = AUTOSTART_IDLE_TIMEOUT,
+                 luma_smoothing: bool = False) -> None:
         self.endpoint = resolve_endpoint(endpoint)
         self.keys = keys
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.autostart = autostart and keys is None  # a remote worker cannot be started from here
-        self.weights, self.device = weights, device
+        self.weights, self.device, self.luma_smoothing = weights, device, luma_smoothing
         self.start_timeout, self.idle_timeout = start_timeout, idle_timeout
         self.conn = Connection(self.endpoint, timeout=timeout, retries=retries, keys=keys)
         self._checked = False
@@ -109,7 +110,8 @@ class Client:
             reply = self._quick_ping()  # another client may have started one while we waited for the lock
             if reply is None:
                 reply = start_and_wait(self.endpoint, self._quick_ping, weights=self.weights, device=self.device,
-                                       idle_timeout=self.idle_timeout, start_timeout=self.start_timeout)
+                                       idle_timeout=self.idle_timeout, start_timeout=self.start_timeout,
+                                       luma_smoothing=self.luma_smoothing)
         self._checked = True
         return reply
 

@@ -57,7 +57,8 @@ def log_tail(path: Path, lines: int = 6) -> str:
 
 
 def spawn_worker(endpoint: str, *, weights: str | Path | None = None, device: str | None = None,
-                 idle_timeout: float = AUTOSTART_IDLE_TIMEOUT) -> tuple[subprocess.Popen, Path]:
+                 idle_timeout: float = AUTOSTART_IDLE_TIMEOUT, luma_smoothing: bool = False
+                 ) -> tuple[subprocess.Popen, Path]:
     """Start ``lowlux serve`` detached from this process (own session, log file); returns it and its log."""
     cmd = [sys.executable, "-m", "lowlux.cli", "-v", "serve", "--endpoint", endpoint,
            "--idle-timeout", f"{idle_timeout:g}"]
@@ -65,6 +66,8 @@ def spawn_worker(endpoint: str, *, weights: str | Path | None = None, device: st
         cmd += ["--weights", str(Path(weights).expanduser().resolve())]
     if device and device != "auto":
         cmd += ["--device", device]
+    if luma_smoothing:
+        cmd += ["--luma-smoothing"]
     log_file = log_path(endpoint)
     with contextlib.suppress(OSError):
         if log_file.stat().st_size > 4 << 20:
@@ -84,9 +87,11 @@ def spawn_lock(endpoint: str, timeout: float) -> contextlib.AbstractContextManag
 
 
 def start_and_wait(endpoint: str, ping: Callable[[], dict[str, Any] | None], *, weights: str | Path | None,
-                   device: str | None, idle_timeout: float, start_timeout: float) -> dict[str, Any]:
+                   device: str | None, idle_timeout: float, start_timeout: float,
+                   luma_smoothing: bool = False) -> dict[str, Any]:
     """Start a worker and wait until its net is loaded; ``ping`` is a quick ping (None: no answer)."""
-    proc, log_file = spawn_worker(endpoint, weights=weights, device=device, idle_timeout=idle_timeout)
+    proc, log_file = spawn_worker(endpoint, weights=weights, device=device, idle_timeout=idle_timeout,
+                                  luma_smoothing=luma_smoothing)
     deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         reply = ping()

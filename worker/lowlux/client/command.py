@@ -55,6 +55,7 @@ def client_from_args(args: argparse.Namespace, *, autostart: bool) -> Client:
     return Client(config.resolve_endpoint(getattr(args, "endpoint", None), file_config),
                   timeout=getattr(args, "timeout", DEFAULT_TIMEOUT), retries=getattr(args, "retries", DEFAULT_RETRIES),
                   keys=keys, name=getattr(args, "name", None), weights=weights, device=device,
+                  luma_smoothing=getattr(args, "luma_smoothing", False),
                   autostart=autostart and not getattr(args, "no_start", False),
                   idle_timeout=float(idle) if idle is not None else AUTOSTART_IDLE_TIMEOUT)
 
@@ -70,6 +71,8 @@ def _connection_arguments(p: argparse.ArgumentParser, *, inner: bool) -> None:
     g.add_argument("--no-start", action="store_true", default=d(False), help="never start a worker")
     g.add_argument("--weights", default=d(None), help="weights for a worker this client starts")
     g.add_argument("--device", default=d(None), help="device for a worker this client starts (auto, cpu, cuda)")
+    g.add_argument("--luma-smoothing", action="store_true", default=d(False),
+                   help="a worker this client starts also smooths brightness (see README: fine smoothing)")
     g.add_argument("--idle-timeout", type=float, default=d(None), metavar="S",
                    help="seconds a worker this client starts stays up unused (default: the config file's "
                         "[worker] idle_timeout, else 1800)")
