@@ -24,8 +24,8 @@ from .anchor import anchor
 from .backends import DTYPES, Backend, auto_dtype, bytes_per_pixel, choose_backend, create_backend
 from .errors import WeightsError
 from .model import LINEAR_CAMERA_WB, LowLightNet
-from .smoothing import CHROMA_EPS, LUMA_EPS, smooth
 from .mosaic import CodedMosaic
+from .smoothing import CHROMA_EPS, LUMA_EPS, smooth
 from .tiling import MIN_TILE, Frame, TensorFrame, Tile, grid, plan_tiles, run_tiled, tiles_for_budget
 from .weights import default_weights_path, load_model
 
@@ -201,7 +201,7 @@ class Engine:
 
     def _finished(self, rgb: Tensor, raw: Tensor) -> Tensor:
         """A piece of the net's output as the engine gives it: for linear weights anchored to ``raw``
-        (its input crop), then smoothed (chroma and brightness). Per crop, before the halo is cut, so tiles equal
+        (its input crop), then smoothed as configured. Per crop, before the halo is cut, so tiles equal
         the whole frame."""
         if self.anchored:
             rgb = anchor(rgb, raw, in_place=rgb.dtype == torch.float32)
